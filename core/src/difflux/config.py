@@ -1,0 +1,297 @@
+"""Component configs, read from and written to the Diffusers JSON files.
+
+A class that mixes in :class:`ConfigMixin` gets its ``__init__`` arguments recorded as its
+config, validated by a pydantic model built from the ``__init__`` signature.  No decorator is
+needed: recording is installed by ``__init_subclass__``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import os
+import tempfile
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import pydantic
+
+from .errors import ConfigError
+
+__all__ = [
+    "DIFFUSERS_FORMAT_VERSION",
+    "ConfigMixin",
+    "FrozenConfig",
+    "read_json",
+    "write_json_atomic",
+]
+
+logger = logging.getLogger("difflux")
+
+#: The Diffusers release whose on-disk format difflux writes (``_diffusers_version``).
+DIFFUSERS_FORMAT_VERSION = "0.42.1"
+
+# Keys that describe the file rather than the component; rewritten on every save.
+_FORMAT_KEYS = frozenset({"_class_name", "_diffusers_version"})
+_reported_extras: set[tuple[str, frozenset[str]]] = set()
+
+
+class FrozenConfig(Mapping[str, Any]):
+    """A read-only mapping that also allows attribute access (``config.num_train_timesteps``)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_data", dict(data or {}))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(f"config has no key {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError("a config is read-only; use register_to_config() or from_config(**overrides)")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenConfig, (self._data,))
+
+    def __repr__(self) -> str:
+        return f"FrozenConfig({self._data!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, mutable copy."""
+        return dict(self._data)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    tolist = getattr(value, "tolist", None)  # numpy arrays and torch tensors
+    if callable(tolist):
+        return tolist()
+    if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
+        return str(value).removeprefix("torch.")
+    raise TypeError(f"cannot write a value of type {type(value).__name__} to JSON: {value!r}")
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON object from ``path``; errors name the file and the position."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level, found {type(data).__name__}")
+    return data
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as sorted, indented JSON; the file is replaced only once fully written."""
+    path = Path(path)
+    text = json.dumps(dict(data), indent=2, sort_keys=True, default=_json_default) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _recording(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap ``init`` so that the most derived class's arguments become the config."""
+
+    @functools.wraps(init)
+    def __init__(self: ConfigMixin, *args: Any, **kwargs: Any) -> None:
+        cls = type(self)
+        if cls.__init__ is __init__ and "_internal_config" not in self.__dict__:
+            kwargs = cls._validated_init_kwargs(args, kwargs)
+            args = ()
+            config = {k: v for k, v in kwargs.items() if k not in cls.ignore_for_config}
+            object.__setattr__(self, "_internal_config", FrozenConfig(config))
+        init(self, *args, **kwargs)
+
+    __init__._difflux_records_config = True  # type: ignore[attr-defined]
+    return __init__
+
+
+class ConfigMixin:
+    """Record ``__init__`` arguments as a config; read and write them as Diffusers JSON."""
+
+    #: File name of the config inside a component folder.
+    config_name: ClassVar[str] = "config.json"
+    #: ``__init__`` arguments that are not part of the config (objects, not settings).
+    ignore_for_config: ClassVar[frozenset[str]] = frozenset()
+    #: Diffusers class names whose configs this class also accepts.
+    _compatibles: ClassVar[tuple[str, ...]] = ()
+
+    _internal_config: FrozenConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_difflux_records_config", False):
+            cls.__init__ = _recording(init)  # type: ignore[method-assign]
+
+    # -- the schema -----------------------------------------------------------------------
+
+    @classmethod
+    def _init_signature(cls) -> inspect.Signature:
+        init = inspect.unwrap(cls.__init__)
+        return inspect.signature(init)
+
+    @classmethod
+    def init_parameter_names(cls) -> frozenset[str]:
+        """Names that ``__init__`` accepts as keywords (and so that a config may set)."""
+        return frozenset(
+            name
+            for name, p in list(cls._init_signature().parameters.items())[1:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        )
+
+    @classmethod
+    def _config_model(cls) -> type[pydantic.BaseModel]:
+        cached = cls.__dict__.get("_difflux_config_model")
+        if cached is not None:
+            return typing.cast(type[pydantic.BaseModel], cached)
+        init = inspect.unwrap(cls.__init__)
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # unresolvable forward references: validate those fields as Any
+            hints = {}
+        fields: dict[str, Any] = {}
+        for name, p in list(inspect.signature(init).parameters.items())[1:]:
+            if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                continue
+            default = ... if p.default is p.empty else p.default
+            fields[name] = (hints.get(name, Any), default)
+        model = pydantic.create_model(  # type: ignore[call-overload]
+            f"{cls.__name__}Config",
+            __config__=pydantic.ConfigDict(
+                arbitrary_types_allowed=True, extra="forbid", protected_namespaces=()
+            ),
+            **fields,
+        )
+        setattr(cls, "_difflux_config_model", model)
+        return typing.cast(type[pydantic.BaseModel], model)
+
+    @classmethod
+    def _validated_init_kwargs(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        sig = cls._init_signature()
+        try:
+            bound = sig.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{cls.__name__}(): {exc}") from None
+        bound.apply_defaults()
+        values = dict(list(bound.arguments.items())[1:])
+        var_kw = {n for n, p in sig.parameters.items() if p.kind is p.VAR_KEYWORD}
+        extra: dict[str, Any] = {}
+        for n in var_kw:
+            extra.update(values.pop(n, {}))
+        try:
+            model = cls._config_model().model_validate(values)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in e['loc'])}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"invalid config for {cls.__name__}: {problems}") from None
+        validated = {name: getattr(model, name) for name in values}
+        validated.update(extra)
+        return validated
+
+    # -- the public API -------------------------------------------------------------------
+
+    @property
+    def config(self) -> FrozenConfig:
+        """The component's settings, as written to its JSON file (read-only)."""
+        return self._internal_config
+
+    def register_to_config(self, **kwargs: Any) -> None:
+        """Add or change config entries (for values an ``__init__`` derives)."""
+        object.__setattr__(self, "_internal_config", FrozenConfig({**self._internal_config, **kwargs}))
+
+    @classmethod
+    def _quiet_config_keys(cls, config: Mapping[str, Any]) -> frozenset[str]:
+        """Extra keys that are expected (e.g. from a compatible class) and not worth a warning."""
+        return frozenset()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None = None, /, **overrides: Any) -> Self:
+        """Build an instance from a config mapping (e.g. another instance's ``.config``).
+
+        Keys that are not ``__init__`` arguments are kept in ``.config`` and reported once.
+        """
+        data = {**(config or {}), **overrides}
+        names = cls.init_parameter_names()
+        kwargs = {k: v for k, v in data.items() if k in names}
+        extras = {k: v for k, v in data.items() if k not in names and k not in _FORMAT_KEYS}
+        obj = cls(**kwargs)
+        if extras:
+            obj.register_to_config(**{k: v for k, v in extras.items() if k not in obj.config})
+            loud = frozenset(k for k in extras if not k.startswith("_")) - cls._quiet_config_keys(data)
+            key = (cls.__qualname__, loud)
+            if loud and key not in _reported_extras:
+                _reported_extras.add(key)
+                logger.warning(
+                    "%s: config keys %s are not arguments of this class; they are kept in .config "
+                    "and written back on save",
+                    cls.__name__,
+                    ", ".join(sorted(loud)),
+                )
+        return obj
+
+    @classmethod
+    def load_config(
+        cls, path: str | os.PathLike[str], subfolder: str | None = None
+    ) -> dict[str, Any]:
+        """Read the config JSON from a folder (or a JSON file path) as a dict."""
+        path = Path(path)
+        if subfolder:
+            path = path / subfolder
+        file = path if path.suffix == ".json" and not path.is_dir() else path / cls.config_name
+        if not file.exists():
+            where = "folder does not exist" if not file.parent.exists() else "no such file"
+            raise ConfigError(f"{file}: {where}; expected the {cls.__name__} config file {cls.config_name}")
+        return read_json(file)
+
+    def config_for_save(self) -> dict[str, Any]:
+        """The dict written to the JSON file: the config plus ``_class_name`` and ``_diffusers_version``."""
+        data = {k: v for k, v in self._internal_config.items() if k not in _FORMAT_KEYS}
+        data["_class_name"] = type(self).__name__
+        data["_diffusers_version"] = DIFFUSERS_FORMAT_VERSION
+        return data
+
+    def save_config(self, save_directory: str | os.PathLike[str]) -> Path:
+        """Write the config JSON into ``save_directory`` (created if needed); returns the file path."""
+        folder = Path(save_directory)
+        if folder.is_file():
+            raise ConfigError(f"{folder}: is a file; save_config needs a folder")
+        return write_json_atomic(folder / self.config_name, self.config_for_save())
+
+    def to_json_string(self) -> str:
+        """The config as Diffusers would write it."""
+        return json.dumps(self.config_for_save(), indent=2, sort_keys=True, default=_json_default) + "\n"

@@ -1,0 +1,36 @@
+"""Every error difflux raises on purpose. Each message says what, where, and what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DiffluxError",
+    "LoadError",
+    "PluginConflictError",
+    "PluginError",
+    "UnknownClassError",
+]
+
+
+class DiffluxError(Exception):
+    """Base class of difflux's own errors."""
+
+
+class ConfigError(DiffluxError, ValueError):
+    """A config file or config value is invalid (names the file, class and key)."""
+
+
+class PluginError(DiffluxError):
+    """A plugin misbehaved while it was loaded or while it registered things."""
+
+
+class PluginConflictError(PluginError):
+    """Two plugins registered the same name (the message names both)."""
+
+
+class UnknownClassError(DiffluxError, LookupError):
+    """No installed plugin provides a class that a checkpoint names."""
+
+
+class LoadError(DiffluxError, OSError):
+    """Weights or folders could not be read (names the file and the tensor key)."""

@@ -1,0 +1,110 @@
+"""The hooks a difflux plugin can implement.
+
+A plugin is a module named by an entry point in the group ``difflux``; it implements any of
+these functions, decorated with ``@difflux.hookimpl``.  An implementation may take fewer
+arguments than the spec, so specs only ever grow by optional arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .options import LoadOptions
+    from .registry import (
+        RegisterAttentionBackend,
+        RegisterComponent,
+        RegisterPipeline,
+        RegisterScheduler,
+    )
+
+__all__ = ["hookimpl", "hookspec"]
+
+hookspec = pluggy.HookspecMarker("difflux")
+hookimpl = pluggy.HookimplMarker("difflux")
+
+
+# -- registration hooks: called once, when the registry is first needed ----------------------
+
+
+@hookspec
+def difflux_register_pipelines(register: RegisterPipeline) -> None:
+    """Register pipeline classes under their Diffusers class names.
+
+    :param register: ``register(ref, *, name=None, aliases=())``. ``ref`` is the class or a
+        lazy ``"module:Class"`` string (imported on first use); ``name`` defaults to the class
+        name; ``aliases`` are extra names that resolve to the same class.
+    """
+
+
+@hookspec
+def difflux_register_components(register: RegisterComponent) -> None:
+    """Register model and processor classes, keyed as ``model_index.json`` names them.
+
+    :param register: ``register(ref, *, name=None, library="diffusers")``. The pair
+        ``(library, name)`` is the ``[library, ClassName]`` entry of ``model_index.json``.
+    """
+
+
+@hookspec
+def difflux_register_schedulers(register: RegisterScheduler) -> None:
+    """Register scheduler classes and the sampler names people already use.
+
+    :param register: ``register(ref, *, name=None, aliases=None)``. ``aliases`` maps an
+        alias (``"DPM++ 2M Karras"``) to the config overrides it implies
+        (``{"use_karras_sigmas": True}``).
+    """
+
+
+@hookspec
+def difflux_register_attention_backends(register: RegisterAttentionBackend) -> None:
+    """Register attention kernels with the constraints they check.
+
+    :param register: ``register(name, ref, *, priority=0, devices=None, dtypes=None,
+        supports_mask=True, supports_causal=True, max_head_dim=None, requires=())``.
+        ``ref`` is a function (or ``"module:function"``) with the signature of
+        :func:`difflux.attention.attention` minus ``backend``; ``requires`` names modules
+        that must be importable for the backend to be usable.
+    """
+
+
+# -- behaviour hooks ----------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def difflux_resolve_pretrained(name_or_path: str, options: LoadOptions) -> Path | None:
+    """Turn a repo id or path into a local folder; ``firstresult``.
+
+    Core resolves existing local paths last; the hub plugin resolves repo ids.
+
+    :param name_or_path: what the user passed to ``from_pretrained``.
+    :param options: the load options (revision, cache_dir, token, ...).
+    :return: the local folder, or ``None`` to let another plugin try.
+    """
+
+
+@hookspec(firstresult=True)
+def difflux_load_component(library: str, class_name: str, folder: Path, options: LoadOptions) -> Any:
+    """Load a component that no registered class provides (e.g. a ``transformers`` model); ``firstresult``.
+
+    :param library: the first item of the ``model_index.json`` entry (``"transformers"``).
+    :param class_name: the second item (``"CLIPTextModel"``).
+    :param folder: the component's folder.
+    :param options: the load options, with ``torch_dtype`` already resolved for this component.
+    :return: the loaded component, or ``None`` when this plugin does not handle it.
+    """
+
+
+@hookspec
+def difflux_component_loaded(name: str, component: Any, options: LoadOptions) -> Any:
+    """Observe or replace a component right after it is loaded (quantize, cast, compile).
+
+    :param name: the component's name in the pipeline (``"unet"``), or ``""`` outside a pipeline.
+    :param component: the loaded object.
+    :param options: the load options.
+    :return: ``None`` to keep ``component``, or a replacement object. When several plugins
+        return replacements, the one called first (registered last) wins.
+    """

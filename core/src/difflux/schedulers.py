@@ -1,0 +1,75 @@
+"""The scheduler base class: config handling, loading and saving. The maths live in plugins."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from .config import ConfigMixin
+from .options import LoadOptions
+from .outputs import BaseOutput
+from .registry import get_registry
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["SchedulerMixin", "SchedulerOutput"]
+
+
+@dataclasses.dataclass
+class SchedulerOutput(BaseOutput):
+    """What ``step`` returns: the previous sample and, where defined, the predicted clean sample."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+class SchedulerMixin(ConfigMixin):
+    """Base of every scheduler: a typed holder of config and state (see :class:`difflux.protocols.Scheduler`)."""
+
+    config_name: ClassVar[str] = "scheduler_config.json"
+    #: How many model evaluations one ``step`` needs per timestep (2 for Heun).
+    order: ClassVar[int] = 1
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        subfolder: str | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Load from a folder (or repo id, with ``difflux-hub``) holding ``scheduler_config.json``.
+
+        Keyword arguments that are load options (``revision``, ``cache_dir`` ...) go to the
+        resolver; the others override config entries.
+        """
+        options, overrides = LoadOptions.split({**kwargs, "subfolder": subfolder})
+        folder = get_registry().resolve_pretrained(pretrained_model_name_or_path, options)
+        return cls.from_config(cls.load_config(folder, subfolder), **overrides)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
+        """Write ``scheduler_config.json`` into ``save_directory``."""
+        return self.save_config(save_directory)
+
+    @classmethod
+    def compatible_classes(cls) -> list[type[SchedulerMixin]]:
+        """The installed classes named in ``_compatibles`` (their configs load in this class)."""
+        registry = get_registry()
+        return [registry.scheduler_class(n) for n in cls._compatibles if n in registry.schedulers]
+
+    @property
+    def compatibles(self) -> list[type[SchedulerMixin]]:
+        return self.compatible_classes()
+
+    @classmethod
+    def _quiet_config_keys(cls, config: Mapping[str, Any]) -> frozenset[str]:
+        source = config.get("_class_name")
+        if source == cls.__name__ or source not in cls._compatibles:
+            return frozenset()
+        registry = get_registry()
+        if source not in registry.schedulers:
+            return frozenset()
+        return frozenset(registry.scheduler_class(source).init_parameter_names())

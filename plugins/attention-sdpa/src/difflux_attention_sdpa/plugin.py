@@ -1,0 +1,1 @@
+"""Entry point of the attention-sdpa plugin: registers through the difflux hooks."""

@@ -1,0 +1,1 @@
+"""Entry point of the models plugin: registers through the difflux hooks."""

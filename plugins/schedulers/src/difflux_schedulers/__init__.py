@@ -1,0 +1,1 @@
+"""difflux plugin schedulers."""

@@ -1,0 +1,1 @@
+"""Entry point of the schedulers plugin: registers through the difflux hooks."""
