@@ -1,0 +1,74 @@
+"""Every dev task of the difflux workspace (`nox -l` lists them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint"]
+
+ROOT = Path(__file__).parent
+TORCH = "torch==2.13.0"
+PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Install difflux with its plugins and run the main job."""
+    session.install(TORCH, "-r", "requirements.txt")
+    session.run("difflux", "plugins")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (what CI runs)."""
+    session.install(TORCH, "-r", "requirements-test.txt")
+    session.run("python", "-m", "pytest", "-n", "2", "-q", *session.posargs)
+
+
+@nox.session(default=False)
+@nox.parametrize("plugin", PLUGINS)
+def plugin(session: nox.Session, plugin: str) -> None:
+    """One plugin alone: core plus that plugin (and what it declares), then its own tests."""
+    session.install(TORCH, "-e", "core", "-e", f"plugins/{plugin}", "pytest", "diffusers==0.42.1")
+    session.run("python", "-m", "pytest", "-q", f"plugins/{plugin}/tests", *session.posargs)
+
+
+@nox.session(default=False)
+def parity(session: nox.Session) -> None:
+    """Only the parity tests against Diffusers."""
+    session.install(TORCH, "-r", "requirements-test.txt")
+    session.run("python", "-m", "pytest", "-n", "2", "-q", "-k", "parity or diffusers", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff on everything."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(default=False)
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict) on every src/ folder."""
+    session.install(TORCH, "-r", "requirements-test.txt", "mypy")
+    srcs = ["core/src", *(f"plugins/{p}/src" for p in PLUGINS)]
+    session.run("mypy", *srcs)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: difflux against Diffusers in the same run, printed as ratios."""
+    session.install(TORCH, "-r", "requirements-test.txt", "psutil")
+    scripts = session.posargs or sorted(str(p) for p in (ROOT / "bench").glob("bench_*.py"))
+    for script in scripts:
+        session.run("python", script)
+
+
+@nox.session(default=False)
+def docs(session: nox.Session) -> None:
+    """Build the docs with MkDocs in strict mode."""
+    session.install(TORCH, "-r", "requirements.txt", "mkdocs", "mkdocs-material", "mkdocstrings[python]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
