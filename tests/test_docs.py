@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from difflux import hookspecs
 from difflux.options import LoadOptions
 

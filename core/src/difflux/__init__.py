@@ -1,5 +1,7 @@
 """difflux: Diffusers-format diffusion pipelines as a thin core plus installable plugins.
 
+Models call attention through the module function ``difflux.attention.attention(q, k, v)``.
+
 ``import difflux`` is cheap: torch-backed names (``DiffusionPipeline``, ``ModelMixin``, ...)
 are imported on first attribute access.
 """
@@ -24,13 +26,12 @@ _LAZY = {
     "SchedulerMixin": "difflux.schedulers",
     "SchedulerOutput": "difflux.schedulers",
     "BaseOutput": "difflux.outputs",
-    "attention": "difflux.attention",
     "attention_backend": "difflux.attention",
     "set_attention_backend": "difflux.attention",
 }
 
 if TYPE_CHECKING:
-    from .attention import attention, attention_backend, set_attention_backend
+    from .attention import attention_backend, set_attention_backend
     from .modeling import ModelMixin
     from .outputs import BaseOutput
     from .pipeline import DiffusionPipeline, ImagePipelineOutput
@@ -53,7 +54,6 @@ __all__ = [
     "SchedulerOutput",
     "UnknownClassError",
     "__version__",
-    "attention",
     "attention_backend",
     "get_registry",
     "hookimpl",

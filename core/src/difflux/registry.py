@@ -194,7 +194,7 @@ class Registry:
     # -- loading ---------------------------------------------------------------------------
 
     def load(self, extra_plugins: Iterable[tuple[str, Any]] = ()) -> None:
-        from . import _builtin, __version__
+        from . import __version__, _builtin
 
         self._tracing = _env_flag("DIFFLUX_TRACE_PLUGINS")
         if self._tracing:

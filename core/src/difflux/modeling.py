@@ -1,0 +1,551 @@
+"""The model base class: a ``torch.nn.Module`` that loads and saves Diffusers model folders.
+
+A model folder holds ``config.json`` (the ``__init__`` arguments) and the weights, named and
+sharded as :mod:`difflux.serialization` describes.
+
+Loading with ``low_cpu_mem_usage=True`` (the default) builds the model with its parameters on
+the meta device (its buffers are computed for real, so non-persistent buffers such as
+precomputed frequencies come out right), then reads the weights one file at a time, casts each
+tensor and assigns it in place of the meta parameter: the weights are never held twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self, overload
+
+import torch
+
+from .config import ConfigMixin
+from .errors import ConfigError, LoadError
+from .options import LoadOptions
+from .registry import get_registry
+from .serialization import (
+    DEFAULT_MAX_SHARD_SIZE,
+    WEIGHTS_NAME,
+    WeightFiles,
+    atomic_folder,
+    find_weight_files,
+    iter_weight_shards,
+    parse_size,
+    save_state_dict,
+)
+
+__all__ = ["LoadingInfo", "ModelMixin", "parameters_on_meta", "resolve_device"]
+
+logger = logging.getLogger("difflux")
+
+#: What ``from_pretrained(..., output_loading_info=True)`` returns next to the model.
+LoadingInfo = dict[str, list[Any]]
+
+_MAX_LISTED = 20
+
+# -- building on the meta device -----------------------------------------------------------
+
+_local = threading.local()
+_patch_lock = threading.Lock()
+_patch_users = 0
+_original_register_parameter = torch.nn.Module.register_parameter
+
+
+def _register_parameter_on_meta(self: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+    _original_register_parameter(self, name, param)
+    if param is None or not getattr(_local, "depth", 0) or param.device.type == "meta":
+        return
+    real = self._parameters[name]
+    assert real is not None
+    meta = real.detach().to("meta")
+    try:
+        moved = type(real)(meta, requires_grad=real.requires_grad)
+    except TypeError:  # a Parameter subclass with other constructor arguments
+        moved = torch.nn.Parameter(meta, requires_grad=real.requires_grad)
+    self._parameters[name] = moved
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Inside the block (in this thread only), parameters move to the meta device as modules
+    register them, so their initialisers run on meta tensors; buffers stay real."""
+    global _patch_users
+    with _patch_lock:
+        if _patch_users == 0:
+            torch.nn.Module.register_parameter = _register_parameter_on_meta  # type: ignore[method-assign]
+        _patch_users += 1
+    _local.depth = getattr(_local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _local.depth -= 1
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                torch.nn.Module.register_parameter = _original_register_parameter  # type: ignore[method-assign]
+
+
+# -- devices and dtypes --------------------------------------------------------------------
+
+
+def resolve_device(device_map: str | int | torch.device | Mapping[str, Any] | None) -> torch.device:
+    """The one device a ``device_map`` names: ``"cpu"``, ``"cuda:0"``, ``{"": "cuda"}``, or ``"auto"``
+    (the first available accelerator, else the CPU)."""
+    value: Any = device_map
+    if isinstance(value, Mapping):
+        if set(value) != {""}:
+            raise ConfigError(
+                f"device_map={dict(value)!r}: only a whole-model map {{'': device}} is supported; "
+                "per-module placement is not (use enable_model_cpu_offload on a pipeline instead)"
+            )
+        value = value[""]
+    if value is None:
+        return torch.device("cpu")
+    if value == "auto":
+        accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        return accelerator if accelerator is not None else torch.device("cpu")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"device_map={device_map!r} does not name a device (use 'cpu', 'cuda', 'cuda:0' or 'auto')"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device_map={device_map!r}, but CUDA is not available in this process")
+    return device
+
+
+def _list_keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    return shown + (f" … and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else "")
+
+
+def _shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(x) for x in shape)
+
+
+class _Placement:
+    """Where and in what dtype each tensor of the model goes."""
+
+    def __init__(
+        self, device: torch.device, dtype: torch.dtype | None, keep_fp32: tuple[str, ...], keep_file_dtype: bool
+    ) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.keep_fp32 = keep_fp32
+        self.keep_file_dtype = keep_file_dtype
+        self.file_dtype: torch.dtype | None = None  # the first floating dtype seen in the files
+
+    def in_fp32_module(self, key: str) -> bool:
+        return any(f".{name}." in f".{key}." for name in self.keep_fp32)
+
+    def dtype_for(self, key: str, model_dtype: torch.dtype, file_dtype: torch.dtype | None = None) -> torch.dtype:
+        if not model_dtype.is_floating_point:
+            return model_dtype
+        if self.dtype is not None and self.in_fp32_module(key):
+            return torch.float32
+        if self.dtype is not None:
+            return self.dtype
+        if self.keep_file_dtype:
+            chosen = file_dtype if file_dtype is not None and file_dtype.is_floating_point else self.file_dtype
+            return chosen or model_dtype
+        return model_dtype
+
+
+def _owner(model: torch.nn.Module, key: str) -> tuple[torch.nn.Module, str]:
+    path, _, name = key.rpartition(".")
+    return (model.get_submodule(path) if path else model), name
+
+
+def _get_tensor(model: torch.nn.Module, key: str) -> torch.Tensor:
+    module, name = _owner(model, key)
+    tensor = module._parameters[name] if name in module._parameters else module._buffers[name]
+    assert tensor is not None
+    return tensor
+
+
+def _set_tensor(model: torch.nn.Module, key: str, tensor: torch.Tensor) -> None:
+    module, name = _owner(model, key)
+    if name in module._parameters:
+        old = module._parameters[name]
+        requires_grad = old.requires_grad if old is not None else True
+        if not isinstance(tensor, torch.nn.Parameter):
+            tensor = torch.nn.Parameter(tensor, requires_grad=requires_grad)
+        module._parameters[name] = tensor
+    else:
+        module._buffers[name] = tensor
+
+
+def _alias_groups(model: torch.nn.Module) -> list[list[str]]:
+    """Names that refer to one tensor object (tied weights), in registration order."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    for name, b in model.named_buffers(remove_duplicate=False):
+        by_id.setdefault(id(b), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+# -- the base class ------------------------------------------------------------------------
+
+
+class ModelMixin(torch.nn.Module, ConfigMixin):
+    """Base of every difflux model: config recording plus Diffusers-format ``from_pretrained`` /
+    ``save_pretrained``. Subclasses define ``__init__`` (its arguments are the config) and ``forward``.
+    """
+
+    config_name: ClassVar[str] = "config.json"
+    #: File-name prefix of the weights (``diffusion_pytorch_model.safetensors``).
+    weights_name: ClassVar[str] = WEIGHTS_NAME
+    #: Submodule names kept in float32 when a lower ``torch_dtype`` is asked for.
+    _keep_in_fp32_modules: ClassVar[tuple[str, ...]] = ()
+    #: Submodules that must stay on one device when a model is split (offload helpers read this).
+    _no_split_modules: ClassVar[tuple[str, ...]] = ()
+    #: Regular expressions of checkpoint keys to drop silently instead of reporting as unexpected.
+    _keys_to_ignore_on_load_unexpected: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def _convert_checkpoint(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename legacy checkpoint keys; called on each weights file's tensors before loading."""
+        return state_dict
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @overload
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        variant: str | None = None,
+        use_safetensors: bool | None = None,
+        low_cpu_mem_usage: bool = True,
+        device_map: str | torch.device | Mapping[str, Any] | None = None,
+        output_loading_info: Literal[False] = False,
+        options: LoadOptions | None = None,
+        **kwargs: Any,
+    ) -> Self: ...
+
+    @overload
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        variant: str | None = None,
+        use_safetensors: bool | None = None,
+        low_cpu_mem_usage: bool = True,
+        device_map: str | torch.device | Mapping[str, Any] | None = None,
+        output_loading_info: Literal[True],
+        options: LoadOptions | None = None,
+        **kwargs: Any,
+    ) -> tuple[Self, LoadingInfo]: ...
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        variant: str | None = None,
+        use_safetensors: bool | None = None,
+        low_cpu_mem_usage: bool = True,
+        device_map: str | torch.device | Mapping[str, Any] | None = None,
+        output_loading_info: bool = False,
+        options: LoadOptions | None = None,
+        **kwargs: Any,
+    ) -> Self | tuple[Self, LoadingInfo]:
+        """Load a model from a Diffusers model folder (or a repo id, with ``difflux-hub`` installed).
+
+        :param pretrained_model_name_or_path: a folder holding ``config.json`` and the weights, or a repo id.
+        :param subfolder: the model's folder inside it (``"unet"``).
+        :param torch_dtype: dtype of the floating-point weights (``torch.float16``, ``"bf16"``);
+            ``_keep_in_fp32_modules`` stay in float32. ``None``: the dtype the model is built in.
+        :param variant: load ``diffusion_pytorch_model.{variant}.safetensors`` (or its shards).
+        :param use_safetensors: ``None``/``True``: safetensors only; ``False``: also allow ``.bin``.
+        :param low_cpu_mem_usage: build on the meta device and assign the loaded tensors.
+        :param device_map: ``"cpu"``, ``"cuda"``, ``"cuda:0"``, ``{"": device}`` or ``"auto"``;
+            tensors are read straight onto that device.
+        :param output_loading_info: return ``(model, info)`` with ``missing_keys``,
+            ``unexpected_keys``, ``mismatched_keys`` and ``error_msgs`` instead of raising on
+            them; missing and mis-shaped parameters are then initialised as a new model would be.
+        :param options: a :class:`LoadOptions` (what the pipeline loader passes); the named
+            arguments above, when not at their defaults, and option keywords override it.
+        :param kwargs: :class:`LoadOptions` fields (``revision``, ``cache_dir`` …) go to the
+            resolver; every other keyword overrides a config entry.
+
+        Pipelines that already resolved a folder call :meth:`_from_folder` instead.
+        """
+        named: dict[str, Any] = {
+            "subfolder": subfolder,
+            "torch_dtype": torch_dtype,
+            "variant": variant,
+            "use_safetensors": use_safetensors,
+            "low_cpu_mem_usage": low_cpu_mem_usage,
+            "device_map": device_map,
+            "output_loading_info": output_loading_info,
+        }
+        defaults = LoadOptions()
+        changes = {k: v for k, v in named.items() if v is not getattr(defaults, k) and v != getattr(defaults, k)}
+        option_names = LoadOptions.field_names()
+        changes.update({k: v for k, v in kwargs.items() if k in option_names})
+        overrides = {k: v for k, v in kwargs.items() if k not in option_names}
+        opts = (options or defaults).replace(**changes) if changes else (options or defaults)
+        root = get_registry().resolve_pretrained(pretrained_model_name_or_path, opts)
+        folder = root / opts.subfolder if opts.subfolder else root
+        loaded: Self | tuple[Self, LoadingInfo] = cls._from_folder(folder, opts, overrides=overrides)
+        return loaded
+
+    @classmethod
+    def _from_folder(
+        cls,
+        folder: str | os.PathLike[str],
+        options: LoadOptions,
+        *,
+        component: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Self | tuple[Self, LoadingInfo]:
+        """Load from a local model folder with ready-made options (the pipeline loader's entry).
+
+        ``folder`` is the model's own folder (``options.subfolder`` is not applied again);
+        ``component`` picks the dtype from a per-component ``options.torch_dtype`` mapping;
+        ``overrides`` replace config entries. Returns the model, or ``(model, info)`` when
+        ``options.output_loading_info`` is set.
+        """
+        folder = Path(folder)
+        config = cls.load_config(folder)
+        config.update(overrides or {})
+        dtype = options.dtype_for(component)
+        raw = options.torch_dtype
+        if isinstance(raw, Mapping):
+            raw = raw.get(component, raw.get("default")) if component else raw.get("default")
+        placement = _Placement(
+            resolve_device(options.device_map), dtype, tuple(cls._keep_in_fp32_modules), keep_file_dtype=raw == "auto"
+        )
+        weights = find_weight_files(
+            folder, prefix=cls.weights_name, variant=options.variant, use_safetensors=options.use_safetensors
+        )
+
+        def build() -> ModelMixin:
+            return cls.from_config(config)
+
+        model: ModelMixin
+        if options.low_cpu_mem_usage:
+            with parameters_on_meta():
+                model = build()
+        else:
+            model = build()
+        info = model._load_weights(weights, placement, build, strict=not options.output_loading_info)
+        model.eval()
+        loaded = typing.cast(Self, model)
+        return (loaded, info) if options.output_loading_info else loaded
+
+    def _load_weights(
+        self, weights: WeightFiles, placement: _Placement, build: Callable[[], torch.nn.Module], *, strict: bool
+    ) -> LoadingInfo:
+        """Read ``weights`` into this model, file by file; then place every tensor. Returns the loading info."""
+        expected = self.state_dict(keep_vars=True)
+        aliases = _alias_groups(self)
+        ignore = [re.compile(p) for p in self._keys_to_ignore_on_load_unexpected]
+        loaded: set[str] = set()
+        unexpected: list[tuple[str, Path]] = []
+        mismatched: list[tuple[str, Path, tuple[int, ...], tuple[int, ...]]] = []
+        for path, tensors in iter_weight_shards(weights, placement.device):
+            tensors = type(self)._convert_checkpoint(tensors)
+            batch: dict[str, torch.Tensor] = {}
+            for key in list(tensors):
+                tensor = tensors.pop(key)
+                ref = expected.get(key)
+                if ref is None:
+                    if not any(p.search(key) for p in ignore):
+                        unexpected.append((key, path))
+                    continue
+                if tensor.shape != ref.shape:
+                    mismatched.append((key, path, _shape(tensor.shape), _shape(ref.shape)))
+                    continue
+                if placement.file_dtype is None and tensor.is_floating_point():
+                    placement.file_dtype = tensor.dtype
+                batch[key] = tensor.to(dtype=placement.dtype_for(key, ref.dtype, tensor.dtype))
+            self.load_state_dict(batch, strict=False, assign=True)
+            loaded.update(batch)
+            del batch, tensors
+        covered = set(loaded)
+        for group in aliases:
+            if covered.intersection(group):
+                covered.update(group)
+        missing = [k for k in expected if k not in covered]
+        mismatched_keys = {m[0] for m in mismatched}
+        missing_only = [k for k in missing if k not in mismatched_keys]
+        errors = self._loading_errors(weights, missing_only, unexpected, mismatched)
+        if errors and strict:
+            raise LoadError("\n".join(errors))
+        on_meta = [k for k in missing if _get_tensor(self, k).device.type == "meta"]
+        if on_meta:
+            self._fill_from_new_model(on_meta, build)
+        for group in aliases:  # re-tie: assign=True gave each alias its own tensor
+            source = next((k for k in group if k in loaded), group[0])
+            tensor = _get_tensor(self, source)
+            for key in group:
+                if key != source:
+                    _set_tensor(self, key, tensor)
+        self._place(placement, loaded)
+        return {
+            "missing_keys": missing_only,
+            "unexpected_keys": [k for k, _ in unexpected],
+            "mismatched_keys": [(k, found, want) for k, _, found, want in mismatched],
+            "error_msgs": errors,
+        }
+
+    def _loading_errors(
+        self,
+        weights: WeightFiles,
+        missing: list[str],
+        unexpected: list[tuple[str, Path]],
+        mismatched: list[tuple[str, Path, tuple[int, ...], tuple[int, ...]]],
+    ) -> list[str]:
+        name = type(self).__name__
+        errors: list[str] = []
+        if missing:
+            errors.append(
+                f"{weights.describe()}: missing {len(missing)} key(s) that {name} needs: {_list_keys(missing)}; "
+                "pass output_loading_info=True to load anyway with those initialised at random"
+            )
+        if unexpected:
+            by_file: dict[Path, list[str]] = {}
+            for key, path in unexpected:
+                by_file.setdefault(path, []).append(key)
+            for path, keys in by_file.items():
+                errors.append(f"{path}: {len(keys)} key(s) that {name} does not have: {_list_keys(keys)}")
+        for key, path, found, want in mismatched:
+            errors.append(f"{path}: key {key!r} has shape {found}, but {name} expects {want}")
+        return errors
+
+    def _fill_from_new_model(self, keys: list[str], build: Callable[[], torch.nn.Module]) -> None:
+        """Give keys the checkpoint did not provide the values a freshly built model has."""
+        fresh = build().state_dict()
+        for key in keys:
+            _set_tensor(self, key, fresh[key].detach().clone())
+
+    def _place(self, placement: _Placement, loaded: set[str]) -> None:
+        """Move every tensor that did not come from the files to the target device and dtype."""
+        done: dict[int, torch.Tensor] = {}
+        for prefix, module in self.named_modules(remove_duplicate=False):
+            for table in (module._parameters, module._buffers):
+                for name, tensor in list(table.items()):
+                    if tensor is None:
+                        continue
+                    key = f"{prefix}.{name}" if prefix else name
+                    if key in loaded:
+                        continue
+                    if id(tensor) in done:
+                        table[name] = done[id(tensor)]
+                        continue
+                    if tensor.device.type == "meta":
+                        raise LoadError(f"{type(self).__name__}: {key} was neither loaded nor initialised")
+                    dtype = placement.dtype_for(key, tensor.dtype)
+                    if tensor.device == placement.device and tensor.dtype == dtype:
+                        continue
+                    moved = tensor.detach().to(device=placement.device, dtype=dtype)
+                    if isinstance(tensor, torch.nn.Parameter):
+                        moved = torch.nn.Parameter(moved, requires_grad=tensor.requires_grad)
+                    done[id(tensor)] = moved
+                    table[name] = moved
+
+    # -- saving ----------------------------------------------------------------------------
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        *,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+        is_main_process: bool = True,
+    ) -> Path:
+        """Write ``config.json`` and the weights into ``save_directory``, all at once.
+
+        :param safe_serialization: safetensors (default) or, when ``False``, pickled ``.bin`` files.
+        :param variant: name the weights ``diffusion_pytorch_model.{variant}.safetensors``.
+        :param max_shard_size: split the weights into shards of at most this size (``"10GB"``, bytes),
+            with an index file, when they do not fit in one.
+        :param is_main_process: only the main process writes (in distributed runs).
+
+        The folder is written into a temporary sibling and swapped in when complete; other files
+        already in it are kept, stale weights of the same variant and format are removed.
+        """
+        target = Path(save_directory)
+        if not is_main_process:
+            return target
+        parse_size(max_shard_size)
+        state = self.state_dict()
+        on_meta = [k for k, v in state.items() if v.device.type == "meta"]
+        if on_meta:
+            raise LoadError(f"{type(self).__name__}: cannot save tensors on the meta device: {_list_keys(on_meta)}")
+        with atomic_folder(target) as tmp:
+            self.save_config(tmp)
+            save_state_dict(
+                state,
+                tmp,
+                prefix=self.weights_name,
+                variant=variant,
+                safe_serialization=safe_serialization,
+                max_shard_size=max_shard_size,
+            )
+        return target
+
+    # -- properties and switches -----------------------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the first floating-point parameter outside ``_keep_in_fp32_modules``."""
+        keep = tuple(self._keep_in_fp32_modules)
+        first: torch.dtype | None = None
+        for name, p in self.named_parameters():
+            if p.is_floating_point():
+                if not any(f".{m}." in f".{name}." for m in keep):
+                    return p.dtype
+                first = first or p.dtype
+        if first is not None:
+            return first
+        for t in (*self.parameters(), *self.buffers()):
+            return t.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the first parameter (or buffer); CPU for a model without tensors."""
+        for t in (*self.parameters(), *self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    def num_parameters(self, only_trainable: bool = False) -> int:
+        """Number of parameter elements (tied parameters counted once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    def set_attention_backend(self, name: str | None) -> None:
+        """Use attention backend ``name`` in every attention module of this model (``None``: automatic).
+
+        The name must be registered by a plugin; the error lists the registered names.
+        """
+        if name is not None:
+            backends = get_registry().attention_backends
+            spec = backends.get(name)
+            if spec is None:
+                raise ConfigError(
+                    f"unknown attention backend {name!r}; registered backends: {', '.join(sorted(backends)) or 'none'}"
+                )
+            why = spec.available()
+            if why is not None:
+                raise ConfigError(f"attention backend {name!r} (plugin {spec.plugin!r}) is not usable here: {why}")
+        for module in self.modules():
+            if "attention_backend" in vars(module) or hasattr(type(module), "attention_backend"):
+                setattr(module, "attention_backend", name)  # noqa: B010 (a plain attribute, not a tensor)

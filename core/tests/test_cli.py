@@ -1,0 +1,196 @@
+"""The ``difflux`` command: ``plugins`` in-process and as the installed script."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import pytest
+from difflux import __version__, cli, hookimpl
+from difflux.registry import reset_registry
+
+SCRIPT = Path(sys.executable).with_name("difflux")
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    for var in ("DIFFLUX_LOAD_PLUGINS", "DIFFLUX_DISABLE_PLUGIN_AUTOLOAD", "DIFFLUX_TRACE_PLUGINS"):
+        monkeypatch.delenv(var, raising=False)
+    reset_registry()
+    try:
+        yield monkeypatch
+    finally:
+        reset_registry()
+
+
+def _run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = cli.main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+class Showcase:
+    class ShowPipeline:
+        pass
+
+    class ShowModel:
+        pass
+
+    class ShowScheduler:
+        pass
+
+    @hookimpl
+    def difflux_register_pipelines(self, register: Any) -> None:
+        register(self.ShowPipeline, aliases=["show"])
+
+    @hookimpl
+    def difflux_register_components(self, register: Any) -> None:
+        register(self.ShowModel)
+        register("somewhere:ShowTokenizer", library="transformers")
+
+    @hookimpl
+    def difflux_register_schedulers(self, register: Any) -> None:
+        register(self.ShowScheduler, aliases={"Show Karras": {"use_karras_sigmas": True}, "Show": {}})
+
+    @hookimpl
+    def difflux_register_attention_backends(self, register: Any) -> None:
+        register("show-flash", "somewhere:flash", priority=7, devices=["cuda"], dtypes=["float16", "bfloat16"],
+                 supports_mask=False, max_head_dim=128)
+        register("show-missing", "somewhere:x", requires=["difflux_no_such_module_for_tests"])
+
+
+def test_plugins_lists_sdpa_and_its_backend(env: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("difflux_attention_sdpa")
+    code, text = _run("plugins")
+    assert code == 0
+    assert "attention-sdpa  (difflux-attention-sdpa 0.1.0, module difflux_attention_sdpa.plugin)" in text
+    assert "attention backend  sdpa  (priority 100; any device; any dtype; requires torch)" in text
+    assert "attention backend  reference  (priority -100; any device; any dtype)" in text
+    assert text.rstrip().endswith("default attention backend: sdpa")
+
+
+def test_plugins_json(env: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("difflux_attention_sdpa")
+    code, text = _run("plugins", "--json")
+    assert code == 0
+    report = json.loads(text)
+    by_name = {p["name"]: p for p in report["plugins"]}
+    assert by_name["difflux"]["distribution"] == "difflux"
+    assert by_name["difflux"]["version"] == __version__
+    sdpa = by_name["attention-sdpa"]
+    assert sdpa["distribution"] == "difflux-attention-sdpa"
+    assert [b["name"] for b in sdpa["attention_backends"]] == ["sdpa"]
+    assert sdpa["attention_backends"][0] == {
+        "name": "sdpa",
+        "priority": 100,
+        "devices": None,
+        "dtypes": None,
+        "supports_mask": True,
+        "supports_causal": True,
+        "max_head_dim": None,
+        "requires": ["torch"],
+        "available": True,
+        "unavailable": None,
+    }
+    assert report["default_attention_backend"] == "sdpa"
+    assert report["skipped"] == []
+
+
+def test_plugins_shows_everything_a_plugin_registers_and_what_was_skipped(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DIFFLUX_DISABLE_PLUGIN_AUTOLOAD", "1")
+    registry = reset_registry(extra_plugins=[("showcase", Showcase())])
+    assert registry is not None
+    report = cli.plugins_report()
+    show = next(p for p in report["plugins"] if p["name"] == "showcase")
+    assert show["pipelines"] == ["ShowPipeline", "show"]
+    assert show["components"] == ["diffusers.ShowModel", "transformers.ShowTokenizer"]
+    assert show["schedulers"] == [{"name": "ShowScheduler", "aliases": ["Show", "Show Karras"]}]
+    flash, missing = show["attention_backends"]
+    assert (flash["name"], flash["devices"], flash["dtypes"]) == ("show-flash", ["cuda"], ["bfloat16", "float16"])
+    assert (flash["supports_mask"], flash["max_head_dim"], flash["available"]) == (False, 128, True)
+    assert missing["available"] is False and "difflux_no_such_module_for_tests" in missing["unavailable"]
+    # Every installed entry point was skipped, each with the reason.
+    assert {s["name"] for s in report["skipped"]} >= set(registry.skipped)
+    assert all("DIFFLUX_DISABLE_PLUGIN_AUTOLOAD" in s["reason"] for s in report["skipped"])
+    assert report["default_attention_backend"] == "show-flash"  # highest-priority available one
+
+    code, text = _run("plugins")
+    assert code == 0
+    assert "    pipeline           show\n" in text
+    assert "    component          transformers.ShowTokenizer\n" in text
+    assert "    scheduler          ShowScheduler  aliases: Show, Show Karras\n" in text
+    assert (
+        "    attention backend  show-flash  (priority 7; devices cuda; dtypes bfloat16,float16; no mask; "
+        "head dim <= 128)\n"
+    ) in text
+    assert "UNAVAILABLE: needs the module 'difflux_no_such_module_for_tests'" in text
+    if registry.skipped:
+        assert "skipped plugins:\n" in text
+        name = next(iter(registry.skipped))
+        assert f"    {name}: not allowed by DIFFLUX_LOAD_PLUGINS" in text
+    assert "difflux  (difflux " in text and "registers nothing" not in text.split("showcase")[0]
+
+
+def test_plugins_reports_a_plugin_error_as_exit_status_1(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Broken:
+        @hookimpl
+        def difflux_register_pipelines(self, register: Any) -> None:
+            register("not a reference")
+
+    def failing_registry() -> Any:
+        return reset_registry(extra_plugins=[("broken", Broken())])
+
+    env.setattr(cli, "get_registry", failing_registry)
+    assert _run("plugins")[0] == 1
+    assert "difflux plugins: error: " in capsys.readouterr().err
+
+
+def test_no_command_prints_help_and_version_works(capsys: pytest.CaptureFixture[str]) -> None:
+    code, text = _run()
+    assert code == 2
+    assert "plugins" in text and "usage: difflux" in text
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"difflux {__version__}"
+
+
+def test_a_subcommand_is_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    def run_echo(args: argparse.Namespace, out: TextIO) -> int:
+        out.write(f"echo {args.word}\n")
+        return 3
+
+    def add_echo(sub: Any) -> None:
+        p = sub.add_parser("echo")
+        p.add_argument("word")
+        p.set_defaults(handler=run_echo)
+
+    monkeypatch.setattr(cli, "_COMMANDS", [*cli._COMMANDS, add_echo])
+    assert _run("echo", "hi") == (3, "echo hi\n")
+    assert _run("plugins", "--json")[0] == 0
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the difflux script is not installed next to this Python")
+def test_installed_script(env: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("difflux_attention_sdpa")
+    done = subprocess.run([str(SCRIPT), "plugins", "--json"], capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    backends = {b["name"]: p["name"] for p in report["plugins"] for b in p["attention_backends"]}
+    assert backends["sdpa"] == "attention-sdpa"
+    assert backends["reference"] == "difflux"
+    text = subprocess.run([str(SCRIPT), "plugins"], capture_output=True, text=True, check=True).stdout
+    assert "attention backend  sdpa" in text
+
+
+def test_plugins_command_imports_no_torch() -> None:
+    code = "import sys\nfrom difflux.cli import main\nmain(['plugins'])\nprint('torch' in sys.modules)\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.rstrip().endswith("False")
