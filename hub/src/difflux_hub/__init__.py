@@ -1,0 +1,1 @@
+"""difflux-hub: the Hugging Face Hub for difflux."""

@@ -1,0 +1,1 @@
+"""difflux plugin: unconditional and class-conditional pipelines."""
