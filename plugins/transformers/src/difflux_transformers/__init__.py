@@ -1,1 +1,1 @@
-"""difflux plugin: loads ["transformers", ClassName] components (CLIP, T5, tokenizers, image processors) through the transformers library."""
+"""difflux plugin: loads transformers components named in model_index.json."""
