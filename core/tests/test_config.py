@@ -217,3 +217,42 @@ def test_a_difflux_written_config_loads_in_diffusers_with_equal_values(tmp_path:
     out = tmp_path / "again"
     theirs.save_config(out)
     assert read_json(out / "scheduler_config.json") == read_json(tmp_path / "scheduler_config.json")
+
+
+class _Source(ConfigMixin):
+    def __init__(self, spacing: str = "leading", steps: int = 1000) -> None:
+        pass
+
+
+class _Target(ConfigMixin):
+    def __init__(self, spacing: str = "linspace", steps: int = 1000) -> None:
+        pass
+
+
+def test_swapping_classes_leaves_out_values_that_were_only_defaults() -> None:
+    # As in Diffusers: a value the source only had as its default is not forced on the target.
+    assert _Target.from_config(_Source().config).config["spacing"] == "linspace"
+    assert _Target.from_config(_Source(spacing="trailing").config).config["spacing"] == "trailing"
+    # A config read from a file lists its keys explicitly, so they all carry over...
+    assert _Target.from_config({"spacing": "leading"}).config["spacing"] == "leading"
+    # ...unless the file says, as Diffusers' configs do, that they were defaults.
+    diffusers_style = {"spacing": "leading", "steps": 10, "_use_default_values": ["spacing"]}
+    rebuilt = _Target.from_config(diffusers_style)
+    assert (rebuilt.config["spacing"], rebuilt.config["steps"]) == ("linspace", 10)
+    assert "_use_default_values" not in rebuilt.config
+
+
+def test_swap_matches_diffusers_for_a_default_built_scheduler() -> None:
+    import diffusers
+
+    class DDIMLike(ConfigMixin):
+        def __init__(self, timestep_spacing: str = "leading", steps_offset: int = 0) -> None:
+            pass
+
+    class DPMLike(ConfigMixin):
+        def __init__(self, timestep_spacing: str = "linspace", steps_offset: int = 0) -> None:
+            pass
+
+    ours = DPMLike.from_config(DDIMLike().config).config["timestep_spacing"]
+    theirs = diffusers.DPMSolverMultistepScheduler.from_config(diffusers.DDIMScheduler().config)
+    assert ours == theirs.config["timestep_spacing"] == "linspace"

@@ -37,16 +37,27 @@ DIFFUSERS_FORMAT_VERSION = "0.42.1"
 
 # Keys that describe the file rather than the component; rewritten on every save.
 _FORMAT_KEYS = frozenset({"_class_name", "_diffusers_version"})
+# The item in which Diffusers' configs list the init arguments that took their defaults.
+USED_DEFAULTS_KEY = "_use_default_values"
 _reported_extras: set[tuple[str, frozenset[str]]] = set()
 
 
 class FrozenConfig(Mapping[str, Any]):
-    """A read-only mapping that also allows attribute access (``config.num_train_timesteps``)."""
+    """A read-only mapping that also allows attribute access (``config.num_train_timesteps``).
 
-    __slots__ = ("_data",)
+    ``used_defaults`` names the entries that took their ``__init__`` defaults; it travels with
+    the mapping (so ``OtherClass.from_config(obj.config)`` can leave them out) without being one
+    of its items.
+    """
 
-    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+    __slots__ = ("_data", "used_defaults")
+
+    _data: dict[str, Any]
+    used_defaults: frozenset[str]
+
+    def __init__(self, data: Mapping[str, Any] | None = None, used_defaults: frozenset[str] = frozenset()) -> None:
         object.__setattr__(self, "_data", dict(data or {}))
+        object.__setattr__(self, "used_defaults", frozenset(used_defaults))
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -67,7 +78,7 @@ class FrozenConfig(Mapping[str, Any]):
         raise TypeError("a config is read-only; use register_to_config() or from_config(**overrides)")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (FrozenConfig, (self._data,))
+        return (FrozenConfig, (self._data, self.used_defaults))
 
     def __repr__(self) -> str:
         return f"FrozenConfig({self._data!r})"
@@ -129,10 +140,10 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
     def __init__(self: ConfigMixin, *args: Any, **kwargs: Any) -> None:
         cls = type(self)
         if cls.__init__ is __init__ and "_internal_config" not in self.__dict__:
-            kwargs = cls._validated_init_kwargs(args, kwargs)
+            kwargs, defaulted = cls._validated_init_kwargs(args, kwargs)
             args = ()
             config = {k: v for k, v in kwargs.items() if k not in cls.ignore_for_config}
-            object.__setattr__(self, "_internal_config", FrozenConfig(config))
+            object.__setattr__(self, "_internal_config", FrozenConfig(config, defaulted - cls.ignore_for_config))
         init(self, *args, **kwargs)
 
     __init__._difflux_records_config = True  # type: ignore[attr-defined]
@@ -200,12 +211,16 @@ class ConfigMixin:
         return typing.cast(type[pydantic.BaseModel], model)
 
     @classmethod
-    def _validated_init_kwargs(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _validated_init_kwargs(
+        cls, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], frozenset[str]]:
+        """The validated ``__init__`` arguments, and the names that took their defaults."""
         sig = cls._init_signature()
         try:
             bound = sig.bind(None, *args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{cls.__name__}(): {exc}") from None
+        given = set(bound.arguments)
         bound.apply_defaults()
         values = dict(list(bound.arguments.items())[1:])
         var_kw = {n for n, p in sig.parameters.items() if p.kind is p.VAR_KEYWORD}
@@ -221,7 +236,7 @@ class ConfigMixin:
             raise ConfigError(f"invalid config for {cls.__name__}: {problems}") from None
         validated = {name: getattr(model, name) for name in values}
         validated.update(extra)
-        return validated
+        return validated, frozenset(values) - given
 
     # -- the public API -------------------------------------------------------------------
 
@@ -232,7 +247,8 @@ class ConfigMixin:
 
     def register_to_config(self, **kwargs: Any) -> None:
         """Add or change config entries (for values an ``__init__`` derives)."""
-        object.__setattr__(self, "_internal_config", FrozenConfig({**self._internal_config, **kwargs}))
+        old = self._internal_config
+        object.__setattr__(self, "_internal_config", FrozenConfig({**old, **kwargs}, old.used_defaults - set(kwargs)))
 
     @classmethod
     def _quiet_config_keys(cls, config: Mapping[str, Any]) -> frozenset[str]:
@@ -243,9 +259,15 @@ class ConfigMixin:
     def from_config(cls, config: Mapping[str, Any] | None = None, /, **overrides: Any) -> Self:
         """Build an instance from a config mapping (e.g. another instance's ``.config``).
 
-        Keys that are not ``__init__`` arguments are kept in ``.config`` and reported once.
+        Keys that are not ``__init__`` arguments are kept in ``.config`` and reported once. Keys
+        that the source config only had as defaults (its ``_use_default_values``) are left out,
+        so this class uses its own defaults for them, as Diffusers does when swapping schedulers.
         """
-        data = {**(config or {}), **overrides}
+        data = dict(config or {})
+        # Diffusers' configs carry the names as an item; difflux's as FrozenConfig.used_defaults.
+        used_defaults = set(data.pop(USED_DEFAULTS_KEY, None) or ()) | set(getattr(config, "used_defaults", ()))
+        data = {k: v for k, v in data.items() if k not in used_defaults}
+        data.update(overrides)
         names = cls.init_parameter_names()
         kwargs = {k: v for k, v in data.items() if k in names}
         extras = {k: v for k, v in data.items() if k not in names and k not in _FORMAT_KEYS}
@@ -280,7 +302,9 @@ class ConfigMixin:
 
     def config_for_save(self) -> dict[str, Any]:
         """The dict written to the JSON file: the config plus ``_class_name`` and ``_diffusers_version``."""
-        data = {k: v for k, v in self._internal_config.items() if k not in _FORMAT_KEYS}
+        data = {
+            k: v for k, v in self._internal_config.items() if k not in _FORMAT_KEYS and k != USED_DEFAULTS_KEY
+        }
         data["_class_name"] = type(self).__name__
         data["_diffusers_version"] = DIFFUSERS_FORMAT_VERSION
         return data

@@ -1,0 +1,96 @@
+"""Linear multistep sampler in sigma (k-diffusion ``sample_lms``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from difflux.schedulers import SchedulerOutput
+
+from . import sampling, schedules
+from ._base import KARRAS_COMPATIBLES, Generator, SigmaScheduler, TrainedBetas
+from .sampling import PredictionType
+from .schedules import TimestepSpacing
+
+__all__ = ["LMSDiscreteScheduler"]
+
+
+class LMSDiscreteScheduler(SigmaScheduler):
+    """Adams-Bashforth style multistep in sigma, on the last ``order`` derivatives (up to 4)."""
+
+    _compatibles: ClassVar[tuple[str, ...]] = KARRAS_COMPATIBLES
+    order: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear",
+        trained_betas: TrainedBetas = None,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        prediction_type: PredictionType = "epsilon",
+        timestep_spacing: TimestepSpacing = "linspace",
+        steps_offset: int = 0,
+    ) -> None:
+        if sum((use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)) > 1:
+            raise ValueError("use at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas")
+        self._init_training_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        sigmas = schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas[::-1], [0.0]]).astype(np.float32))
+        self.timesteps = torch.from_numpy(np.linspace(0, num_train_timesteps - 1, num_train_timesteps)[::-1].copy())
+        self.num_inference_steps = None
+        self.derivatives: list[torch.Tensor] = []
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        *,
+        timesteps: Sequence[float] | None = None,
+        sigmas: Sequence[float] | None = None,
+    ) -> None:
+        """Space ``num_inference_steps`` timesteps per config (custom lists are not supported)."""
+        self._check_set_timesteps_args(
+            num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
+        )
+        assert num_inference_steps is not None
+        self.num_inference_steps = num_inference_steps
+        ts, sig, _ = self._spaced_sigmas(num_inference_steps)
+        self.sigmas = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
+        self.timesteps = torch.from_numpy(np.asarray(ts)).to(device=device, dtype=torch.float32)
+        self.derivatives = []
+        self._reset_step_state()
+
+    def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
+        """The multistep weight of derivative ``current_order`` steps back, at step ``t``."""
+        return sampling.lms_coefficient(self.sigmas.numpy(), t, order, current_order)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        *,
+        eta: float = 0.0,
+        generator: Generator = None,
+        return_dict: bool = True,
+        order: int = 4,
+    ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
+        """One linear multistep step of ``order`` (fewer during warm-up); deterministic."""
+        self._require_timesteps()
+        index = self._ensure_step_index(timestep)
+        sigma = self.sigmas[index]
+        denoised = sampling.denoised_from_sigma(model_output, sample, sigma, self.config.prediction_type)
+        self.derivatives.append(sampling.to_d(sample, sigma, denoised))
+        if len(self.derivatives) > order:
+            self.derivatives.pop(0)
+        order = min(index + 1, order)
+        coeffs = [self.get_lms_coefficient(order, index, k) for k in range(order)]
+        prev_sample = sample + sum(c * d for c, d in zip(coeffs, reversed(self.derivatives)))
+        self._step_index = index + 1
+        return self._output(prev_sample, denoised, return_dict)

@@ -1,0 +1,178 @@
+"""PNDM: pseudo numerical methods for diffusion models (Liu et al. 2022).
+
+Runge-Kutta warm-up steps (``prk``) then fourth-order linear multistep steps (``plms``), both
+applied through the PNDM transfer function. ``skip_prk_steps`` starts with the multistep warm-up
+of the PLMS sampler used by Stable Diffusion instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from difflux.schedulers import SchedulerOutput
+
+from . import sampling
+from ._base import KARRAS_COMPATIBLES, Generator, TrainedBetas, VPScheduler
+from .schedules import TimestepSpacing, spaced_timesteps
+
+__all__ = ["PNDMScheduler"]
+
+
+def _adams_bashforth(ets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Linear multistep combination of the last (up to four) noise estimates (PNDM eq. 12)."""
+    if len(ets) == 2:
+        return (3 * ets[-1] - ets[-2]) / 2
+    if len(ets) == 3:
+        return (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
+    return (1 / 24) * (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4])
+
+
+class PNDMScheduler(VPScheduler):
+    """Pseudo linear multistep sampling; 4th-order Runge-Kutta warm-up unless ``skip_prk_steps``."""
+
+    _compatibles: ClassVar[tuple[str, ...]] = KARRAS_COMPATIBLES
+    order: ClassVar[int] = 1
+    pndm_order: ClassVar[int] = 4
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear",
+        trained_betas: TrainedBetas = None,
+        skip_prk_steps: bool = False,
+        set_alpha_to_one: bool = False,
+        prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
+        timestep_spacing: TimestepSpacing = "leading",
+        steps_offset: int = 0,
+    ) -> None:
+        self._init_training_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps = None
+        self._timesteps = np.arange(0, num_train_timesteps)[::-1].copy()
+        self.prk_timesteps = np.array([], dtype=np.int64)
+        self.plms_timesteps = np.array([], dtype=np.int64)
+        self.timesteps = torch.from_numpy(self._timesteps.copy())
+        self._clear_state()
+
+    def _clear_state(self) -> None:
+        self.ets: list[torch.Tensor] = []
+        self.counter = 0
+        self.cur_model_output: Any = 0
+        self.cur_sample: torch.Tensor | None = None
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        *,
+        timesteps: Sequence[int] | None = None,
+        sigmas: Sequence[float] | None = None,
+    ) -> None:
+        """Build the Runge-Kutta warm-up timesteps (unless skipped) followed by the multistep ones."""
+        self._check_set_timesteps_args(
+            num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
+        )
+        assert num_inference_steps is not None
+        cfg = self.config
+        n = num_inference_steps
+        self.num_inference_steps = n
+        ascending = spaced_timesteps(n, cfg.num_train_timesteps, cfg.timestep_spacing, cfg.steps_offset)[::-1].copy()
+        self._timesteps = ascending
+        if cfg.skip_prk_steps:
+            # PLMS warm-up: the second-to-last step is taken twice (a Heun-like start)
+            self.prk_timesteps = np.array([], dtype=np.int64)
+            self.plms_timesteps = np.concatenate([ascending[:-1], ascending[-2:-1], ascending[-1:]])[::-1].copy()
+        else:
+            if n < self.pndm_order:
+                raise ValueError(
+                    f"PNDMScheduler: with Runge-Kutta warm-up steps num_inference_steps must be at least "
+                    f"{self.pndm_order}, got {n}; pass more steps or use skip_prk_steps=True"
+                )
+            half = cfg.num_train_timesteps // n // 2
+            prk = np.array(ascending[-self.pndm_order :]).repeat(2) + np.tile(np.array([0, half]), self.pndm_order)
+            self.prk_timesteps = prk[:-1].repeat(2)[1:-1][::-1].copy()
+            self.plms_timesteps = ascending[:-3][::-1].copy()
+        ts = np.concatenate([self.prk_timesteps, self.plms_timesteps]).astype(np.int64)
+        self.timesteps = torch.from_numpy(ts).to(device)
+        self._clear_state()
+        self._reset_step_state()
+
+    def _prev_sample(
+        self, sample: torch.Tensor, timestep: Any, prev_timestep: Any, model_output: torch.Tensor
+    ) -> torch.Tensor:
+        alpha_prod_t = self.alphas_cumprod[timestep]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        prediction_type = self.config.prediction_type
+        return sampling.pndm_transfer(sample, model_output, alpha_prod_t, alpha_prod_t_prev, prediction_type)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        *,
+        eta: float = 0.0,
+        generator: Generator = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
+        """One Runge-Kutta stage or one multistep step, depending on progress; deterministic."""
+        self._require_timesteps()
+        self._check_in_schedule(timestep)
+        if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
+            prev = self.step_prk(model_output, timestep, sample)
+        else:
+            prev = self.step_plms(model_output, timestep, sample)
+        return self._output(prev, None, return_dict)
+
+    def step_prk(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
+        """A stage of the 4th-order Runge-Kutta warm-up (PNDM eq. 13): stages weighted 1/6, 1/3, 1/3, 1/6."""
+        assert self.num_inference_steps is not None
+        stage = self.counter % 4
+        diff_to_prev = 0 if self.counter % 2 else self.config.num_train_timesteps // self.num_inference_steps // 2
+        prev_timestep = timestep - diff_to_prev
+        timestep = self.prk_timesteps[self.counter // 4 * 4]
+        if stage == 0:
+            self.cur_model_output += 1 / 6 * model_output
+            self.ets.append(model_output)
+            self.cur_sample = sample
+        elif stage in (1, 2):
+            self.cur_model_output += 1 / 3 * model_output
+        else:
+            model_output = self.cur_model_output + 1 / 6 * model_output
+            self.cur_model_output = 0
+        cur_sample = self.cur_sample if self.cur_sample is not None else sample
+        self.counter += 1
+        return self._prev_sample(cur_sample, timestep, prev_timestep, model_output)
+
+    def step_plms(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
+        """A linear multistep step (PNDM eq. 12) on the last noise estimates."""
+        assert self.num_inference_steps is not None
+        if not self.config.skip_prk_steps and len(self.ets) < 3:
+            raise ValueError(
+                "PNDMScheduler: the multistep stage needs the Runge-Kutta warm-up first; step through "
+                "scheduler.timesteps in order"
+            )
+        stride = self.config.num_train_timesteps // self.num_inference_steps
+        prev_timestep = timestep - stride
+        if self.counter != 1:
+            self.ets = self.ets[-3:]
+            self.ets.append(model_output)
+        else:  # second call of the PLMS warm-up: redo the first step with the averaged estimate
+            prev_timestep = timestep
+            timestep = timestep + stride
+        if len(self.ets) == 1 and self.counter == 0:
+            self.cur_sample = sample
+        elif len(self.ets) == 1 and self.counter == 1:
+            model_output = (model_output + self.ets[-1]) / 2
+            assert self.cur_sample is not None
+            sample, self.cur_sample = self.cur_sample, None
+        else:
+            model_output = _adams_bashforth(self.ets)
+        self.counter += 1
+        return self._prev_sample(sample, timestep, prev_timestep, model_output)

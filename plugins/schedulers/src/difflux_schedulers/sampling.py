@@ -1,0 +1,264 @@
+"""The step maths shared by the schedulers: short pure functions, one per idea (k-diffusion style).
+
+Two parametrisations appear:
+
+- variance preserving (DDPM/DDIM): ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` with ``a_t`` the
+  cumulative product of alphas;
+- variance exploding / k-diffusion: ``x = x0 + sigma eps`` with ``sigma = sqrt((1 - a) / a)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from difflux.torch_utils import randn_tensor
+
+__all__ = [
+    "PredictionType",
+    "add_noise_sigma",
+    "add_noise_vp",
+    "broadcast_to",
+    "clip_or_threshold",
+    "ddim_step",
+    "ddim_variance",
+    "ddpm_posterior_mean",
+    "denoised_from_sigma",
+    "edm_c_in",
+    "edm_scalings",
+    "euler_step",
+    "get_ancestral_step",
+    "lms_coefficient",
+    "noise_like",
+    "pndm_transfer",
+    "predict_x0_eps_vp",
+    "threshold_sample",
+    "to_d",
+    "velocity_vp",
+    "x0_from_roots_vp",
+]
+
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
+
+
+def broadcast_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Flatten per-sample ``values`` and add trailing singleton dims to broadcast against ``like``."""
+    values = values.flatten()
+    return values.reshape(values.shape[0], *([1] * (like.ndim - 1)))
+
+
+def predict_x0_eps_vp(
+    model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean sample and noise from a VP model output (DDPM eq. 15; v-prediction: Salimans & Ho 2022, sec. 4)."""
+    beta_prod_t = 1 - alpha_prod_t
+    if prediction_type == "epsilon":
+        x0 = (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
+        return x0, model_output
+    if prediction_type == "sample":
+        return model_output, (sample - alpha_prod_t**0.5 * model_output) / beta_prod_t**0.5
+    if prediction_type == "v_prediction":
+        x0 = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
+        return x0, alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose 'epsilon', 'sample' or 'v_prediction'")
+
+
+def denoised_from_sigma(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    sigma: torch.Tensor | float,
+    prediction_type: str,
+    sigma_hat: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Clean sample from a model output in the VE/k-diffusion parametrisation (Karras et al. 2022, table 1).
+
+    ``sample`` is the unscaled sample at noise level ``sigma_hat`` (defaults to ``sigma``);
+    v-prediction uses the scaling at ``sigma``.
+    """
+    if prediction_type in ("epsilon",):
+        return sample - (sigma if sigma_hat is None else sigma_hat) * model_output
+    if prediction_type in ("sample", "original_sample"):
+        return model_output
+    if prediction_type == "v_prediction":
+        return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose 'epsilon', 'sample' or 'v_prediction'")
+
+
+def to_d(sample: torch.Tensor, sigma: torch.Tensor | float, denoised: torch.Tensor) -> torch.Tensor:
+    """The probability-flow ODE derivative dx/dsigma (Karras et al. 2022, eq. 4)."""
+    return (sample - denoised) / sigma
+
+
+def get_ancestral_step(
+    sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a step to ``sigma_to`` into a deterministic part ``sigma_down`` and fresh noise ``sigma_up``."""
+    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+    if eta != 1.0:
+        sigma_up = torch.minimum(sigma_to, eta * sigma_up)
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    return sigma_up, sigma_down
+
+
+def threshold_sample(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Dynamic thresholding: clamp to the per-sample ``ratio`` quantile of |x| and rescale (Imagen, sec. 2.3)."""
+    dtype = sample.dtype
+    batch, channels, *rest = sample.shape
+    flat = sample.reshape(batch, channels * int(np.prod(rest)))
+    if dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    flat = torch.clamp(flat, -s, s) / s
+    return flat.reshape(batch, channels, *rest).to(dtype)
+
+
+def clip_or_threshold(
+    x0: torch.Tensor,
+    *,
+    thresholding: bool,
+    clip_sample: bool,
+    clip_sample_range: float = 1.0,
+    dynamic_thresholding_ratio: float = 0.995,
+    sample_max_value: float = 1.0,
+) -> torch.Tensor:
+    """Dynamic thresholding if enabled, else clipping to ``[-range, range]`` if enabled."""
+    if thresholding:
+        return threshold_sample(x0, dynamic_thresholding_ratio, sample_max_value)
+    if clip_sample:
+        return x0.clamp(-clip_sample_range, clip_sample_range)
+    return x0
+
+
+def add_noise_vp(
+    original: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """Forward diffusion q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I) (DDPM eq. 4)."""
+    a = alphas_cumprod.to(device=original.device, dtype=original.dtype)[timesteps.to(original.device)]
+    return broadcast_to(a**0.5, original) * original + broadcast_to((1 - a) ** 0.5, original) * noise
+
+
+def velocity_vp(
+    sample: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """The v-prediction target v = sqrt(a_t) eps - sqrt(1 - a_t) x_0 (Salimans & Ho 2022, sec. 4)."""
+    a = alphas_cumprod.to(device=sample.device, dtype=sample.dtype)[timesteps.to(sample.device)]
+    return broadcast_to(a**0.5, sample) * noise - broadcast_to((1 - a) ** 0.5, sample) * sample
+
+
+def add_noise_sigma(original: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Forward diffusion in the VE parametrisation: x = x_0 + sigma eps."""
+    return original + noise * broadcast_to(sigma, original)
+
+
+def ddim_variance(alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor) -> torch.Tensor:
+    """sigma_t^2 of DDIM with eta = 1 (Song et al. 2021, eq. 16)."""
+    return (1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+
+
+def ddim_step(
+    x0: torch.Tensor, eps: torch.Tensor, alpha_prod_t_prev: torch.Tensor, std_dev_t: torch.Tensor | float
+) -> torch.Tensor:
+    """The deterministic part of x_{t-1} in DDIM (Song et al. 2021, eq. 12)."""
+    direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 * eps
+    return alpha_prod_t_prev**0.5 * x0 + direction
+
+
+def ddpm_posterior_mean(
+    x0: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor
+) -> torch.Tensor:
+    """Mean of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7)."""
+    current_alpha = alpha_prod_t / alpha_prod_t_prev
+    x0_coeff = alpha_prod_t_prev**0.5 * (1 - current_alpha) / (1 - alpha_prod_t)
+    sample_coeff = current_alpha**0.5 * (1 - alpha_prod_t_prev) / (1 - alpha_prod_t)
+    return x0_coeff * x0 + sample_coeff * sample
+
+
+def pndm_transfer(
+    sample: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_prod_t: torch.Tensor,
+    alpha_prod_t_prev: torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
+    """The transfer function phi(x_t, eps, t, t - delta) of PNDM (Liu et al. 2022, eq. 9)."""
+    beta_prod_t = 1 - alpha_prod_t
+    beta_prod_t_prev = 1 - alpha_prod_t_prev
+    if prediction_type == "v_prediction":
+        model_output = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
+    elif prediction_type != "epsilon":
+        raise ValueError(f"PNDM supports prediction_type 'epsilon' or 'v_prediction', not {prediction_type!r}")
+    sample_coeff = (alpha_prod_t_prev / alpha_prod_t) ** 0.5
+    denom = alpha_prod_t * beta_prod_t_prev**0.5 + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev) ** 0.5
+    return sample_coeff * sample - (alpha_prod_t_prev - alpha_prod_t) * model_output / denom
+
+
+def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.legendre.leggauss(n)  # type: ignore[no-any-return]
+
+
+def lms_coefficient(sigmas: Sequence[float] | np.ndarray, t: int, order: int, current_order: int) -> float:
+    """Integral from sigma_t to sigma_{t+1} of the Lagrange basis polynomial ``current_order`` (linear multistep).
+
+    The basis polynomial has degree ``order - 1``, so Gauss-Legendre quadrature with ``order``
+    nodes integrates it exactly.
+    """
+    s = np.asarray(sigmas, dtype=np.float64)
+    nodes = [s[t - k] for k in range(order)]
+
+    def basis(tau: np.ndarray) -> np.ndarray:
+        prod = np.ones_like(tau)
+        for k in range(order):
+            if k != current_order:
+                prod = prod * (tau - nodes[k]) / (nodes[current_order] - nodes[k])
+        return prod
+
+    a, b = s[t], s[t + 1]
+    x, w = _gauss_legendre(max(order, 1))
+    tau = 0.5 * (b - a) * x + 0.5 * (a + b)
+    return float(0.5 * (b - a) * np.sum(w * basis(tau)))
+
+
+def noise_like(like: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise with the shape, dtype and device of ``like`` (same numbers as Diffusers)."""
+    return randn_tensor(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def edm_c_in(sigma: torch.Tensor | float, sigma_data: float) -> torch.Tensor | float:
+    """EDM input scaling c_in = 1 / sqrt(sigma^2 + sigma_data^2) (Karras et al. 2022, table 1)."""
+    return 1 / (sigma**2 + sigma_data**2) ** 0.5
+
+
+def edm_scalings(
+    sigma: torch.Tensor | float, sigma_data: float, sigma_min: float = 0.0
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """EDM skip / output scalings (Karras et al. 2022, table 1); with ``sigma_min`` the consistency-model
+    boundary form, exact identity at ``sigma_min`` (Song et al. 2023, eq. 7 / appendix C)."""
+    c_skip = sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
+    c_out = (sigma - sigma_min) * sigma_data / (sigma**2 + sigma_data**2) ** 0.5
+    return c_skip, c_out
+
+
+def euler_step(sample: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """Euler step of the probability-flow ODE from ``sigma`` to ``sigma_next`` (Karras et al. 2022, alg. 1 line 5),
+    written as ``denoised + (sigma_next / sigma) (sample - denoised)`` so that it is one fused kernel."""
+    return torch.lerp(denoised, sample, sigma_next / sigma)
+
+
+def x0_from_roots_vp(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    sqrt_alpha: torch.Tensor,
+    sqrt_one_minus_alpha: torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
+    """Clean sample from a VP model output given precomputed sqrt(a_t), sqrt(1 - a_t) (as :func:`predict_x0_eps_vp`,
+    for schedulers that cache the roots per timestep; same float32 rounding)."""
+    if prediction_type == "epsilon":
+        return (sample - sqrt_one_minus_alpha * model_output) / sqrt_alpha
+    if prediction_type == "sample":
+        return model_output
+    if prediction_type == "v_prediction":
+        return sqrt_alpha * sample - sqrt_one_minus_alpha * model_output
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose 'epsilon', 'sample' or 'v_prediction'")
