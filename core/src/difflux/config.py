@@ -161,6 +161,8 @@ class ConfigMixin:
     _compatibles: ClassVar[tuple[str, ...]] = ()
 
     _internal_config: FrozenConfig
+    # The pydantic model validating this class's ``__init__`` arguments, built on first use.
+    _difflux_config_model: ClassVar[type[pydantic.BaseModel] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -207,7 +209,7 @@ class ConfigMixin:
             ),
             **fields,
         )
-        setattr(cls, "_difflux_config_model", model)
+        cls._difflux_config_model = model
         return typing.cast(type[pydantic.BaseModel], model)
 
     @classmethod

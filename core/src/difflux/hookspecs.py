@@ -108,3 +108,31 @@ def difflux_component_loaded(name: str, component: Any, options: LoadOptions) ->
     :return: ``None`` to keep ``component``, or a replacement object. When several plugins
         return replacements, the one called first (registered last) wins.
     """
+
+
+@hookspec(firstresult=True)
+def difflux_load_pipeline_class(folder: Path, index: dict[str, Any], options: LoadOptions) -> type | None:
+    """Return the pipeline class for custom code (``custom_pipeline=``, or a ``_class_name`` of
+    ``[module, ClassName]`` in ``model_index.json``); ``firstresult``.
+
+    Core calls it only when ``options.custom_pipeline`` is set or ``_class_name`` names a module;
+    it never imports code from a folder itself. An implementation must refuse code from a repo
+    unless ``options.trust_remote_code`` is true.
+
+    :param folder: the resolved pipeline folder (holding ``model_index.json``).
+    :param index: the parsed ``model_index.json``.
+    :param options: the load options (``custom_pipeline``, ``custom_revision``, ``trust_remote_code`` ...).
+    :return: a ``DiffusionPipeline`` subclass, or ``None`` when this plugin does not handle it.
+    """
+
+
+@hookspec(firstresult=True)
+def difflux_push_to_hub(obj: Any, repo_id: str, options: dict[str, Any]) -> Any:
+    """Upload a pipeline, model or scheduler to a Hub repo; ``firstresult``.
+
+    :param obj: the object whose ``save_pretrained`` writes the files to upload.
+    :param repo_id: the target repo (``"org/name"``), created when missing.
+    :param options: ``commit_message``, ``private``, ``token``, ``create_pr``,
+        ``safe_serialization`` and ``variant``, as passed to ``push_to_hub``.
+    :return: the commit information, or ``None`` when this plugin does not handle it.
+    """

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal, Self, overload
 
 import torch
 
+from ._pushing import PushToHubMixin
 from .config import ConfigMixin
 from .errors import ConfigError, LoadError
 from .options import LoadOptions
@@ -193,7 +194,7 @@ def _alias_groups(model: torch.nn.Module) -> list[list[str]]:
 # -- the base class ------------------------------------------------------------------------
 
 
-class ModelMixin(torch.nn.Module, ConfigMixin):
+class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
     """Base of every difflux model: config recording plus Diffusers-format ``from_pretrained`` /
     ``save_pretrained``. Subclasses define ``__init__`` (its arguments are the config) and ``forward``.
     """

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import _providers
+from ._pushing import PushToHubMixin
 from .config import DIFFUSERS_FORMAT_VERSION, ConfigMixin, FrozenConfig, read_json, write_json_atomic
 from .errors import ConfigError, LoadError, UnknownClassError
 from .image import numpy_to_pil
@@ -263,7 +264,7 @@ def _save_component(component: Any, name: str, path: Path, options: Mapping[str,
 # -- the pipeline ------------------------------------------------------------------------------
 
 
-class DiffusionPipeline(ConfigMixin):
+class DiffusionPipeline(ConfigMixin, PushToHubMixin):
     """A runnable set of components, saved as a folder with ``model_index.json``.
 
     A subclass declares its components as ``__init__`` parameters and registers them::
@@ -444,7 +445,9 @@ class DiffusionPipeline(ConfigMixin):
             if not key.startswith("_") and _is_entry(value):
                 _check_component_name(key, index_file)
 
-        pipeline_class = cls._class_for(index, index_file, registry, hint)
+        pipeline_class = cls._custom_class(folder, index, options, registry) or cls._class_for(
+            index, index_file, registry, hint
+        )
         component_names, value_names = pipeline_class._split_signature()
 
         unexpected = sorted(set(rest) - set(component_names) - set(value_names))
@@ -542,6 +545,7 @@ class DiffusionPipeline(ConfigMixin):
         hint: Mapping[str, str],
     ) -> tuple[Any, Any]:
         path = folder / name
+        options = _component_variant(path, name, options)
         klass = registry.component_class(library, class_name)
         if klass is not None:
             return _load_registered(klass, name, path, options)
@@ -706,3 +710,63 @@ class DiffusionPipeline(ConfigMixin):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"
+
+    # -- the Hub (through plugins) ------------------------------------------------------------
+
+    @classmethod
+    def download(cls, pretrained_model_name: str | os.PathLike[str], **kwargs: Any) -> Path:
+        """Fetch what ``from_pretrained`` needs of a repo into the cache and return its local folder.
+
+        Takes the load options of :meth:`from_pretrained` (``revision``, ``variant``,
+        ``cache_dir`` ...); downloading repo ids needs ``difflux-hub``.
+        """
+        options, rest = LoadOptions.split(kwargs)
+        if rest:
+            raise TypeError(
+                f"{cls.__name__}.download got unexpected keyword arguments {', '.join(sorted(rest))}; "
+                f"load options: {', '.join(sorted(LoadOptions.field_names()))}"
+            )
+        return get_registry().resolve_pretrained(pretrained_model_name, options)
+
+    @classmethod
+    def _custom_class(
+        cls, folder: Path, index: Mapping[str, Any], options: LoadOptions, registry: Registry
+    ) -> type[Self] | None:
+        """The class custom code provides (``custom_pipeline=`` or a ``[module, Class]`` ``_class_name``)."""
+        if options.custom_pipeline is None and not isinstance(index.get("_class_name"), list):
+            return None
+        found = registry.hook.difflux_load_pipeline_class(folder=folder, index=dict(index), options=options)
+        if found is None:
+            what = (
+                f"custom_pipeline={options.custom_pipeline!r}"
+                if options.custom_pipeline is not None
+                else f"'_class_name': {index.get('_class_name')!r} in {folder / cls.config_name}"
+            )
+            raise UnknownClassError(
+                f"{what} names custom code, which needs the plugin difflux-hub: pip install difflux-hub"
+            )
+        if not (isinstance(found, type) and issubclass(found, DiffusionPipeline)):
+            raise ConfigError(f"custom code for {folder} gave {found!r}, which is not a DiffusionPipeline subclass")
+        return typing.cast(type[Self], found)
+
+
+def _component_variant(path: Path, name: str, options: LoadOptions) -> LoadOptions:
+    """``options`` for one component: without the variant when its folder has none of that variant.
+
+    A pipeline loaded with ``variant="fp16"`` takes the default weights of a component that has no
+    fp16 weights, with a warning, as Diffusers does.
+    """
+    from .serialization import parse_weights_name
+
+    if options.variant is None or not path.is_dir():
+        return options
+    found = {parsed.variant for child in path.iterdir() if (parsed := parse_weights_name(child.name)) is not None}
+    if not found or options.variant in found or None not in found:
+        return options
+    logger.warning(
+        "%s: component %r has no %r variant weights; loading its default weights instead",
+        path.parent,
+        name,
+        options.variant,
+    )
+    return options.replace(variant=None)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from ._pushing import PushToHubMixin
 from .config import ConfigMixin
 from .options import LoadOptions
 from .outputs import BaseOutput
@@ -27,7 +28,7 @@ class SchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-class SchedulerMixin(ConfigMixin):
+class SchedulerMixin(ConfigMixin, PushToHubMixin):
     """Base of every scheduler: a typed holder of config and state (see :class:`difflux.protocols.Scheduler`)."""
 
     config_name: ClassVar[str] = "scheduler_config.json"

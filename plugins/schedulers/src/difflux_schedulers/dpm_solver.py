@@ -279,7 +279,7 @@ class LambdaSolverScheduler(BaseScheduler):
         return bool(self.config.get("use_flow_sigmas", False))
 
     def _train_sigmas(self) -> np.ndarray:
-        return np.array(sigmas_from_alphas_cumprod(self.alphas_cumprod))
+        return sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
 
     def _converted_sigmas(self, train_sigmas: np.ndarray, num_inference_steps: int) -> np.ndarray | None:
         """Karras / exponential / beta sigmas between the training extremes (or config ``sigma_min/max``)."""
