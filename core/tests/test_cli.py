@@ -64,6 +64,10 @@ class Showcase:
                  supports_mask=False, max_head_dim=128)
         register("show-missing", "somewhere:x", requires=["difflux_no_such_module_for_tests"])
 
+    @hookimpl
+    def difflux_component_loaded(self, name: str, component: Any) -> None:
+        return None
+
 
 def test_plugins_lists_sdpa_and_its_backend(env: pytest.MonkeyPatch) -> None:
     pytest.importorskip("difflux_attention_sdpa")
@@ -119,6 +123,9 @@ def test_plugins_shows_everything_a_plugin_registers_and_what_was_skipped(env: p
     assert {s["name"] for s in report["skipped"]} >= set(registry.skipped)
     assert all("DIFFLUX_DISABLE_PLUGIN_AUTOLOAD" in s["reason"] for s in report["skipped"])
     assert report["default_attention_backend"] == "show-flash"  # highest-priority available one
+    assert show["hooks"] == ["difflux_component_loaded"]  # behaviour hooks, not the register ones
+    core = next(p for p in report["plugins"] if p["name"] == "difflux")
+    assert core["hooks"] == ["difflux_resolve_pretrained"]
 
     code, text = _run("plugins")
     assert code == 0
@@ -130,6 +137,7 @@ def test_plugins_shows_everything_a_plugin_registers_and_what_was_skipped(env: p
         "head dim <= 128)\n"
     ) in text
     assert "UNAVAILABLE: needs the module 'difflux_no_such_module_for_tests'" in text
+    assert "    hook               difflux_component_loaded\n" in text
     if registry.skipped:
         assert "skipped plugins:\n" in text
         name = next(iter(registry.skipped))

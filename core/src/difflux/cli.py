@@ -69,6 +69,7 @@ def plugins_report(registry: Registry | None = None) -> dict[str, Any]:
                     if r.plugin == name
                 ],
                 "attention_backends": sorted(backends, key=lambda b: (-b["priority"], b["name"])),
+                "hooks": _behaviour_hooks(registry, name),
             }
         )
     usable = sorted(
@@ -80,6 +81,13 @@ def plugins_report(registry: Registry | None = None) -> dict[str, Any]:
         "skipped": [{"name": n, "reason": why} for n, why in sorted(registry.skipped.items())],
         "default_attention_backend": usable[0].name if usable else None,
     }
+
+
+def _behaviour_hooks(registry: Registry, plugin_name: str) -> list[str]:
+    """The behaviour hooks (resolvers, loaders, observers) a plugin implements."""
+    plugin = registry.pm.get_plugin(plugin_name)
+    callers = registry.pm.get_hookcallers(plugin) or [] if plugin is not None else []
+    return sorted(c.name for c in callers if not c.name.startswith("difflux_register_"))
 
 
 def _describe_backend(b: dict[str, Any]) -> str:
@@ -110,6 +118,7 @@ def _print_plugins(report: dict[str, Any], out: TextIO) -> None:
             alias = f"  aliases: {', '.join(s['aliases'])}" if s["aliases"] else ""
             lines.append(f"scheduler          {s['name']}{alias}")
         lines += [f"attention backend  {b['name']}  ({_describe_backend(b)})" for b in p["attention_backends"]]
+        lines += [f"hook               {h}" for h in p["hooks"]]
         for line in lines or ["(registers nothing)"]:
             out.write(f"    {line}\n")
     if report["skipped"]:
