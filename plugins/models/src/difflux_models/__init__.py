@@ -1,1 +1,38 @@
-"""difflux plugin models."""
+"""difflux models plugin: UNets, autoencoders and transformers with Diffusers' weights format.
+
+Model classes import lazily (``difflux_models.UNet2DConditionModel`` loads torch on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "AutoencoderKL",
+    "DiTTransformer2DModel",
+    "PixArtTransformer2DModel",
+    "Transformer2DModel",
+    "UNet1DModel",
+    "UNet2DConditionModel",
+    "UNet2DModel",
+    "VQModel",
+]
+
+_LOCATIONS = {
+    "AutoencoderKL": "difflux_models.autoencoder_kl",
+    "DiTTransformer2DModel": "difflux_models.transformers.dit",
+    "PixArtTransformer2DModel": "difflux_models.transformers.pixart",
+    "Transformer2DModel": "difflux_models.transformers.transformer_2d",
+    "UNet1DModel": "difflux_models.unet_1d",
+    "UNet2DConditionModel": "difflux_models.unet_2d_condition",
+    "UNet2DModel": "difflux_models.unet_2d",
+    "VQModel": "difflux_models.vq_model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LOCATIONS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'difflux_models' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,200 @@
+"""``UNet2DModel``: the unconditional (optionally class-conditional) UNet of DDPM / LDM / score-SDE."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from difflux.modeling import ModelMixin
+from difflux.outputs import BaseOutput
+from torch import nn
+
+from .layers.activations import get_activation
+from .layers.attention import AttentionProcessorMixin
+from .layers.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
+from .unet_2d_blocks import BlockOptions, UNetMidBlock2D, get_down_block, get_up_block
+
+__all__ = ["UNet2DModel", "UNet2DOutput"]
+
+
+@dataclasses.dataclass
+class UNet2DOutput(BaseOutput):
+    """The model's prediction, shaped like the input ``sample``."""
+
+    sample: torch.Tensor
+
+
+class UNet2DModel(ModelMixin, AttentionProcessorMixin):
+    """A UNet over images conditioned on the timestep (and optionally a class label)."""
+
+    def __init__(
+        self,
+        sample_size: int | tuple[int, int] | None = None,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        center_input_sample: bool = False,
+        time_embedding_type: str = "positional",
+        time_embedding_dim: int | None = None,
+        freq_shift: int = 0,
+        flip_sin_to_cos: bool = True,
+        down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        mid_block_type: str | None = "UNetMidBlock2D",
+        up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        block_out_channels: tuple[int, ...] = (224, 448, 672, 896),
+        layers_per_block: int = 2,
+        mid_block_scale_factor: float = 1,
+        downsample_padding: int = 1,
+        downsample_type: str = "conv",
+        upsample_type: str = "conv",
+        dropout: float = 0.0,
+        act_fn: str = "silu",
+        attention_head_dim: int | None = 8,
+        norm_num_groups: int = 32,
+        attn_norm_num_groups: int | None = None,
+        norm_eps: float = 1e-5,
+        resnet_time_scale_shift: str = "default",
+        add_attention: bool = True,
+        class_embed_type: str | None = None,
+        num_class_embeds: int | None = None,
+        num_train_timesteps: int | None = None,
+    ) -> None:
+        super().__init__()
+        n = len(down_block_types)
+        if len(up_block_types) != n or len(block_out_channels) != n:
+            raise ValueError(
+                f"down_block_types ({n}), up_block_types ({len(up_block_types)}) and block_out_channels "
+                f"({len(block_out_channels)}) must have the same length"
+            )
+        time_embed_dim = time_embedding_dim or block_out_channels[0] * 4
+        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], kernel_size=3, padding=1)
+        self.time_proj: nn.Module
+        if time_embedding_type == "fourier":
+            self.time_proj = GaussianFourierProjection(embedding_size=block_out_channels[0], scale=16)
+            timestep_input_dim = 2 * block_out_channels[0]
+        elif time_embedding_type == "positional":
+            self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
+            timestep_input_dim = block_out_channels[0]
+        elif time_embedding_type == "learned":
+            if num_train_timesteps is None:
+                raise ValueError("time_embedding_type='learned' needs num_train_timesteps")
+            self.time_proj = nn.Embedding(num_train_timesteps, block_out_channels[0])
+            timestep_input_dim = block_out_channels[0]
+        else:
+            raise ValueError(f"unknown time_embedding_type {time_embedding_type!r}")
+        self.time_embedding = TimestepEmbedding(timestep_input_dim, time_embed_dim)
+        self.class_embedding: nn.Module | None = None
+        if class_embed_type is None and num_class_embeds is not None:
+            self.class_embedding = nn.Embedding(num_class_embeds, time_embed_dim)
+        elif class_embed_type == "timestep":
+            self.class_embedding = TimestepEmbedding(timestep_input_dim, time_embed_dim)
+        elif class_embed_type == "identity":
+            self.class_embedding = nn.Identity()
+        elif class_embed_type is not None:
+            raise ValueError(f"unknown class_embed_type {class_embed_type!r}")
+
+        base = BlockOptions(
+            num_layers=layers_per_block,
+            temb_channels=time_embed_dim,
+            dropout=dropout,
+            resnet_eps=norm_eps,
+            resnet_act_fn=act_fn,
+            resnet_groups=norm_num_groups,
+            resnet_time_scale_shift=resnet_time_scale_shift,
+            downsample_padding=downsample_padding,
+        )
+        self.down_blocks = nn.ModuleList()
+        out_ch = block_out_channels[0]
+        for i, block_type in enumerate(down_block_types):
+            in_ch, out_ch = out_ch, block_out_channels[i]
+            opts = dataclasses.replace(base, attention_head_dim=attention_head_dim or out_ch)
+            self.down_blocks.append(
+                get_down_block(
+                    block_type,
+                    in_channels=in_ch,
+                    out_channels=out_ch,
+                    add_downsample=i < n - 1,
+                    options=opts,
+                    downsample_type=downsample_type,
+                )
+            )
+        self.mid_block: nn.Module | None = None
+        if mid_block_type is not None:
+            if mid_block_type != "UNetMidBlock2D":
+                raise ValueError(f"unknown mid_block_type {mid_block_type!r} for UNet2DModel")
+            self.mid_block = UNetMidBlock2D(
+                block_out_channels[-1],
+                dataclasses.replace(
+                    base,
+                    num_layers=1,
+                    output_scale_factor=mid_block_scale_factor,
+                    attention_head_dim=attention_head_dim or block_out_channels[-1],
+                    attn_groups=attn_norm_num_groups,
+                ),
+                add_attention=add_attention,
+            )
+        self.up_blocks = nn.ModuleList()
+        rev = list(reversed(block_out_channels))
+        out_ch = rev[0]
+        for i, block_type in enumerate(up_block_types):
+            prev_ch, out_ch = out_ch, rev[i]
+            in_ch = rev[min(i + 1, n - 1)]
+            opts = dataclasses.replace(
+                base, num_layers=layers_per_block + 1, attention_head_dim=attention_head_dim or out_ch
+            )
+            self.up_blocks.append(
+                get_up_block(
+                    block_type,
+                    in_channels=in_ch,
+                    prev_output_channel=prev_ch,
+                    out_channels=out_ch,
+                    add_upsample=i < n - 1,
+                    options=opts,
+                    upsample_type=upsample_type,
+                )
+            )
+        self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[0], num_groups=norm_num_groups, eps=norm_eps)
+        self.conv_act = get_activation("silu")
+        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        class_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> UNet2DOutput | tuple[torch.Tensor]:
+        """Predict from a noisy ``sample`` at ``timestep`` (a noise level for fourier embeddings)."""
+        if self.config.center_input_sample:
+            sample = 2 * sample - 1.0
+        if not isinstance(timestep, torch.Tensor):
+            timesteps = torch.tensor([timestep], dtype=torch.long, device=sample.device)
+        else:
+            timesteps = timestep[None].to(sample.device) if timestep.ndim == 0 else timestep
+        timesteps = timesteps * torch.ones(sample.shape[0], dtype=timesteps.dtype, device=timesteps.device)
+        emb = self.time_embedding(self.time_proj(timesteps).to(dtype=self.dtype))
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("this UNet is class-conditional: pass class_labels")
+            if self.config.class_embed_type == "timestep":
+                class_labels = self.time_proj(class_labels)
+            emb = emb + self.class_embedding(class_labels).to(dtype=self.dtype)
+        elif class_labels is not None:
+            raise ValueError("class_labels were given but this UNet has no class embedding")
+
+        sample = self.conv_in(sample)
+        skips: tuple[torch.Tensor, ...] = (sample,)
+        for block in self.down_blocks:
+            sample, states = block(sample, emb)
+            skips += states
+        if self.mid_block is not None:
+            sample = self.mid_block(sample, emb)
+        for block in self.up_blocks:
+            n_res = len(block.resnets)  # type: ignore[arg-type]
+            res, skips = skips[-n_res:], skips[:-n_res]
+            sample = block(sample, res, emb)
+        sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        if self.config.time_embedding_type == "fourier":
+            sample = sample / timesteps.reshape(sample.shape[0], *([1] * (sample.ndim - 1)))
+        if not return_dict:
+            return (sample,)
+        return UNet2DOutput(sample=sample)

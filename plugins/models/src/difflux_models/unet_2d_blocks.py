@@ -1,0 +1,519 @@
+"""Down, mid and up blocks of the 2-d UNets and the VAE, keyed by Diffusers' block type strings.
+
+A block is residual blocks (``resnets.N``), optionally each followed by an attention layer
+(``attentions.N``: a spatial transformer for cross-attention blocks, a plain self-attention for
+``Attn*`` blocks), then an optional resampler (``downsamplers.0`` / ``upsamplers.0``). One class
+per family holds that structure; the Diffusers names are thin subclasses that pick the attention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers.attention import Attention
+from .layers.resnet import ResnetBlock2D
+from .layers.sampling import Downsample2D, Upsample2D
+from .layers.transformer_2d import SpatialTransformer2D
+
+__all__ = [
+    "AttnDownBlock2D",
+    "AttnUpBlock2D",
+    "BlockOptions",
+    "CrossAttnDownBlock2D",
+    "CrossAttnUpBlock2D",
+    "DownBlock2D",
+    "DownEncoderBlock2D",
+    "UNetMidBlock2D",
+    "UNetMidBlock2DCrossAttn",
+    "UpBlock2D",
+    "UpDecoderBlock2D",
+    "get_down_block",
+    "get_mid_block",
+    "get_up_block",
+]
+
+AttentionFactory = Callable[[int, int], nn.Module]  # (layer index, channels) -> attention module
+
+
+@dataclasses.dataclass
+class BlockOptions:
+    """The settings a UNet passes to every block it builds (per-block values already picked)."""
+
+    num_layers: int = 1
+    temb_channels: int | None = None
+    dropout: float = 0.0
+    resnet_eps: float = 1e-6
+    resnet_act_fn: str = "swish"
+    resnet_groups: int = 32
+    resnet_time_scale_shift: str = "default"
+    output_scale_factor: float = 1.0
+    downsample_padding: int = 1
+    # attention
+    attention_head_dim: int | None = None
+    num_attention_heads: int = 1
+    cross_attention_dim: int | None = None
+    transformer_layers_per_block: int | tuple[int, ...] = 1
+    use_linear_projection: bool = False
+    only_cross_attention: bool = False
+    upcast_attention: bool = False
+    attn_groups: int | None = None
+
+    def resnet(self, in_channels: int, out_channels: int, **extra: Any) -> ResnetBlock2D:
+        return ResnetBlock2D(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            temb_channels=self.temb_channels,
+            eps=self.resnet_eps,
+            groups=self.resnet_groups,
+            dropout=self.dropout,
+            time_embedding_norm=self.resnet_time_scale_shift,
+            non_linearity=self.resnet_act_fn,
+            output_scale_factor=self.output_scale_factor,
+            **extra,
+        )
+
+    def layers_per_attention(self, i: int) -> int:
+        t = self.transformer_layers_per_block
+        return t if isinstance(t, int) else t[i]
+
+    def cross_attention(self) -> AttentionFactory:
+        heads = self.num_attention_heads
+
+        def make(i: int, channels: int) -> nn.Module:
+            return SpatialTransformer2D(
+                heads,
+                channels // heads,
+                in_channels=channels,
+                num_layers=self.layers_per_attention(i),
+                cross_attention_dim=self.cross_attention_dim,
+                norm_num_groups=self.resnet_groups,
+                use_linear_projection=self.use_linear_projection,
+                only_cross_attention=self.only_cross_attention,
+                upcast_attention=self.upcast_attention,
+            )
+
+        return make
+
+    def self_attention(self, groups: int | str | None = "resnet") -> AttentionFactory:
+        """Self-attention layers; ``groups``: their GroupNorm groups (``"resnet"``: ``resnet_groups``,
+        ``None``: no norm)."""
+        norm_groups = self.resnet_groups if groups == "resnet" else groups
+        assert norm_groups is None or isinstance(norm_groups, int)
+
+        def make(i: int, channels: int) -> nn.Module:
+            head_dim = self.attention_head_dim if self.attention_head_dim is not None else channels
+            return Attention(
+                channels,
+                heads=channels // head_dim,
+                dim_head=head_dim,
+                rescale_output_factor=self.output_scale_factor,
+                eps=self.resnet_eps,
+                norm_num_groups=norm_groups,
+                residual_connection=True,
+                bias=True,
+                upcast_softmax=True,
+            )
+
+        return make
+
+
+def _run_attention(
+    attn: nn.Module,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    cross_attention_kwargs: dict[str, Any] | None,
+    encoder_attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    if isinstance(attn, SpatialTransformer2D):
+        result: torch.Tensor = attn(
+            hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            cross_attention_kwargs=cross_attention_kwargs,
+            attention_mask=attention_mask,
+            encoder_attention_mask=encoder_attention_mask,
+        )
+        return result
+    out: torch.Tensor = attn(hidden_states, **(cross_attention_kwargs or {}))
+    return out
+
+
+# -- down blocks -----------------------------------------------------------------------------
+
+
+class DownBlock2D(nn.Module):
+    """Residual blocks, optional attentions, optional downsampler; returns ``(hidden, skip states)``."""
+
+    has_cross_attention = False
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        options: BlockOptions,
+        add_downsample: bool = True,
+        downsample_type: str | None = "conv",
+        attention: AttentionFactory | None = None,
+    ) -> None:
+        super().__init__()
+        o = options
+        self.resnets = nn.ModuleList(
+            o.resnet(in_channels if i == 0 else out_channels, out_channels) for i in range(o.num_layers)
+        )
+        if attention is not None:
+            self.attentions = nn.ModuleList(attention(i, out_channels) for i in range(o.num_layers))
+        self.downsample_type = downsample_type if add_downsample else None
+        self.downsamplers: nn.ModuleList | None = None
+        if self.downsample_type == "conv":
+            self.downsamplers = nn.ModuleList(
+                [
+                    Downsample2D(
+                        out_channels, use_conv=True, out_channels=out_channels, padding=o.downsample_padding, name="op"
+                    )
+                ]
+            )
+        elif self.downsample_type == "resnet":
+            self.downsamplers = nn.ModuleList([o.resnet(out_channels, out_channels, down=True)])
+        elif self.downsample_type is not None:
+            raise ValueError(f"unknown downsample_type {downsample_type!r}; expected 'conv' or 'resnet'")
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        temb: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        additional_residuals: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        states: tuple[torch.Tensor, ...] = ()
+        attentions = getattr(self, "attentions", None)
+        last = len(self.resnets) - 1
+        for i, resnet in enumerate(self.resnets):
+            hidden_states = resnet(hidden_states, temb)
+            if attentions is not None:
+                hidden_states = _run_attention(
+                    attentions[i],
+                    hidden_states,
+                    encoder_hidden_states,
+                    attention_mask,
+                    cross_attention_kwargs,
+                    encoder_attention_mask,
+                )
+            if i == last and additional_residuals is not None:
+                hidden_states = hidden_states + additional_residuals
+            states += (hidden_states,)
+        if self.downsamplers is not None:
+            for down in self.downsamplers:
+                hidden_states = down(hidden_states, temb) if self.downsample_type == "resnet" else down(hidden_states)
+            states += (hidden_states,)
+        return hidden_states, states
+
+
+class CrossAttnDownBlock2D(DownBlock2D):
+    """Down block with a spatial transformer (cross-attention) after each residual block."""
+
+    has_cross_attention = True
+
+    def __init__(self, in_channels: int, out_channels: int, options: BlockOptions, add_downsample: bool = True) -> None:
+        super().__init__(in_channels, out_channels, options, add_downsample, attention=options.cross_attention())
+
+
+class AttnDownBlock2D(DownBlock2D):
+    """Down block with a self-attention layer after each residual block (DDPM / LDM UNets)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        options: BlockOptions,
+        add_downsample: bool = True,
+        downsample_type: str | None = "conv",
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, options, add_downsample, downsample_type, attention=options.self_attention()
+        )
+
+
+class DownEncoderBlock2D(DownBlock2D):
+    """The VAE encoder's down block: no timestep embedding; returns the hidden states only."""
+
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, **_: Any) -> torch.Tensor:  # type: ignore[override]
+        hidden_states, _states = super().forward(hidden_states, None)
+        return hidden_states
+
+
+# -- mid blocks ------------------------------------------------------------------------------
+
+
+class UNetMidBlock2D(nn.Module):
+    """Residual block, then ``num_layers`` x (optional self-attention, residual block)."""
+
+    has_cross_attention = False
+
+    def __init__(self, in_channels: int, options: BlockOptions, add_attention: bool = True) -> None:
+        super().__init__()
+        o = options
+        self.add_attention = add_attention
+        self.resnets = nn.ModuleList(o.resnet(in_channels, in_channels) for _ in range(o.num_layers + 1))
+        attn_groups = o.attn_groups
+        if attn_groups is None and o.resnet_time_scale_shift == "default":
+            attn_groups = o.resnet_groups
+        make = o.self_attention(attn_groups)
+        self.attentions = nn.ModuleList(
+            make(i, in_channels) if add_attention else nn.Identity() for i in range(o.num_layers)
+        )
+
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        hidden_states = self.resnets[0](hidden_states, temb)
+        for attn, resnet in zip(self.attentions, self.resnets[1:], strict=True):
+            if self.add_attention:
+                hidden_states = attn(hidden_states, temb=temb)
+            hidden_states = resnet(hidden_states, temb)
+        return hidden_states
+
+
+class UNetMidBlock2DCrossAttn(nn.Module):
+    """Residual block, then ``num_layers`` x (spatial transformer, residual block)."""
+
+    has_cross_attention = True
+
+    def __init__(self, in_channels: int, options: BlockOptions) -> None:
+        super().__init__()
+        o = options
+        self.resnets = nn.ModuleList(o.resnet(in_channels, in_channels) for _ in range(o.num_layers + 1))
+        make = o.cross_attention()
+        self.attentions = nn.ModuleList(make(i, in_channels) for i in range(o.num_layers))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        temb: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden_states = self.resnets[0](hidden_states, temb)
+        for attn, resnet in zip(self.attentions, self.resnets[1:], strict=True):
+            hidden_states = _run_attention(
+                attn,
+                hidden_states,
+                encoder_hidden_states,
+                attention_mask,
+                cross_attention_kwargs,
+                encoder_attention_mask,
+            )
+            hidden_states = resnet(hidden_states, temb)
+        return hidden_states
+
+
+# -- up blocks -------------------------------------------------------------------------------
+
+
+class UpBlock2D(nn.Module):
+    """Residual blocks fed the matching skip states, optional attentions, optional upsampler."""
+
+    has_cross_attention = False
+    #: whether the upsampler follows the ``upsample_size`` the UNet asks for
+    follows_upsample_size = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        prev_output_channel: int | None,
+        out_channels: int,
+        options: BlockOptions,
+        add_upsample: bool = True,
+        upsample_type: str | None = "conv",
+        attention: AttentionFactory | None = None,
+    ) -> None:
+        super().__init__()
+        o = options
+        n = o.num_layers
+        if prev_output_channel is None:  # decoder blocks: no skip connections
+            self.resnets = nn.ModuleList(
+                o.resnet(in_channels if i == 0 else out_channels, out_channels) for i in range(n)
+            )
+        else:
+            self.resnets = nn.ModuleList(
+                o.resnet(
+                    (prev_output_channel if i == 0 else out_channels) + (in_channels if i == n - 1 else out_channels),
+                    out_channels,
+                )
+                for i in range(n)
+            )
+        if attention is not None:
+            self.attentions = nn.ModuleList(attention(i, out_channels) for i in range(n))
+        self.upsample_type = upsample_type if add_upsample else None
+        self.upsamplers: nn.ModuleList | None = None
+        if self.upsample_type == "conv":
+            self.upsamplers = nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
+        elif self.upsample_type == "resnet":
+            self.upsamplers = nn.ModuleList([o.resnet(out_channels, out_channels, up=True)])
+        elif self.upsample_type is not None:
+            raise ValueError(f"unknown upsample_type {upsample_type!r}; expected 'conv' or 'resnet'")
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        res_hidden_states_tuple: tuple[torch.Tensor, ...] = (),
+        temb: torch.Tensor | None = None,
+        upsample_size: tuple[int, int] | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        attentions = getattr(self, "attentions", None)
+        skips = list(res_hidden_states_tuple)
+        for i, resnet in enumerate(self.resnets):
+            if skips:
+                hidden_states = torch.cat([hidden_states, skips.pop()], dim=1)
+            hidden_states = resnet(hidden_states, temb)
+            if attentions is not None:
+                hidden_states = _run_attention(
+                    attentions[i],
+                    hidden_states,
+                    encoder_hidden_states,
+                    attention_mask,
+                    cross_attention_kwargs,
+                    encoder_attention_mask,
+                )
+        if self.upsamplers is not None:
+            for up in self.upsamplers:
+                if self.upsample_type == "resnet":
+                    hidden_states = up(hidden_states, temb)
+                else:
+                    hidden_states = up(hidden_states, upsample_size if self.follows_upsample_size else None)
+        return hidden_states
+
+
+class CrossAttnUpBlock2D(UpBlock2D):
+    """Up block with a spatial transformer (cross-attention) after each residual block."""
+
+    has_cross_attention = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        prev_output_channel: int,
+        out_channels: int,
+        options: BlockOptions,
+        add_upsample: bool = True,
+    ) -> None:
+        super().__init__(
+            in_channels, prev_output_channel, out_channels, options, add_upsample, attention=options.cross_attention()
+        )
+
+
+class AttnUpBlock2D(UpBlock2D):
+    """Up block with a self-attention layer after each residual block (DDPM / LDM UNets)."""
+
+    follows_upsample_size = False  # Diffusers' attention up block always doubles the size
+
+    def __init__(
+        self,
+        in_channels: int,
+        prev_output_channel: int,
+        out_channels: int,
+        options: BlockOptions,
+        add_upsample: bool = True,
+        upsample_type: str | None = "conv",
+    ) -> None:
+        super().__init__(
+            in_channels,
+            prev_output_channel,
+            out_channels,
+            options,
+            add_upsample,
+            upsample_type,
+            attention=options.self_attention(),
+        )
+
+
+class UpDecoderBlock2D(UpBlock2D):
+    """The VAE decoder's up block: no skip connections, no timestep embedding by default."""
+
+    def __init__(self, in_channels: int, out_channels: int, options: BlockOptions, add_upsample: bool = True) -> None:
+        super().__init__(in_channels, None, out_channels, options, add_upsample)
+
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, **_: Any) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(hidden_states, (), temb)
+
+
+# -- registries ------------------------------------------------------------------------------
+
+
+def get_down_block(
+    block_type: str,
+    *,
+    in_channels: int,
+    out_channels: int,
+    add_downsample: bool,
+    options: BlockOptions,
+    downsample_type: str | None = None,
+) -> nn.Module:
+    """Build a down block by its Diffusers type name (``"CrossAttnDownBlock2D"`` …)."""
+    block_type = block_type.removeprefix("UNetRes")
+    if block_type == "DownBlock2D":
+        return DownBlock2D(in_channels, out_channels, options, add_downsample)
+    if block_type == "CrossAttnDownBlock2D":
+        if options.cross_attention_dim is None:
+            raise ValueError("CrossAttnDownBlock2D needs cross_attention_dim")
+        return CrossAttnDownBlock2D(in_channels, out_channels, options, add_downsample)
+    if block_type == "AttnDownBlock2D":
+        return AttnDownBlock2D(in_channels, out_channels, options, add_downsample, downsample_type or "conv")
+    if block_type == "DownEncoderBlock2D":
+        return DownEncoderBlock2D(in_channels, out_channels, options, add_downsample)
+    raise ValueError(f"unknown down block type {block_type!r}; difflux has {', '.join(DOWN_BLOCK_TYPES)}")
+
+
+def get_up_block(
+    block_type: str,
+    *,
+    in_channels: int,
+    prev_output_channel: int,
+    out_channels: int,
+    add_upsample: bool,
+    options: BlockOptions,
+    upsample_type: str | None = None,
+) -> nn.Module:
+    """Build an up block by its Diffusers type name (``"CrossAttnUpBlock2D"`` …)."""
+    block_type = block_type.removeprefix("UNetRes")
+    if block_type == "UpBlock2D":
+        return UpBlock2D(in_channels, prev_output_channel, out_channels, options, add_upsample)
+    if block_type == "CrossAttnUpBlock2D":
+        if options.cross_attention_dim is None:
+            raise ValueError("CrossAttnUpBlock2D needs cross_attention_dim")
+        return CrossAttnUpBlock2D(in_channels, prev_output_channel, out_channels, options, add_upsample)
+    if block_type == "AttnUpBlock2D":
+        return AttnUpBlock2D(
+            in_channels, prev_output_channel, out_channels, options, add_upsample, upsample_type or "conv"
+        )
+    if block_type == "UpDecoderBlock2D":
+        return UpDecoderBlock2D(in_channels, out_channels, options, add_upsample)
+    raise ValueError(f"unknown up block type {block_type!r}; difflux has {', '.join(UP_BLOCK_TYPES)}")
+
+
+def get_mid_block(block_type: str | None, *, in_channels: int, options: BlockOptions) -> nn.Module | None:
+    """Build a mid block by its Diffusers type name; ``None`` gives no mid block."""
+    if block_type is None:
+        return None
+    if block_type == "UNetMidBlock2DCrossAttn":
+        return UNetMidBlock2DCrossAttn(in_channels, options)
+    if block_type == "UNetMidBlock2D":
+        return UNetMidBlock2D(in_channels, dataclasses.replace(options, num_layers=0), add_attention=False)
+    raise ValueError(
+        f"unknown mid block type {block_type!r}; expected 'UNetMidBlock2DCrossAttn', 'UNetMidBlock2D' or None"
+    )
+
+
+DOWN_BLOCK_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D", "AttnDownBlock2D", "DownEncoderBlock2D")
+UP_BLOCK_TYPES = ("UpBlock2D", "CrossAttnUpBlock2D", "AttnUpBlock2D", "UpDecoderBlock2D")
