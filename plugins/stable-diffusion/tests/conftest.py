@@ -1,0 +1,159 @@
+"""Tiny Stable Diffusion components built with Diffusers (the test-only oracle) and saved for difflux."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import difflux
+import numpy as np
+import pytest
+import torch
+from difflux_transformers.testing import tiny_clip_text_model, tiny_clip_tokenizer
+
+SIZE = 32  # pixels; latents are 16x16 with the two-block VAE
+
+
+def diffusers_unet(seed: int = 0, **overrides: Any) -> Any:
+    import diffusers
+
+    config: dict[str, Any] = {
+        "block_out_channels": (4, 8),
+        "layers_per_block": 1,
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "cross_attention_dim": 32,
+        "norm_num_groups": 2,
+        "attention_head_dim": 2,
+    }
+    config.update(overrides)
+    torch.manual_seed(seed)
+    return diffusers.UNet2DConditionModel(**config)
+
+
+def diffusers_vae(seed: int = 0) -> Any:
+    import diffusers
+
+    torch.manual_seed(seed)
+    return diffusers.AutoencoderKL(
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=SIZE,
+    )
+
+
+def diffusers_sd_components(tmp_path: Path, scheduler: str = "DDIMScheduler", **unet: Any) -> dict[str, Any]:
+    import diffusers
+
+    sched_cls = getattr(diffusers, scheduler)
+    return {
+        "unet": diffusers_unet(0, **unet),
+        "vae": diffusers_vae(0),
+        "text_encoder": tiny_clip_text_model(0),
+        "tokenizer": tiny_clip_tokenizer(tmp_path / "vocab"),
+        "scheduler": sched_cls(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
+def diffusers_pipeline(name: str, components: dict[str, Any], **config: Any) -> Any:
+    import diffusers
+
+    pipe = getattr(diffusers, name)(**components, **config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_difflux(folder: Path, **kwargs: Any) -> Any:
+    pipe = difflux.DiffusionPipeline.from_pretrained(folder, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def image_input(seed: int = 0, size: int = SIZE) -> Any:
+    import PIL.Image
+
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def mask_input(size: int = SIZE) -> Any:
+    import PIL.Image
+
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    return PIL.Image.fromarray(mask)
+
+
+def max_diff(a: Any, b: Any) -> float:
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.float64)
+    b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
+    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_difflux_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="difflux")
+
+
+@pytest.fixture
+def sd() -> Any:
+    """These helpers, as a fixture (test modules cannot import conftest under --import-mode=importlib)."""
+    import sys
+
+    return sys.modules[__name__]
+
+
+def diffusers_sdxl_components(tmp_path: Path, scheduler: str = "EulerDiscreteScheduler", **unet: Any) -> dict[str, Any]:
+    import diffusers
+
+    unet_config: dict[str, Any] = {
+        "block_out_channels": (4, 8),
+        "layers_per_block": 1,
+        "sample_size": 16,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        "attention_head_dim": (2, 4),
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 8,
+        "transformer_layers_per_block": (1, 2),
+        "projection_class_embeddings_input_dim": 6 * 8 + 32,
+        "cross_attention_dim": 64,
+        "norm_num_groups": 2,
+    }
+    unet_config.update(unet)
+    torch.manual_seed(0)
+    model = diffusers.UNet2DConditionModel(**unet_config)
+    sched = getattr(diffusers, scheduler)(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
+    )
+    return {
+        "unet": model,
+        "vae": diffusers_vae(0),
+        "text_encoder": tiny_clip_text_model(0),
+        "text_encoder_2": tiny_clip_text_model(1, projection=True),
+        "tokenizer": tiny_clip_tokenizer(tmp_path / "vocab"),
+        "tokenizer_2": tiny_clip_tokenizer(tmp_path / "vocab_2"),
+        "scheduler": sched,
+        "image_encoder": None,
+        "feature_extractor": None,
+    }

@@ -1,0 +1,106 @@
+"""Tiny, offline ``transformers`` components for tests: a CLIP tokenizer and CLIP text encoders.
+
+Nothing is downloaded. The tokenizer is read from a ``vocab.json`` / ``merges.txt`` pair that
+:func:`write_tiny_clip_vocab` writes: every byte as a token, the same with the end-of-word
+mark, a few merged words and the two CLIP special tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+__all__ = [
+    "tiny_clip_text_config",
+    "tiny_clip_text_model",
+    "tiny_clip_tokenizer",
+    "write_tiny_clip_vocab",
+]
+
+#: Words that get their own token (through BPE merges), so prompts tokenize to fewer pieces.
+WORDS: tuple[str, ...] = ("a", "cat", "dog", "photo", "of", "the", "on", "red", "blue", "astronaut", "horse")
+
+
+def _byte_symbols() -> list[str]:
+    """The printable stand-ins byte-level BPE uses for the 256 byte values (GPT-2 / CLIP order)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in symbols:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    return list(symbols.values())
+
+
+def write_tiny_clip_vocab(folder: str | Path) -> Path:
+    """Write ``vocab.json`` and ``merges.txt`` of a tiny CLIP BPE vocabulary into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = _byte_symbols()
+    vocab: dict[str, int] = {}
+    for token in [*symbols, *(s + "</w>" for s in symbols)]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[str] = []
+    for word in WORDS:
+        # merge left to right: c+a -> ca, ca+t</w> -> cat</w>
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+            vocab.setdefault(pieces[0], len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    unique = list(dict.fromkeys(merges))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(unique) + "\n", encoding="utf-8")
+    return folder
+
+
+def tiny_clip_tokenizer(folder: str | Path, model_max_length: int = 77) -> CLIPTokenizer:
+    """A ``CLIPTokenizer`` over the tiny vocabulary, written into (and read from) ``folder``."""
+    from transformers import CLIPTokenizer
+
+    write_tiny_clip_vocab(folder)
+    tokenizer: CLIPTokenizer = CLIPTokenizer.from_pretrained(
+        str(folder), model_max_length=model_max_length, local_files_only=True
+    )
+    return tokenizer
+
+
+def tiny_clip_text_config(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of a tiny ``CLIPTextConfig`` that fits :func:`tiny_clip_tokenizer`."""
+    config: dict[str, Any] = {
+        "vocab_size": 1000,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 5,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "layer_norm_eps": 1e-5,
+        "hidden_act": "gelu",
+        "projection_dim": 32,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "pad_token_id": 1,
+    }
+    config.update(overrides)
+    return config
+
+
+def tiny_clip_text_model(
+    seed: int = 0, *, projection: bool = False, **overrides: Any
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """A randomly initialised tiny CLIP text encoder (with a projection head when ``projection``)."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(**tiny_clip_text_config(**overrides))
+    torch.manual_seed(seed)
+    model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+    model.eval()
+    return model
