@@ -18,6 +18,7 @@ from . import sampling, schedules
 
 __all__ = [
     "KARRAS_COMPATIBLES",
+    "SIGMA_RAMPS",
     "BaseScheduler",
     "Generator",
     "SchedulerNotReadyError",
@@ -29,6 +30,9 @@ __all__ = [
 #: A list of betas in a config (``trained_betas``).
 TrainedBetas = Sequence[float] | np.ndarray | None
 Generator = torch.Generator | list[torch.Generator] | None
+
+#: The config flags that replace the interpolated sigmas by a ramp (at most one may be on).
+SIGMA_RAMPS: tuple[str, ...] = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
 
 #: The Diffusers "Karras diffusion" family: each of these loads the others' configs.
 KARRAS_COMPATIBLES: tuple[str, ...] = (
@@ -76,14 +80,30 @@ class BaseScheduler(SchedulerMixin):
         beta_schedule: str,
         trained_betas: TrainedBetas,
         rescale_betas_zero_snr: bool = False,
+        *,
+        finite_terminal_snr: bool = False,
     ) -> None:
-        """Set ``betas``, ``alphas`` and ``alphas_cumprod`` from the config."""
+        """Set ``betas``, ``alphas`` and ``alphas_cumprod`` from the config.
+
+        With ``finite_terminal_snr`` a zero terminal SNR (``rescale_betas_zero_snr``) is clamped to
+        alpha_bar_T = 2^-24, for samplers whose largest sigma or log-SNR must stay finite.
+        """
         betas = schedules.make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         if rescale_betas_zero_snr:
             betas = schedules.rescale_zero_terminal_snr(betas)
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = schedules.alphas_cumprod_from_betas(betas)
+        if rescale_betas_zero_snr and finite_terminal_snr:
+            self.alphas_cumprod[-1] = 2**-24
+
+    def _check_one_sigma_ramp(self) -> None:
+        """At most one of the Karras / exponential / beta sigma ramps may be switched on."""
+        if sum(bool(self.config.get(k)) for k in SIGMA_RAMPS) > 1:
+            raise ValueError(
+                f"{type(self).__name__}: {', '.join(SIGMA_RAMPS)} exclude each other; set at most one "
+                "(use only one of them)"
+            )
 
     # -- step index -------------------------------------------------------------------------
 
@@ -143,6 +163,29 @@ class BaseScheduler(SchedulerMixin):
         """Raise a clear ``ValueError`` unless ``timestep`` is one of ``self.timesteps``."""
         self.index_for_timestep(timestep)
 
+    def _reject_integer_timestep(self, timestep: float | torch.Tensor) -> None:
+        """Schedulers with fractional timesteps: an integer is almost surely a loop index, not a timestep."""
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
+            raise ValueError(
+                f"{type(self).__name__}.step got an integer timestep; pass an element of scheduler.timesteps, "
+                "not a loop index"
+            )
+
+    def _noise_level_indices(self, timesteps: torch.Tensor) -> list[int]:
+        """Schedule positions for ``add_noise``-style calls: looked up per timestep, or the current / begin
+        index once a pipeline set ``begin_index`` (image-to-image)."""
+        timesteps = timesteps.reshape(-1)
+        if self._begin_index is None:
+            schedule = self.timesteps.to(timesteps.device)
+            return [self.index_for_timestep(t, schedule) for t in timesteps]
+        index = self._step_index if self._step_index is not None else self._begin_index
+        return [index] * len(timesteps)
+
+    def _sigmas_at(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``self.sigmas`` at the schedule positions of ``timesteps`` (one per sample), on ``like``'s device/dtype."""
+        sigmas: torch.Tensor = self.sigmas.to(device=like.device, dtype=like.dtype)  # type: ignore[attr-defined]
+        return sigmas[self._noise_level_indices(timesteps.to(like.device))]
+
     # -- set_timesteps arguments ----------------------------------------------------------
 
     def _check_set_timesteps_args(
@@ -184,9 +227,52 @@ class BaseScheduler(SchedulerMixin):
 
 
 class VPScheduler(BaseScheduler):
-    """A scheduler over a variance-preserving training schedule (``alphas_cumprod``)."""
+    """A scheduler over a variance-preserving training schedule (``alphas_cumprod``).
+
+    Per-timestep constants are cached as 0-dim float32 tensors (:meth:`_roots`): the same rounding as
+    computing them in each step, without the per-step tensor work; the schedule position of a timestep
+    is a dict look-up (:meth:`_position`), with the search and its clear error only on a miss.
+    """
 
     alphas_cumprod: torch.Tensor
+    #: alpha_bar of a step that ends before the first training timestep (t < 0)
+    final_alpha_cumprod: torch.Tensor
+    _positions: dict[int, int] = {}
+
+    def _init_training_schedule(self, *args: Any, **kwargs: Any) -> None:
+        super()._init_training_schedule(*args, **kwargs)
+        self._root_cache: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _alpha_at(self, t: int) -> torch.Tensor:
+        return self.alphas_cumprod[t] if t >= 0 else self.final_alpha_cumprod
+
+    def _roots(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(a_t, sqrt(a_t), sqrt(1 - a_t))`` at integer timestep ``t`` (``final_alpha_cumprod`` below 0)."""
+        roots = self._root_cache.get(t)
+        if roots is None:
+            a = self._alpha_at(t)
+            roots = self._root_cache[t] = (a, a**0.5, (1 - a) ** 0.5)
+        return roots
+
+    def _reset_step_state(self) -> None:
+        super()._reset_step_state()
+        self._positions = {t: i for i, t in enumerate(self.timesteps.tolist())}
+        for t, prev_t in self._step_pairs():  # fill the caches now, so that no step computes constants
+            self._roots(t)
+            self._roots(prev_t)
+
+    def _step_pairs(self) -> list[tuple[int, int]]:
+        """``(t, t_prev)`` of every step of the schedule (default: a stride of ``T // n`` down)."""
+        assert self.num_inference_steps is not None
+        stride = self.config.num_train_timesteps // self.num_inference_steps
+        return [(t, t - stride) for t in self._positions]
+
+    def _position(self, timestep: int | torch.Tensor) -> int:
+        """Index of ``timestep`` in the schedule (raises the ``not in the schedule`` error if it is not)."""
+        if isinstance(timestep, float) or (isinstance(timestep, torch.Tensor) and timestep.is_floating_point()):
+            return self.index_for_timestep(timestep)
+        pos = self._positions.get(int(timestep))
+        return self.index_for_timestep(timestep) if pos is None else pos
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Noise ``original_samples`` to the training timesteps ``timesteps`` (one per sample)."""
@@ -200,6 +286,25 @@ class VPScheduler(BaseScheduler):
         """VP samplers feed the sample to the model unchanged."""
         return sample
 
+    def _spaced_timesteps(self, num_inference_steps: int) -> np.ndarray:
+        """Descending int64 timesteps per ``timestep_spacing`` and ``steps_offset``."""
+        cfg = self.config
+        return schedules.spaced_timesteps(
+            num_inference_steps, cfg.num_train_timesteps, cfg.timestep_spacing, cfg.steps_offset
+        )
+
+    def _clip_or_threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding or clipping of a clean-sample estimate, per config."""
+        cfg = self.config
+        return sampling.clip_or_threshold(
+            x0,
+            thresholding=cfg.get("thresholding", False),
+            clip_sample=cfg.clip_sample,
+            clip_sample_range=cfg.clip_sample_range,
+            dynamic_thresholding_ratio=cfg.get("dynamic_thresholding_ratio", 0.995),
+            sample_max_value=cfg.get("sample_max_value", 1.0),
+        )
+
 
 class SigmaScheduler(BaseScheduler):
     """A k-diffusion style scheduler: steps in sigma = sqrt((1 - a) / a), model input scaled by 1/sqrt(sigma^2 + 1)."""
@@ -209,6 +314,35 @@ class SigmaScheduler(BaseScheduler):
 
     def _training_sigmas(self) -> np.ndarray:
         return schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
+
+    def _init_sigmas(self) -> None:
+        """The training sigmas, descending, and a final 0 (no schedule yet)."""
+        self._check_one_sigma_ramp()
+        self.sigmas = schedules.with_final_sigma(self._training_sigmas()[::-1])
+        self.num_inference_steps = None
+
+    def _on_new_schedule(self) -> None:
+        """Forget the state kept for a previous schedule (none here) and prepare per-step constants."""
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        *,
+        timesteps: Sequence[float] | None = None,
+        sigmas: Sequence[float] | None = None,
+    ) -> None:
+        """Space ``num_inference_steps`` timesteps per config (custom lists are not supported)."""
+        self._check_set_timesteps_args(
+            num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
+        )
+        assert num_inference_steps is not None
+        self.num_inference_steps = num_inference_steps
+        ts, sig, _ = self._spaced_sigmas(num_inference_steps)
+        self.sigmas = schedules.with_final_sigma(sig)
+        self.timesteps = torch.from_numpy(np.asarray(ts)).to(device=device, dtype=torch.float32)
+        self._on_new_schedule()
+        self._reset_step_state()
 
     def _spaced_sigmas(
         self, num_inference_steps: int, timesteps: np.ndarray | None = None
@@ -234,11 +368,8 @@ class SigmaScheduler(BaseScheduler):
         return timesteps, sigmas, log_sigmas
 
     def _sigma_ramp(self, sigmas: np.ndarray, num_inference_steps: int) -> np.ndarray | None:
+        self._check_one_sigma_ramp()
         cfg = self.config
-        if sum(bool(cfg.get(k)) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")) > 1:
-            raise ValueError(
-                f"{type(self).__name__}: use at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas"
-            )
         lo = cfg.get("sigma_min")
         hi = cfg.get("sigma_max")
         lo = float(sigmas[-1]) if lo is None else lo
@@ -252,9 +383,8 @@ class SigmaScheduler(BaseScheduler):
         return None
 
     def _check_custom_timesteps_allowed(self) -> None:
-        cfg = self.config
-        for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
-            if cfg.get(key):
+        for key in SIGMA_RAMPS:
+            if self.config.get(key):
                 raise ValueError(f"{type(self).__name__}: custom timesteps= cannot be combined with {key}=True")
 
     @property
@@ -277,13 +407,4 @@ class SigmaScheduler(BaseScheduler):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Noise ``original_samples`` to the sigmas of ``timesteps`` (schedule timesteps, one per sample)."""
-        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        schedule = self.timesteps.to(original_samples.device)
-        timesteps = timesteps.to(original_samples.device)
-        if self._begin_index is None:
-            indices = [self.index_for_timestep(t, schedule) for t in timesteps]
-        elif self._step_index is not None:
-            indices = [self._step_index] * timesteps.shape[0]
-        else:
-            indices = [self._begin_index] * timesteps.shape[0]
-        return sampling.add_noise_sigma(original_samples, noise, sigmas[indices])
+        return sampling.add_noise_sigma(original_samples, noise, self._sigmas_at(timesteps, original_samples))

@@ -16,7 +16,6 @@ from difflux.torch_utils import randn_tensor
 
 from . import schedules
 from ._base import BaseScheduler, Generator
-from .edm import noise_level_indices
 from .sampling import add_noise_sigma, edm_scalings
 
 __all__ = ["CMStochasticIterativeScheduler", "cm_sigma_to_t"]
@@ -109,7 +108,7 @@ class CMStochasticIterativeScheduler(BaseScheduler):
         self.num_inference_steps = len(steps)
         levels = self._karras(steps[::-1].copy() / (n_train - 1))
         self.timesteps = torch.from_numpy(cm_sigma_to_t(levels)).to(device=device)
-        self.sigmas = torch.from_numpy(np.concatenate([levels, [cfg.sigma_min]]).astype(np.float32))
+        self.sigmas = schedules.with_final_sigma(levels, cfg.sigma_min)
         # Per-index constants as exact float32 values: no tensor work per step.
         sig = self.sigmas
         c_skip, c_out = self.get_scalings_for_boundary_condition(sig)
@@ -139,11 +138,7 @@ class CMStochasticIterativeScheduler(BaseScheduler):
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """Consistency estimate at this level, then noise to the next level (``eta`` is unused)."""
         self._require_timesteps()
-        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
-            raise ValueError(
-                "CMStochasticIterativeScheduler.step got an integer timestep; pass an element of "
-                "scheduler.timesteps, not a loop index"
-            )
+        self._reject_integer_timestep(timestep)
         i = self._ensure_step_index(timestep)
         # Diffusers compares with num_train_timesteps here; the last level is sigma_min either way.
         j = i if i + 1 < self.config.num_train_timesteps else len(self._noise_scale) - 1
@@ -166,5 +161,4 @@ class CMStochasticIterativeScheduler(BaseScheduler):
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """``x0 + sigma(t) * noise`` for ``timesteps`` taken from ``self.timesteps``."""
-        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        return add_noise_sigma(original_samples, noise, sigmas[noise_level_indices(self, timesteps)])
+        return add_noise_sigma(original_samples, noise, self._sigmas_at(timesteps, original_samples))

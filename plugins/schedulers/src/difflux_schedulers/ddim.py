@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from difflux.schedulers import SchedulerOutput
 from . import sampling
 from ._base import KARRAS_COMPATIBLES, Generator, TrainedBetas, VPScheduler
 from .sampling import PredictionType
-from .schedules import TimestepSpacing, spaced_timesteps
+from .schedules import TimestepSpacing
 
 __all__ = ["DDIMInverseScheduler", "DDIMScheduler"]
 
@@ -63,14 +63,9 @@ class DDIMScheduler(VPScheduler):
             num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
         )
         assert num_inference_steps is not None
-        cfg = self.config
         self.num_inference_steps = num_inference_steps
-        ts = spaced_timesteps(num_inference_steps, cfg.num_train_timesteps, cfg.timestep_spacing, cfg.steps_offset)
-        self.timesteps = torch.from_numpy(ts).to(device)
+        self.timesteps = torch.from_numpy(self._spaced_timesteps(num_inference_steps)).to(device)
         self._reset_step_state()
-
-    def _alpha_prod_prev(self, prev_timestep: Any) -> torch.Tensor:
-        return self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
 
     def step(
         self,
@@ -86,24 +81,23 @@ class DDIMScheduler(VPScheduler):
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One DDIM step (Song et al. 2021, eq. 12) from ``timestep`` to ``timestep - T // n``."""
         self._require_timesteps()
-        self._check_in_schedule(timestep)
+        self._position(timestep)
         assert self.num_inference_steps is not None
         cfg = self.config
-        prev_timestep = timestep - cfg.num_train_timesteps // self.num_inference_steps
-        alpha_prod_t = self.alphas_cumprod[timestep]
-        alpha_prod_t_prev = self._alpha_prod_prev(prev_timestep)
-        x0, eps = sampling.predict_x0_eps_vp(model_output, sample, alpha_prod_t, cfg.prediction_type)
-        x0 = sampling.clip_or_threshold(
-            x0,
-            thresholding=cfg.thresholding,
-            clip_sample=cfg.clip_sample,
-            clip_sample_range=cfg.clip_sample_range,
-            dynamic_thresholding_ratio=cfg.dynamic_thresholding_ratio,
-            sample_max_value=cfg.sample_max_value,
-        )
-        std_dev_t = eta * sampling.ddim_variance(alpha_prod_t, alpha_prod_t_prev) ** 0.5
+        t = int(timestep)
+        prev_t = t - cfg.num_train_timesteps // self.num_inference_steps
+        alpha_prod_t, sqrt_alpha, sqrt_one_minus_alpha = self._roots(t)
+        alpha_prod_t_prev, sqrt_alpha_prev, sqrt_one_minus_alpha_prev = self._roots(prev_t)
+        x0 = sampling.x0_from_roots_vp(model_output, sample, sqrt_alpha, sqrt_one_minus_alpha, cfg.prediction_type)
+        eps = sampling.eps_from_roots_vp(model_output, sample, sqrt_alpha, sqrt_one_minus_alpha, cfg.prediction_type)
+        x0 = self._clip_or_threshold(x0)
         if use_clipped_model_output:  # re-derive eps from the clipped x0 (Glide)
-            eps = (sample - alpha_prod_t**0.5 * x0) / (1 - alpha_prod_t) ** 0.5
+            eps = (sample - sqrt_alpha * x0) / sqrt_one_minus_alpha
+        if eta == 0:  # sigma_t = 0: the direction coefficient is sqrt(1 - a_prev)
+            return self._output(
+                sampling.ddim_step_from_roots(x0, eps, sqrt_alpha_prev, sqrt_one_minus_alpha_prev), x0, return_dict
+            )
+        std_dev_t = eta * sampling.ddim_variance(alpha_prod_t, alpha_prod_t_prev) ** 0.5
         prev_sample = sampling.ddim_step(x0, eps, alpha_prod_t_prev, std_dev_t)
         if eta > 0:
             if variance_noise is not None and generator is not None:
@@ -138,7 +132,9 @@ class DDIMInverseScheduler(VPScheduler):
         self._init_training_schedule(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
         )
+        # alpha_bar before the first training step: where the first inverted step starts
         self.initial_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+        self.final_alpha_cumprod = self.initial_alpha_cumprod
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps).copy().astype(np.int64))
@@ -156,11 +152,15 @@ class DDIMInverseScheduler(VPScheduler):
             num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
         )
         assert num_inference_steps is not None
-        cfg = self.config
         self.num_inference_steps = num_inference_steps
-        ts = spaced_timesteps(num_inference_steps, cfg.num_train_timesteps, cfg.timestep_spacing, cfg.steps_offset)
-        self.timesteps = torch.from_numpy(ts[::-1].copy()).to(device)
+        self.timesteps = torch.from_numpy(self._spaced_timesteps(num_inference_steps)[::-1].copy()).to(device)
         self._reset_step_state()
+
+    def _step_pairs(self) -> list[tuple[int, int]]:
+        cfg = self.config
+        assert self.num_inference_steps is not None
+        stride = cfg.num_train_timesteps // self.num_inference_steps
+        return [(t, min(t - stride, cfg.num_train_timesteps - 1)) for t in self._positions]
 
     def step(
         self,
@@ -174,15 +174,15 @@ class DDIMInverseScheduler(VPScheduler):
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One inverted DDIM step, from ``timestep - T // n`` up to ``timestep`` (deterministic: ``eta`` unused)."""
         self._require_timesteps()
-        self._check_in_schedule(timestep)
+        self._position(timestep)
         assert self.num_inference_steps is not None
         cfg = self.config
-        next_timestep = timestep
-        current = min(timestep - cfg.num_train_timesteps // self.num_inference_steps, cfg.num_train_timesteps - 1)
-        alpha_prod_t = self.alphas_cumprod[current] if current >= 0 else self.initial_alpha_cumprod
-        alpha_prod_t_next = self.alphas_cumprod[next_timestep]
-        x0, eps = sampling.predict_x0_eps_vp(model_output, sample, alpha_prod_t, cfg.prediction_type)
-        if cfg.clip_sample:
-            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-        next_sample = sampling.ddim_step(x0, eps, alpha_prod_t_next, 0.0)
+        next_t = int(timestep)
+        t = min(next_t - cfg.num_train_timesteps // self.num_inference_steps, cfg.num_train_timesteps - 1)
+        _, sqrt_alpha, sqrt_one_minus_alpha = self._roots(t)
+        _, sqrt_alpha_next, sqrt_one_minus_alpha_next = self._roots(next_t)
+        x0 = sampling.x0_from_roots_vp(model_output, sample, sqrt_alpha, sqrt_one_minus_alpha, cfg.prediction_type)
+        eps = sampling.eps_from_roots_vp(model_output, sample, sqrt_alpha, sqrt_one_minus_alpha, cfg.prediction_type)
+        x0 = self._clip_or_threshold(x0)
+        next_sample = sampling.ddim_step_from_roots(x0, eps, sqrt_alpha_next, sqrt_one_minus_alpha_next)
         return self._output(next_sample, x0, return_dict)

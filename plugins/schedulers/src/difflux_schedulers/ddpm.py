@@ -12,7 +12,7 @@ from difflux.schedulers import SchedulerOutput
 from . import sampling
 from ._base import KARRAS_COMPATIBLES, Generator, TrainedBetas, VPScheduler
 from .sampling import PredictionType
-from .schedules import TimestepSpacing, spaced_timesteps
+from .schedules import TimestepSpacing
 
 __all__ = ["DDPMScheduler"]
 
@@ -46,7 +46,9 @@ class DDPMScheduler(VPScheduler):
         self._init_training_schedule(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
         )
-        self.one = torch.tensor(1.0)
+        self.one = self.final_alpha_cumprod = torch.tensor(1.0)
+        # per (t, prev_t): the posterior-mean weights of x0 and x_t, and the fixed variance and std
+        self._posterior: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
         self.init_noise_sigma = 1.0
         self.custom_timesteps = False
         self.num_inference_steps = None
@@ -77,7 +79,7 @@ class DDPMScheduler(VPScheduler):
             self.num_inference_steps = len(ts)
         else:
             assert num_inference_steps is not None
-            ts = spaced_timesteps(num_inference_steps, cfg.num_train_timesteps, cfg.timestep_spacing, cfg.steps_offset)
+            ts = self._spaced_timesteps(num_inference_steps)
             self.custom_timesteps = False
             self.num_inference_steps = num_inference_steps
         self.timesteps = torch.from_numpy(ts).to(device)
@@ -85,19 +87,38 @@ class DDPMScheduler(VPScheduler):
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """The schedule's next timestep after ``timestep`` (-1 after the last)."""
-        index = self.index_for_timestep(timestep)
+        index = self._position(timestep)
         if index == self.timesteps.shape[0] - 1:
             return torch.tensor(-1)
         return self.timesteps[index + 1]
 
+    def _step_pairs(self) -> list[tuple[int, int]]:
+        ts = self.timesteps.tolist()
+        pairs = list(zip(ts, [*ts[1:], -1]))
+        for t, prev_t in pairs:
+            self._posterior_constants(t, prev_t)
+        return pairs
+
+    def _previous_t(self, t: int) -> int:
+        index = self._position(t)
+        return -1 if index == len(self._positions) - 1 else int(self.timesteps[index + 1])
+
+    def _posterior_constants(self, t: int, prev_t: int) -> tuple[torch.Tensor, ...]:
+        """``(x0 weight, x_t weight, beta_t, fixed-small variance, its root)`` of the step from ``t`` to ``prev_t``."""
+        cached = self._posterior.get((t, prev_t))
+        if cached is None:
+            alpha_prod_t, alpha_prod_t_prev = self._alpha_at(t), self._alpha_at(prev_t)
+            current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
+            small = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
+            x0_coeff, sample_coeff = sampling.ddpm_posterior_coefficients(alpha_prod_t, alpha_prod_t_prev)
+            cached = self._posterior[(t, prev_t)] = (x0_coeff, sample_coeff, current_beta_t, small, small**0.5)
+        return cached
+
     def _variance(
-        self, t: int | torch.Tensor, prev_t: torch.Tensor, predicted_variance: torch.Tensor | None
+        self, t: int | torch.Tensor, prev_t: int | torch.Tensor, predicted_variance: torch.Tensor | None
     ) -> torch.Tensor:
         """Variance (or log-variance / std, per variance_type) of the reverse step (DDPM sec. 3.2, iDDPM eq. 15)."""
-        alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
-        current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
-        small = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
+        _, _, current_beta_t, small, _ = self._posterior_constants(int(t), int(prev_t))
         kind = self.config.variance_type
         if kind == "fixed_small":
             return small
@@ -129,30 +150,26 @@ class DDPMScheduler(VPScheduler):
         """One ancestral step from ``timestep`` to the previous timestep of the schedule (``eta`` is unused)."""
         self._require_timesteps()
         cfg = self.config
-        t = timestep
-        prev_t = self.previous_timestep(t)
+        t = int(timestep)
+        prev_t = self._previous_t(timestep)  # type: ignore[arg-type]
         predicted_variance = None
         if model_output.shape[1] == sample.shape[1] * 2 and self.variance_type in ("learned", "learned_range"):
             model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
-        alpha_prod_t = self.alphas_cumprod[t]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
-        x0, _ = sampling.predict_x0_eps_vp(model_output, sample, alpha_prod_t, cfg.prediction_type)
-        x0 = sampling.clip_or_threshold(
-            x0,
-            thresholding=cfg.thresholding,
-            clip_sample=cfg.clip_sample,
-            clip_sample_range=cfg.clip_sample_range,
-            dynamic_thresholding_ratio=cfg.dynamic_thresholding_ratio,
-            sample_max_value=cfg.sample_max_value,
-        )
-        prev_sample = sampling.ddpm_posterior_mean(x0, sample, alpha_prod_t, alpha_prod_t_prev)
+        _, sqrt_alpha, sqrt_one_minus_alpha = self._roots(t)
+        x0 = sampling.x0_from_roots_vp(model_output, sample, sqrt_alpha, sqrt_one_minus_alpha, cfg.prediction_type)
+        x0 = self._clip_or_threshold(x0)
+        x0_coeff, sample_coeff, _, _, small_std = self._posterior_constants(t, prev_t)
+        prev_sample = x0_coeff * x0 + sample_coeff * sample
         if t > 0:
             noise = sampling.noise_like(model_output, generator)
-            variance = self._variance(t, prev_t, predicted_variance)
-            if self.variance_type == "fixed_small_log":
-                prev_sample = prev_sample + variance * noise
-            elif self.variance_type == "learned_range":
-                prev_sample = prev_sample + torch.exp(0.5 * variance) * noise
+            if self.variance_type == "fixed_small":
+                prev_sample = prev_sample + small_std * noise
             else:
-                prev_sample = prev_sample + variance**0.5 * noise
+                variance = self._variance(t, prev_t, predicted_variance)
+                if self.variance_type == "fixed_small_log":
+                    prev_sample = prev_sample + variance * noise
+                elif self.variance_type == "learned_range":
+                    prev_sample = prev_sample + torch.exp(0.5 * variance) * noise
+                else:
+                    prev_sample = prev_sample + variance**0.5 * noise
         return self._output(prev_sample, x0, return_dict)

@@ -14,15 +14,8 @@ import torch
 from difflux.schedulers import SchedulerOutput
 
 from ._base import TrainedBetas
-from .dpm_solver import (
-    LambdaSolverScheduler,
-    NoiseLevel,
-    data_prediction,
-    dpm_solver_step,
-    shifted_flow_sigmas,
-)
-from .sampling import threshold_sample
-from .schedules import sigma_to_t, solver_timesteps
+from .dpm_solver import LambdaSolverScheduler, NoiseLevel, _final_sigma, dpm_solver_step
+from .schedules import solver_timesteps
 
 __all__ = ["DEISMultistepScheduler", "deis_step"]
 
@@ -121,36 +114,17 @@ class DEISMultistepScheduler(LambdaSolverScheduler):
         self._check_set_timesteps_args(
             num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
         )
-        if mu is not None:
-            if not (config.use_dynamic_shifting and config.time_shift_type == "exponential"):
-                raise ValueError("set_timesteps(mu=...) needs use_dynamic_shifting=True")
-            self.register_to_config(flow_shift=float(np.exp(mu)))
+        self._apply_mu(mu)
         n = self._check_steps(num_inference_steps)
         steps = solver_timesteps(n, config.num_train_timesteps, config.timestep_spacing, config.steps_offset)
-        train_sigmas = self._train_sigmas()
-        log_sigmas = np.log(train_sigmas)
-        converted = self._converted_sigmas(train_sigmas, n)
-        if converted is not None:
-            sig = converted
-            steps_f = np.array([sigma_to_t(s, log_sigmas) for s in sig])
-            steps = steps_f.round() if config.use_karras_sigmas else steps_f
-            final = float(sig[-1])
-        elif config.use_flow_sigmas:
-            sig = shifted_flow_sigmas(n, config.num_train_timesteps, config.flow_shift)
-            steps = sig * config.num_train_timesteps
-            final = float(sig[-1])
-        else:
-            sig = np.interp(steps, np.arange(0, len(train_sigmas)), train_sigmas)
-            ac0 = self.alphas_cumprod[0]
-            final = float(((1 - ac0) / ac0) ** 0.5)
-        self._install_schedule(steps, np.concatenate([sig, [final]]), device)
+        steps, sig = self._solver_schedule(steps, n)
+        interpolated = not (self._uses_sigma_schedule() or self._flow)
+        final = _final_sigma(self.alphas_cumprod, "sigma_min") if interpolated else float(sig[-1])
+        self._install_schedule(steps, sig, final, device)
 
     def _to_deis_noise(self, model_output: torch.Tensor, sample: torch.Tensor, level: NoiseLevel) -> torch.Tensor:
         """The noise prediction, through the (optionally thresholded) clean-sample prediction."""
-        x0 = data_prediction(model_output, sample, level, str(self.config.prediction_type))
-        if self.config.thresholding:
-            x0 = threshold_sample(x0, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
-        return (sample - level.alpha * x0) / level.sigma
+        return (sample - level.alpha * self._to_data(model_output, sample, level)) / level.sigma
 
     def step(
         self,
@@ -171,16 +145,8 @@ class DEISMultistepScheduler(LambdaSolverScheduler):
         few = config.lower_order_final and n < 15
         converted = self._to_deis_noise(model_output, sample, self._level(i, device))
         self._push(converted)
-        if config.solver_order == 1 or self.lower_order_nums < 1 or (i == n - 1 and few):
-            order = 1
-        elif config.solver_order == 2 or self.lower_order_nums < 2 or (i == n - 2 and few):
-            order = 2
-        else:
-            order = 3
-        outputs = [o for o in self.model_outputs[-order:] if o is not None]
-        levels = [self._level(i - k, device) for k in range(order - 1, -1, -1)]
+        order = self._multistep_order(i == n - 1 and few, i == n - 2 and few)
+        outputs, levels = self._recent(order, i, device)
         prev = deis_step(sample, outputs, levels, self._level(i + 1, device))
-        if self.lower_order_nums < config.solver_order:
-            self.lower_order_nums += 1
-        self._step_index = i + 1
+        self._advance(i)
         return self._output(prev, None, return_dict)

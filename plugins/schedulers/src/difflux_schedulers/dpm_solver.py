@@ -19,7 +19,7 @@ from difflux.torch_utils import randn_tensor
 
 from ._base import KARRAS_COMPATIBLES, BaseScheduler, TrainedBetas
 from .flow_match import shift_sigmas
-from .sampling import threshold_sample
+from .sampling import broadcast_to, eps_from_roots_vp, threshold_sample, x0_from_roots_vp
 from .schedules import (
     beta_sigmas,
     check_num_inference_steps,
@@ -29,6 +29,7 @@ from .schedules import (
     sigma_to_t,
     sigmas_from_alphas_cumprod,
     solver_timesteps,
+    with_final_sigma,
 )
 
 __all__ = [
@@ -77,30 +78,16 @@ def data_prediction(
     model_output: torch.Tensor, sample: torch.Tensor, level: NoiseLevel, prediction_type: str
 ) -> torch.Tensor:
     """The clean sample x0 implied by a model output at ``level`` (DPM-Solver++, sec. 3.1)."""
-    if prediction_type == "epsilon":
-        return (sample - level.sigma * model_output) / level.alpha
-    if prediction_type == "sample":
-        return model_output
-    if prediction_type == "v_prediction":  # Salimans & Ho 2022, sec. 4
-        return level.alpha * sample - level.sigma * model_output
     if prediction_type == "flow_prediction":  # rectified flow: x = (1 - sigma) x0 + sigma eps, v = eps - x0
         return sample - level.sigma * model_output
-    raise ValueError(
-        f"unknown prediction_type {prediction_type!r}; choose 'epsilon', 'sample', 'v_prediction' or 'flow_prediction'"
-    )
+    return x0_from_roots_vp(model_output, sample, level.alpha, level.sigma, prediction_type)
 
 
 def noise_prediction(
     model_output: torch.Tensor, sample: torch.Tensor, level: NoiseLevel, prediction_type: str
 ) -> torch.Tensor:
     """The noise eps implied by a model output at ``level`` (DPM-Solver, sec. 3)."""
-    if prediction_type == "epsilon":
-        return model_output
-    if prediction_type == "sample":
-        return (sample - level.alpha * model_output) / level.sigma
-    if prediction_type == "v_prediction":
-        return level.alpha * model_output + level.sigma * sample
-    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose 'epsilon', 'sample' or 'v_prediction'")
+    return eps_from_roots_vp(model_output, sample, level.alpha, level.sigma, prediction_type)
 
 
 def dpm_solver_step(
@@ -248,16 +235,16 @@ class LambdaSolverScheduler(BaseScheduler):
         trained_betas: TrainedBetas,
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        flags = [self.config.get(k, False) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")]
-        if sum(bool(f) for f in flags) > 1:
-            raise ValueError(
-                f"{type(self).__name__}: use only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas"
-            )
+        self._check_one_sigma_ramp()
         self._init_training_schedule(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
+            num_train_timesteps,
+            beta_start,
+            beta_end,
+            beta_schedule,
+            trained_betas,
+            rescale_betas_zero_snr,
+            finite_terminal_snr=True,
         )
-        if rescale_betas_zero_snr:  # keep the last log-SNR finite
-            self.alphas_cumprod[-1] = 2**-24
         self.sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod)
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
@@ -301,14 +288,70 @@ class LambdaSolverScheduler(BaseScheduler):
             for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
         )
 
+    def _apply_mu(self, mu: float | None) -> None:
+        """``set_timesteps(mu=)``: with ``use_dynamic_shifting``, the flow shift becomes ``exp(mu)``."""
+        if mu is None:
+            return
+        if not (self.config.use_dynamic_shifting and self.config.time_shift_type == "exponential"):
+            raise ValueError("set_timesteps(mu=...) needs use_dynamic_shifting=True")
+        self.register_to_config(flow_shift=float(np.exp(mu)))
+
+    def _last_unclipped_timestep(self) -> int:
+        """``num_train_timesteps`` less the noisiest steps whose log-SNR is below ``lambda_min_clipped``."""
+        alphas_cumprod = self.alphas_cumprod
+        lambda_t = torch.log(alphas_cumprod.sqrt()) - torch.log((1 - alphas_cumprod).sqrt())
+        clipped = int(torch.searchsorted(torch.flip(lambda_t, [0]), self.config.lambda_min_clipped))
+        return int(self.config.num_train_timesteps) - clipped
+
+    def _solver_schedule(
+        self,
+        steps: np.ndarray,
+        n: int,
+        *,
+        custom: bool = False,
+        round_timesteps: bool = True,
+        flow_sigmas: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(timesteps, sigmas)`` of an ``n``-step schedule, without the final sigma.
+
+        A Karras / exponential / beta ramp or Lu's lambdas (timesteps recomputed from the sigmas,
+        rounded for Karras and Lu when ``round_timesteps``), else flow-matching sigmas (default:
+        :func:`shifted_flow_sigmas`), else the training sigmas interpolated at ``steps``.
+        ``custom`` timesteps keep the interpolation.
+        """
+        config = self.config
+        train_sigmas = self._train_sigmas()
+        log_sigmas = np.log(train_sigmas)
+        ramp = None if custom else self._converted_sigmas(train_sigmas, n)
+        rounding = round_timesteps and bool(config.get("use_karras_sigmas"))
+        if ramp is None and config.get("use_lu_lambdas") and not custom:
+            ramp, rounding = np.exp(lu_lambdas(float(log_sigmas[-1]), float(log_sigmas[0]), n)), round_timesteps
+        if ramp is not None:
+            return self._ramp_schedule(ramp, log_sigmas, rounding)
+        if self._flow:
+            sig = flow_sigmas
+            if sig is None:
+                sig = shifted_flow_sigmas(n, config.num_train_timesteps, config.flow_shift)
+            return sig * config.num_train_timesteps, sig
+        return steps, np.interp(steps, np.arange(0, len(train_sigmas)), train_sigmas)
+
+    def _ramp_schedule(
+        self, ramp: np.ndarray, log_sigmas: np.ndarray, rounding: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Timesteps of ramp sigmas, by interpolation in log-sigma (rounded when ``rounding``)."""
+        steps = np.array([sigma_to_t(s, log_sigmas) for s in ramp])
+        return (steps.round() if rounding else steps), ramp
+
     def _check_steps(self, num_inference_steps: int | None) -> int:
         if num_inference_steps is None:
             raise ValueError(f"{type(self).__name__}.set_timesteps: pass num_inference_steps (or timesteps=)")
         check_num_inference_steps(num_inference_steps, int(self.config.num_train_timesteps))
         return int(num_inference_steps)
 
-    def _install_schedule(self, timesteps: np.ndarray, sigmas: np.ndarray, device: str | torch.device | None) -> None:
-        self.sigmas = torch.from_numpy(np.asarray(sigmas).astype(np.float32))
+    def _install_schedule(
+        self, timesteps: np.ndarray, sigmas: np.ndarray, final_sigma: float, device: str | torch.device | None
+    ) -> None:
+        self.sigmas = with_final_sigma(sigmas, final_sigma)
         self.timesteps = torch.from_numpy(np.asarray(timesteps)).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(timesteps)
         self._levels = [noise_level(s, flow=self._flow) for s in self.sigmas]
@@ -346,8 +389,34 @@ class LambdaSolverScheduler(BaseScheduler):
             eps = (sample - level.alpha * x0) / level.sigma
         return eps
 
+    def _convert(self, model_output: torch.Tensor, sample: torch.Tensor, level: NoiseLevel) -> torch.Tensor:
+        """The model output as the solver's variable: x0 for the data-prediction algorithms, else eps."""
+        if self.config.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):
+            return self._to_data(model_output, sample, level)
+        return self._to_noise(model_output, sample, level)
+
     def _push(self, converted: torch.Tensor) -> None:
         self.model_outputs = [*self.model_outputs[1:], converted]
+
+    def _multistep_order(self, lower_first: bool, lower_second: bool) -> int:
+        """The order of this multistep update: it grows with the history, and drops to 1 / 2 when told."""
+        solver_order = self.config.solver_order
+        if solver_order == 1 or self.lower_order_nums < 1 or lower_first:
+            return 1
+        if solver_order == 2 or self.lower_order_nums < 2 or lower_second:
+            return 2
+        return 3
+
+    def _recent(self, order: int, index: int, device: torch.device) -> tuple[list[torch.Tensor], list[NoiseLevel]]:
+        """The last ``order`` converted outputs and their levels, oldest first (the newest is at ``index``)."""
+        outputs = [o for o in self.model_outputs[-order:] if o is not None]
+        return outputs, [self._level(index - k, device) for k in range(order - 1, -1, -1)]
+
+    def _advance(self, index: int) -> None:
+        """Book-keeping after a multistep update at ``index``."""
+        if self.lower_order_nums < self.config.solver_order:
+            self.lower_order_nums += 1
+        self._step_index = index + 1
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -357,17 +426,7 @@ class LambdaSolverScheduler(BaseScheduler):
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward diffusion to the noise levels of ``timesteps``: ``alpha x0 + sigma eps``."""
-        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        schedule = self.timesteps.to(original_samples.device)
-        timesteps = timesteps.to(original_samples.device)
-        if self._begin_index is None:
-            indices = [self.index_for_timestep(t, schedule) for t in timesteps.reshape(-1)]
-        elif self._step_index is not None:
-            indices = [self._step_index] * timesteps.reshape(-1).shape[0]
-        else:
-            indices = [self._begin_index] * timesteps.reshape(-1).shape[0]
-        sigma = sigmas[indices].flatten()
-        sigma = sigma.reshape(sigma.shape[0], *([1] * (original_samples.ndim - 1)))
+        sigma = broadcast_to(self._sigmas_at(timesteps, original_samples), original_samples)
         level = noise_level(sigma, flow=self._flow)
         return level.alpha * original_samples + level.sigma * noise
 
@@ -449,7 +508,6 @@ class DPMSolverMultistepScheduler(LambdaSolverScheduler):
         self._init_schedule(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
         )
-        self._lambda_t = torch.log(self.alphas_cumprod.sqrt()) - torch.log((1 - self.alphas_cumprod).sqrt())
 
     def set_timesteps(
         self,
@@ -467,16 +525,11 @@ class DPMSolverMultistepScheduler(LambdaSolverScheduler):
         config = self.config
         if sigmas is not None:
             raise ValueError("DPMSolverMultistepScheduler.set_timesteps does not take sigmas=; pass timesteps=")
-        if mu is not None:
-            if not (config.use_dynamic_shifting and config.time_shift_type == "exponential"):
-                raise ValueError("set_timesteps(mu=...) needs use_dynamic_shifting=True")
-            self.register_to_config(flow_shift=float(np.exp(mu)))
+        self._apply_mu(mu)
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError(
                 "DPMSolverMultistepScheduler.set_timesteps: pass exactly one of num_inference_steps or timesteps"
             )
-        train_sigmas = self._train_sigmas()
-        log_sigmas = np.log(train_sigmas)
         if timesteps is not None:
             if self._uses_sigma_schedule():
                 raise ValueError(
@@ -490,32 +543,16 @@ class DPMSolverMultistepScheduler(LambdaSolverScheduler):
             n = len(steps)
         else:
             n = self._check_steps(num_inference_steps)
-            clipped = int(torch.searchsorted(torch.flip(self._lambda_t, [0]), config.lambda_min_clipped))
             steps = solver_timesteps(
                 n,
                 config.num_train_timesteps,
                 config.timestep_spacing,
                 config.steps_offset,
-                last_timestep=config.num_train_timesteps - clipped,
+                last_timestep=self._last_unclipped_timestep(),
             )
         round_t = config.beta_schedule != "squaredcos_cap_v2"
-        converted = None if timesteps is not None else self._converted_sigmas(train_sigmas, n)
-        if converted is not None:
-            sig = converted
-            steps_f = np.array([sigma_to_t(s, log_sigmas) for s in sig])
-            steps = steps_f.round() if config.use_karras_sigmas and round_t else steps_f
-        elif config.use_lu_lambdas and timesteps is None:
-            lambdas = lu_lambdas(float(log_sigmas[-1]), float(log_sigmas[0]), n)
-            sig = np.exp(lambdas)
-            steps_f = np.array([sigma_to_t(s, log_sigmas) for s in sig])
-            steps = steps_f.round() if round_t else steps_f
-        elif config.use_flow_sigmas:
-            sig = shifted_flow_sigmas(n, config.num_train_timesteps, config.flow_shift)
-            steps = sig * config.num_train_timesteps
-        else:
-            sig = np.interp(steps, np.arange(0, len(train_sigmas)), train_sigmas)
-        final = _final_sigma(self.alphas_cumprod, config.final_sigmas_type)
-        self._install_schedule(steps, np.concatenate([sig, [final]]), device)
+        steps, sig = self._solver_schedule(steps, n, custom=timesteps is not None, round_timesteps=round_t)
+        self._install_schedule(steps, sig, _final_sigma(self.alphas_cumprod, config.final_sigmas_type), device)
 
     def step(
         self,
@@ -545,10 +582,7 @@ class DPMSolverMultistepScheduler(LambdaSolverScheduler):
         s0 = self._level(i, device)
         t = self._level(i + 1, device)
         algorithm = str(config.algorithm_type)
-        if algorithm in ("dpmsolver++", "sde-dpmsolver++"):
-            converted = self._to_data(model_output, sample, s0)
-        else:
-            converted = self._to_noise(model_output, sample, s0)
+        converted = self._convert(model_output, sample, s0)
         self._push(converted)
         x = sample.to(torch.float32)
         noise = None
@@ -557,21 +591,12 @@ class DPMSolverMultistepScheduler(LambdaSolverScheduler):
                 noise = randn_tensor(converted.shape, generator=generator, device=converted.device, dtype=torch.float32)
             else:
                 noise = variance_noise.to(device=converted.device, dtype=torch.float32)
-
-        if config.solver_order == 1 or self.lower_order_nums < 1 or first_order_final:
-            order = 1
-        elif config.solver_order == 2 or self.lower_order_nums < 2 or second_order_final:
-            order = 2
-        else:
-            order = 3
-        outputs = [o for o in self.model_outputs[-order:] if o is not None]
-        levels = [self._level(i - k, device) for k in range(order - 1, -1, -1)]
+        order = self._multistep_order(first_order_final, second_order_final)
+        outputs, levels = self._recent(order, i, device)
         derivatives = multistep_differences(outputs, levels, t)
         d1_rule = str(config.solver_type) if order == 2 else "heun"  # the third-order update is Heun-like
         prev = dpm_solver_step(x, derivatives, s0, t, algorithm=algorithm, d1_rule=d1_rule, noise=noise)
-        if self.lower_order_nums < config.solver_order:
-            self.lower_order_nums += 1
-        self._step_index = i + 1
+        self._advance(i)
         return self._output(prev.to(converted.dtype), None, return_dict)
 
 
@@ -613,7 +638,6 @@ class DPMSolverSinglestepScheduler(LambdaSolverScheduler):
                 f"'sde-dpmsolver++', not {algorithm!r}; use final_sigmas_type='sigma_min'"
             )
         self._init_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        self._lambda_t = torch.log(self.alphas_cumprod.sqrt()) - torch.log((1 - self.alphas_cumprod).sqrt())
         self._start_sample: torch.Tensor | None = None
         self.order_list = self.get_order_list(num_train_timesteps)
 
@@ -650,10 +674,7 @@ class DPMSolverSinglestepScheduler(LambdaSolverScheduler):
         config = self.config
         if sigmas is not None:
             raise ValueError("DPMSolverSinglestepScheduler.set_timesteps does not take sigmas=; pass timesteps=")
-        if mu is not None:
-            if not (config.use_dynamic_shifting and config.time_shift_type == "exponential"):
-                raise ValueError("set_timesteps(mu=...) needs use_dynamic_shifting=True")
-            self.register_to_config(flow_shift=float(np.exp(mu)))
+        self._apply_mu(mu)
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError(
                 "DPMSolverSinglestepScheduler.set_timesteps: pass exactly one of num_inference_steps or timesteps"
@@ -663,27 +684,14 @@ class DPMSolverSinglestepScheduler(LambdaSolverScheduler):
                 "DPMSolverSinglestepScheduler: custom timesteps cannot be combined with karras / exponential / "
                 "beta sigmas"
             )
-        train_sigmas = self._train_sigmas()
-        log_sigmas = np.log(train_sigmas)
         if timesteps is not None:
             steps = np.array(timesteps).astype(np.int64)
             n = len(steps)
         else:
             n = self._check_steps(num_inference_steps)
-            clipped = int(torch.searchsorted(torch.flip(self._lambda_t, [0]), config.lambda_min_clipped))
-            steps = solver_timesteps(n, config.num_train_timesteps, "linspace", 0, config.num_train_timesteps - clipped)
-        converted = None if timesteps is not None else self._converted_sigmas(train_sigmas, n)
-        if converted is not None:
-            sig = converted
-            steps_f = np.array([sigma_to_t(s, log_sigmas) for s in sig])
-            steps = steps_f.round() if config.use_karras_sigmas else steps_f
-        elif config.use_flow_sigmas:
-            sig = shifted_flow_sigmas(n, config.num_train_timesteps, config.flow_shift)
-            steps = sig * config.num_train_timesteps
-        else:
-            sig = np.interp(steps, np.arange(0, len(train_sigmas)), train_sigmas)
-        final = _final_sigma(self.alphas_cumprod, config.final_sigmas_type)
-        self._install_schedule(steps, np.concatenate([sig, [final]]), device)
+            steps = solver_timesteps(n, config.num_train_timesteps, "linspace", 0, self._last_unclipped_timestep())
+        steps, sig = self._solver_schedule(steps, n, custom=timesteps is not None)
+        self._install_schedule(steps, sig, _final_sigma(self.alphas_cumprod, config.final_sigmas_type), device)
         if not config.lower_order_final and (n % config.solver_order != 0 or config.final_sigmas_type == "zero"):
             # an uneven step count, or a final step to sigma 0, needs the low-order tail
             self.register_to_config(lower_order_final=True)
@@ -706,10 +714,7 @@ class DPMSolverSinglestepScheduler(LambdaSolverScheduler):
         device = sample.device
         algorithm = str(config.algorithm_type)
         level = self._level(i, device)
-        if algorithm in ("dpmsolver++", "sde-dpmsolver++"):
-            converted = self._to_data(model_output, sample, level)
-        else:
-            converted = self._to_noise(model_output, sample, level)
+        converted = self._convert(model_output, sample, level)
         self._push(converted)
         noise = None
         if algorithm == "sde-dpmsolver++":
@@ -720,8 +725,7 @@ class DPMSolverSinglestepScheduler(LambdaSolverScheduler):
         if order == 1:
             self._start_sample = sample
         assert self._start_sample is not None
-        outputs = [o for o in self.model_outputs[-order:] if o is not None]
-        levels = [self._level(i - k, device) for k in range(order - 1, -1, -1)]
+        outputs, levels = self._recent(order, i, device)
         t = self._level(i + 1, device)
         derivatives = singlestep_differences(outputs, levels, t, str(config.solver_type))
         d1_rule = str(config.solver_type) if order == 2 else "heun"  # third order: D1 or D1_1 with Heun weights

@@ -19,18 +19,7 @@ from . import schedules
 from ._base import BaseScheduler, Generator
 from .sampling import add_noise_sigma, edm_c_in, edm_scalings, euler_step
 
-__all__ = ["EDMEulerScheduler", "edm_sigmas", "noise_level_indices"]
-
-
-def noise_level_indices(scheduler: BaseScheduler, timesteps: torch.Tensor) -> list[int]:
-    """Schedule positions for ``add_noise``-style calls: looked up per timestep, or the current / begin
-    index once a pipeline set ``begin_index`` (image-to-image)."""
-    timesteps = timesteps.reshape(-1)
-    if scheduler.begin_index is None:
-        schedule = scheduler.timesteps.to(timesteps.device)
-        return [scheduler.index_for_timestep(t, schedule) for t in timesteps]
-    index = scheduler.step_index if scheduler.step_index is not None else scheduler.begin_index
-    return [index] * len(timesteps)
+__all__ = ["EDMEulerScheduler", "edm_sigmas"]
 
 
 def edm_sigmas(
@@ -169,11 +158,7 @@ class EDMEulerScheduler(BaseScheduler):
         """Euler step to the next noise level; with ``s_churn > 0`` noise is first added to raise the level
         (Algorithm 2, lines 4-6). ``pred_original_sample=`` skips the output preconditioning. ``eta`` is unused."""
         self._require_timesteps()
-        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
-            raise ValueError(
-                "EDMEulerScheduler.step got an integer timestep; pass an element of scheduler.timesteps, "
-                "not a loop index"
-            )
+        self._reject_integer_timestep(timestep)
         i = self._ensure_step_index(timestep)
         sample = sample.to(torch.float32)
         sigma = self._sigma_list[i]
@@ -200,5 +185,4 @@ class EDMEulerScheduler(BaseScheduler):
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """``x0 + sigma(t) * noise`` for ``timesteps`` taken from ``self.timesteps``."""
-        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
-        return add_noise_sigma(original_samples, noise, sigmas[noise_level_indices(self, timesteps)])
+        return add_noise_sigma(original_samples, noise, self._sigmas_at(timesteps, original_samples))

@@ -19,12 +19,6 @@ __all__ = ["EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler"]
 BetaScheduleVE = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 
 
-def _zero_snr_safe(sched: SigmaScheduler, rescale: bool) -> None:
-    # A zero terminal SNR would make the largest sigma infinite; clamp alpha_bar_T to 2^-24.
-    if rescale:
-        sched.alphas_cumprod[-1] = 2**-24
-
-
 class EulerDiscreteScheduler(SigmaScheduler):
     """Euler steps of the probability-flow ODE, with optional churn (Karras et al. 2022, Algorithm 2)."""
 
@@ -51,19 +45,20 @@ class EulerDiscreteScheduler(SigmaScheduler):
         rescale_betas_zero_snr: bool = False,
         final_sigmas_type: Literal["zero", "sigma_min"] = "zero",
     ) -> None:
-        if sum(bool(x) for x in (use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)) > 1:
-            raise ValueError("use at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas")
         self._init_training_schedule(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
+            num_train_timesteps,
+            beta_start,
+            beta_end,
+            beta_schedule,
+            trained_betas,
+            rescale_betas_zero_snr,
+            finite_terminal_snr=True,
         )
-        _zero_snr_safe(self, rescale_betas_zero_snr)
-        sigmas = schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod).flip(0)
-        self.sigmas = torch.cat([sigmas, torch.zeros(1)])
+        self._init_sigmas()
         if self._continuous_v():
-            self.timesteps = 0.25 * sigmas.log()
+            self.timesteps = 0.25 * self.sigmas[:-1].log()
         else:
             self.timesteps = torch.from_numpy(np.arange(num_train_timesteps - 1, -1, -1, dtype=np.float32))
-        self.num_inference_steps = None
         self.is_scale_input_called = False
 
     def _continuous_v(self) -> bool:
@@ -122,6 +117,8 @@ class EulerDiscreteScheduler(SigmaScheduler):
         else:
             self.timesteps = torch.from_numpy(np.asarray(ts).astype(np.float32)).to(device=device)
         self.sigmas = sigmas_t.to("cpu")
+        # per step: sigma and sigma_next - sigma as 0-dim tensors (the churn-free step does no tensor work)
+        self._euler_steps = list(zip(self.sigmas[:-1].unbind(), (self.sigmas[1:] - self.sigmas[:-1]).unbind()))
         self._reset_step_state()
 
     def step(
@@ -142,6 +139,12 @@ class EulerDiscreteScheduler(SigmaScheduler):
         self._require_timesteps()
         index = self._ensure_step_index(timestep)
         sample = sample.to(torch.float32)
+        if s_churn == 0:  # gamma = 0, so sigma_hat = sigma
+            sigma, dt = self._euler_steps[index]
+            denoised = sampling.denoised_from_sigma(model_output, sample, sigma, self.config.prediction_type)
+            prev_sample = sampling.to_d(sample, sigma, denoised).mul_(dt).add_(sample)
+            self._step_index = index + 1
+            return self._output(prev_sample.to(model_output.dtype), denoised, return_dict)
         sigma = self.sigmas[index]
         gamma = min(s_churn / (len(self.sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (gamma + 1)
@@ -176,32 +179,24 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         rescale_betas_zero_snr: bool = False,
     ) -> None:
         self._init_training_schedule(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
+            num_train_timesteps,
+            beta_start,
+            beta_end,
+            beta_schedule,
+            trained_betas,
+            rescale_betas_zero_snr,
+            finite_terminal_snr=True,
         )
-        _zero_snr_safe(self, rescale_betas_zero_snr)
-        sigmas = schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas[::-1], [0.0]]).astype(np.float32))
+        self._init_sigmas()
         self.timesteps = torch.from_numpy(np.linspace(0, num_train_timesteps - 1, num_train_timesteps)[::-1].copy())
-        self.num_inference_steps = None
+        self._ancestral: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        *,
-        timesteps: Sequence[float] | None = None,
-        sigmas: Sequence[float] | None = None,
-    ) -> None:
-        """Space ``num_inference_steps`` timesteps per config (custom lists are not supported)."""
-        self._check_set_timesteps_args(
-            num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
-        )
-        assert num_inference_steps is not None
-        self.num_inference_steps = num_inference_steps
-        ts, sig, _ = self._spaced_sigmas(num_inference_steps)
-        self.sigmas = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
-        self.timesteps = torch.from_numpy(ts).to(device=device)
-        self._reset_step_state()
+    def _on_new_schedule(self) -> None:
+        # Per step: sigma, sigma_up and sigma_down - sigma as 0-dim tensors (elementwise over the table:
+        # the same float32 values as computing them in each step).
+        sigma_up, sigma_down = sampling.get_ancestral_step(self.sigmas[:-1], self.sigmas[1:])
+        sigmas = self.sigmas[:-1]
+        self._ancestral = list(zip(sigmas.unbind(), sigma_up.unbind(), (sigma_down - sigmas).unbind()))
 
     def step(
         self,
@@ -216,12 +211,10 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         """One ancestral Euler step; fresh noise comes from ``generator`` (``eta`` is unused: always 1)."""
         self._require_timesteps()
         index = self._ensure_step_index(timestep)
-        sigma_from = self.sigmas[index]
-        sigma_to = self.sigmas[index + 1]
+        sigma, sigma_up, dt = self._ancestral[index]
         sample = sample.to(torch.float32)
-        denoised = sampling.denoised_from_sigma(model_output, sample, sigma_from, self.config.prediction_type)
-        sigma_up, sigma_down = sampling.get_ancestral_step(sigma_from, sigma_to)
-        prev_sample = sample + sampling.to_d(sample, sigma_from, denoised) * (sigma_down - sigma_from)
-        prev_sample = prev_sample + sampling.noise_like(model_output, generator) * sigma_up
+        denoised = sampling.denoised_from_sigma(model_output, sample, sigma, self.config.prediction_type)
+        prev_sample = sampling.to_d(sample, sigma, denoised).mul_(dt).add_(sample)
+        prev_sample.add_(sampling.noise_like(model_output, generator) * sigma_up)
         self._step_index = index + 1
         return self._output(prev_sample.to(model_output.dtype), denoised, return_dict)

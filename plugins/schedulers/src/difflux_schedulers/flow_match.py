@@ -17,7 +17,7 @@ from difflux.torch_utils import randn_tensor
 
 from . import schedules
 from ._base import BaseScheduler, Generator
-from .edm import noise_level_indices
+from .sampling import broadcast_to
 
 __all__ = [
     "FlowMatchEulerDiscreteScheduler",
@@ -104,11 +104,7 @@ class FlowMatchEulerDiscreteScheduler(BaseScheduler):
         time_shift_type: Literal["exponential", "linear"] = "exponential",
         stochastic_sampling: bool = False,
     ) -> None:
-        if use_karras_sigmas + use_exponential_sigmas + use_beta_sigmas > 1:
-            raise ValueError(
-                "FlowMatchEulerDiscreteScheduler: use at most one of use_karras_sigmas, use_exponential_sigmas, "
-                "use_beta_sigmas"
-            )
+        self._check_one_sigma_ramp()
         if num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps must be at least 1, got {num_train_timesteps}")
         t = torch.linspace(1, num_train_timesteps, num_train_timesteps, dtype=torch.float32).flip(0)
@@ -210,9 +206,7 @@ class FlowMatchEulerDiscreteScheduler(BaseScheduler):
     ) -> torch.Tensor:
         """Forward process ``sigma * noise + (1 - sigma) * sample`` at ``timestep`` (one per batch element)."""
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
-        sigmas = self.sigmas.to(device=sample.device, dtype=sample.dtype)
-        sigma = sigmas[noise_level_indices(self, t)]
-        sigma = sigma.reshape(-1, *([1] * (sample.ndim - 1)))
+        sigma = broadcast_to(self._sigmas_at(t, sample), sample)
         return sigma * noise + (1.0 - sigma) * sample
 
     def add_noise(
@@ -237,13 +231,7 @@ class FlowMatchEulerDiscreteScheduler(BaseScheduler):
         """One Euler step from ``timestep`` to the next sigma (``eta`` is unused; noise only with
         ``stochastic_sampling``)."""
         self._require_timesteps()
-        if isinstance(timestep, int) or (
-            isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()
-        ):
-            raise ValueError(
-                "FlowMatchEulerDiscreteScheduler.step got an integer timestep; pass an element of "
-                "scheduler.timesteps, not a loop index"
-            )
+        self._reject_integer_timestep(timestep)
         i = self._ensure_step_index(timestep)
         sample = sample.to(torch.float32)
         if per_token_timesteps is not None:

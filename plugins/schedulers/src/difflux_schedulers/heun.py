@@ -51,13 +51,9 @@ class HeunDiscreteScheduler(SigmaScheduler):
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
     ) -> None:
-        if sum((use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)) > 1:
-            raise ValueError("use at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas")
         self._init_training_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        sigmas = schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas[::-1], [0.0]]).astype(np.float32))
+        self._init_sigmas()
         self.timesteps = torch.from_numpy(np.arange(num_train_timesteps - 1, -1, -1, dtype=np.float32))
-        self.num_inference_steps = None
         self._clear_state()
 
     def _clear_state(self) -> None:
@@ -88,7 +84,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
         assert num_inference_steps is not None
         self.num_inference_steps = num_inference_steps
         ts, sig, _ = self._spaced_sigmas(num_inference_steps, custom)
-        sigmas_t = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32)).to(device=device)
+        sigmas_t = schedules.with_final_sigma(sig).to(device=device)
         self.sigmas = interleave_twice(sigmas_t, append_last=True).to("cpu")
         self.timesteps = interleave_twice(torch.from_numpy(np.asarray(ts)), repeat_last=True).to(
             device=device, dtype=torch.float32

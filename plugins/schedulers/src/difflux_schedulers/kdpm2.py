@@ -44,13 +44,9 @@ class _KDPM2Base(SigmaScheduler):
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
     ) -> None:
-        if sum((use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)) > 1:
-            raise ValueError("use at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas")
         self._init_training_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        sigmas = schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas[::-1], [0.0]]).astype(np.float32))
+        self._init_sigmas()
         self.timesteps = torch.from_numpy(np.arange(num_train_timesteps - 1, -1, -1, dtype=np.float32))
-        self.num_inference_steps = None
         self.sample: torch.Tensor | None = None
 
     @property
@@ -85,7 +81,7 @@ class _KDPM2Base(SigmaScheduler):
         ts, sig, log_sigmas = self._spaced_sigmas(num_inference_steps)
         if self.config.use_karras_sigmas:
             ts = np.round(ts)
-        sigmas_t = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32)).to(device=device)
+        sigmas_t = schedules.with_final_sigma(sig).to(device=device)
         interpol, extra = self._interpolated(sigmas_t)
         self.sigmas = interleave_twice(sigmas_t, repeat_last=True, append_last=True).to("cpu")
         self.sigmas_interpol = interleave_twice(interpol, repeat_last=True, append_last=True)
@@ -136,7 +132,7 @@ class KDPM2DiscreteScheduler(_KDPM2Base):
             assert self.sample is not None
             sample, self.sample = self.sample, None
         self._step_index = index + 1
-        return self._output(sample + derivative * dt, denoised, return_dict)
+        return self._output(derivative.mul_(dt).add_(sample), denoised, return_dict)
 
 
 class KDPM2AncestralDiscreteScheduler(_KDPM2Base):
@@ -181,13 +177,13 @@ class KDPM2AncestralDiscreteScheduler(_KDPM2Base):
         sigma_input = sigma if first else sigma_mid
         denoised = sampling.denoised_from_sigma(model_output, sample, sigma_input, self.config.prediction_type)
         if first:
-            prev_sample = sample + sampling.to_d(sample, sigma, denoised) * (sigma_mid - sigma)
+            prev_sample = sampling.to_d(sample, sigma, denoised).mul_(sigma_mid - sigma).add_(sample)
             self.sample = sample
         else:
             derivative = sampling.to_d(sample, sigma_mid, denoised)
             assert self.sample is not None
             sample, self.sample = self.sample, None
-            prev_sample = sample + derivative * (sigma_down - sigma)
-            prev_sample = prev_sample + sampling.noise_like(model_output, generator) * sigma_up
+            prev_sample = derivative.mul_(sigma_down - sigma).add_(sample)
+            prev_sample.add_(sampling.noise_like(model_output, generator) * sigma_up)
         self._step_index = index + 1
         return self._output(prev_sample, denoised, return_dict)

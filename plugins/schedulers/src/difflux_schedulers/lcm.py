@@ -18,8 +18,8 @@ from difflux.schedulers import SchedulerOutput
 from difflux.torch_utils import randn_tensor
 
 from . import schedules
-from ._base import BaseScheduler, Generator, TrainedBetas
-from .sampling import add_noise_vp, clip_or_threshold, velocity_vp, x0_from_roots_vp
+from ._base import Generator, TrainedBetas, VPScheduler
+from .sampling import x0_from_roots_vp
 
 __all__ = ["LCMScheduler", "LCMSchedulerOutput", "lcm_boundary_scalings", "lcm_origin_timesteps"]
 
@@ -52,7 +52,7 @@ def lcm_origin_timesteps(num_train_timesteps: int, original_steps: int, strength
     return np.arange(1, int(original_steps * strength) + 1, dtype=np.int64) * k - 1
 
 
-class LCMScheduler(BaseScheduler):
+class LCMScheduler(VPScheduler):
     """Multistep consistency sampling for latent consistency models (LCM, LCM-LoRA).
 
     ``set_timesteps`` takes ``original_inference_steps=`` (the distillation schedule length) and
@@ -93,12 +93,7 @@ class LCMScheduler(BaseScheduler):
         self.custom_timesteps = False
         self._t_list: list[int] = []
         self._scalings: dict[int, tuple[float, float]] = {}
-        self._renoise: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._step_coefficients: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
-        """LCM models take the sample unscaled."""
-        return sample
+        self._boundary: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def set_timesteps(
         self,
@@ -144,10 +139,12 @@ class LCMScheduler(BaseScheduler):
             chosen = origin[picks]
         self.timesteps = torch.from_numpy(chosen).to(device=device, dtype=torch.long)
         self._t_list = [int(t) for t in chosen]
-        for t in self._t_list:  # fill the caches now, so that no step computes constants
-            self._coefficients(t)
-            self._renoise_coefficients(t)
         self._reset_step_state()
+
+    def _step_pairs(self) -> list[tuple[int, int]]:
+        for t in self._t_list:
+            self._boundary_scalings(t)
+        return list(zip(self._t_list, [*self._t_list[1:], self._t_list[-1]]))
 
     def _custom_schedule(self, ts: list[int], origin: np.ndarray, original: int, strength: float) -> np.ndarray:
         n_train = self.config.num_train_timesteps
@@ -178,24 +175,12 @@ class LCMScheduler(BaseScheduler):
             cached = self._scalings[t] = (float(c_skip), float(c_out))
         return cached
 
-    # Per-timestep constants are cached as 0-dim float32 tensors: the same rounding as computing them each
-    # step, and a 0-dim tensor operand is cheaper for torch than a python float.
-
-    def _renoise_coefficients(self, t_prev: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """sqrt(a) and sqrt(1 - a) at ``t_prev`` (the final alpha below 0)."""
-        cached = self._renoise.get(t_prev)
+    def _boundary_scalings(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(c_skip, c_out)`` at timestep ``t`` as 0-dim float32 tensors (cached)."""
+        cached = self._boundary.get(t)
         if cached is None:
-            a = self.alphas_cumprod[t_prev] if t_prev >= 0 else self.final_alpha_cumprod
-            cached = self._renoise[t_prev] = (a.sqrt(), (1 - a).sqrt())
-        return cached
-
-    def _coefficients(self, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """sqrt(a_t), sqrt(1 - a_t), c_skip and c_out at timestep ``t``."""
-        cached = self._step_coefficients.get(t)
-        if cached is None:
-            a = self.alphas_cumprod[t]
-            c_skip, c_out = lcm_boundary_scalings(torch.tensor(t, dtype=torch.float32), self.config.timestep_scaling)
-            cached = self._step_coefficients[t] = (a.sqrt(), (1 - a).sqrt(), c_skip, c_out)
+            scalings = lcm_boundary_scalings(torch.tensor(t, dtype=torch.float32), self.config.timestep_scaling)
+            cached = self._boundary[t] = scalings
         return cached
 
     def step(
@@ -215,23 +200,16 @@ class LCMScheduler(BaseScheduler):
         cfg = self.config
         t = int(timestep)
         t_prev = self._t_list[i + 1] if i + 1 < len(self._t_list) else t
-        root_a, root_b, c_skip, c_out = self._coefficients(t)
-        x0 = x0_from_roots_vp(model_output, sample, root_a, root_b, cfg.prediction_type)
-        x0 = clip_or_threshold(
-            x0,
-            thresholding=cfg.thresholding,
-            clip_sample=cfg.clip_sample,
-            clip_sample_range=cfg.clip_sample_range,
-            dynamic_thresholding_ratio=cfg.dynamic_thresholding_ratio,
-            sample_max_value=cfg.sample_max_value,
-        )
+        _, root_a, root_b = self._roots(t)
+        c_skip, c_out = self._boundary_scalings(t)
+        x0 = self._clip_or_threshold(x0_from_roots_vp(model_output, sample, root_a, root_b, cfg.prediction_type))
         # Coefficients are exact float32 values, so these products round as Diffusers' tensor maths does.
         denoised = x0 * c_out + sample * c_skip
         if i != self.num_inference_steps - 1:  # type: ignore[operator]
             noise = randn_tensor(
                 model_output.shape, generator=generator, device=model_output.device, dtype=denoised.dtype
             )
-            root_a_prev, root_b_prev = self._renoise_coefficients(t_prev)
+            _, root_a_prev, root_b_prev = self._roots(t_prev)
             prev_sample = denoised * root_a_prev + noise * root_b_prev
         else:
             prev_sample = denoised
@@ -239,13 +217,3 @@ class LCMScheduler(BaseScheduler):
         if not return_dict:
             return (prev_sample, denoised)
         return LCMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
-
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
-        """Forward diffusion ``sqrt(a_t) x0 + sqrt(1 - a_t) noise`` at integer ``timesteps``."""
-        return add_noise_vp(original_samples, noise, self.alphas_cumprod, timesteps)
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The v-prediction training target at ``timesteps``."""
-        return velocity_vp(sample, noise, self.alphas_cumprod, timesteps)

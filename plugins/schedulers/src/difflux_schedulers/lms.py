@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 from difflux.schedulers import SchedulerOutput
 
-from . import sampling, schedules
+from . import sampling
 from ._base import KARRAS_COMPATIBLES, Generator, SigmaScheduler, TrainedBetas
 from .sampling import PredictionType
 from .schedules import TimestepSpacing
@@ -37,34 +36,13 @@ class LMSDiscreteScheduler(SigmaScheduler):
         timestep_spacing: TimestepSpacing = "linspace",
         steps_offset: int = 0,
     ) -> None:
-        if sum((use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas)) > 1:
-            raise ValueError("use at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas")
         self._init_training_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        sigmas = schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
-        self.sigmas = torch.from_numpy(np.concatenate([sigmas[::-1], [0.0]]).astype(np.float32))
+        self._init_sigmas()
         self.timesteps = torch.from_numpy(np.linspace(0, num_train_timesteps - 1, num_train_timesteps)[::-1].copy())
-        self.num_inference_steps = None
         self.derivatives: list[torch.Tensor] = []
 
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        *,
-        timesteps: Sequence[float] | None = None,
-        sigmas: Sequence[float] | None = None,
-    ) -> None:
-        """Space ``num_inference_steps`` timesteps per config (custom lists are not supported)."""
-        self._check_set_timesteps_args(
-            num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
-        )
-        assert num_inference_steps is not None
-        self.num_inference_steps = num_inference_steps
-        ts, sig, _ = self._spaced_sigmas(num_inference_steps)
-        self.sigmas = torch.from_numpy(np.concatenate([sig, [0.0]]).astype(np.float32))
-        self.timesteps = torch.from_numpy(np.asarray(ts)).to(device=device, dtype=torch.float32)
+    def _on_new_schedule(self) -> None:
         self.derivatives = []
-        self._reset_step_state()
 
     def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
         """The multistep weight of derivative ``current_order`` steps back, at step ``t``."""

@@ -16,18 +16,21 @@ from difflux.schedulers import SchedulerOutput
 
 from . import sampling
 from ._base import KARRAS_COMPATIBLES, Generator, TrainedBetas, VPScheduler
-from .schedules import TimestepSpacing, spaced_timesteps
+from .schedules import TimestepSpacing
 
 __all__ = ["PNDMScheduler"]
 
 
 def _adams_bashforth(ets: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Linear multistep combination of the last (up to four) noise estimates (PNDM eq. 12)."""
+    """Linear multistep combination of the last (up to four) noise estimates (PNDM eq. 12).
+
+    Evaluated left to right as written, updating one buffer in place (the same rounding).
+    """
     if len(ets) == 2:
-        return (3 * ets[-1] - ets[-2]) / 2
+        return (3 * ets[-1]).sub_(ets[-2]).div_(2)
     if len(ets) == 3:
-        return (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
-    return (1 / 24) * (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4])
+        return (23 * ets[-1]).sub_(16 * ets[-2]).add_(5 * ets[-3]).div_(12)
+    return (55 * ets[-1]).sub_(59 * ets[-2]).add_(37 * ets[-3]).sub_(9 * ets[-4]).mul_(1 / 24)
 
 
 class PNDMScheduler(VPScheduler):
@@ -51,6 +54,7 @@ class PNDMScheduler(VPScheduler):
         steps_offset: int = 0,
     ) -> None:
         self._init_training_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        self._transfer: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
@@ -82,7 +86,7 @@ class PNDMScheduler(VPScheduler):
         cfg = self.config
         n = num_inference_steps
         self.num_inference_steps = n
-        ascending = spaced_timesteps(n, cfg.num_train_timesteps, cfg.timestep_spacing, cfg.steps_offset)[::-1].copy()
+        ascending = self._spaced_timesteps(n)[::-1].copy()
         self._timesteps = ascending
         if cfg.skip_prk_steps:
             # PLMS warm-up: the second-to-last step is taken twice (a Heun-like start)
@@ -103,13 +107,37 @@ class PNDMScheduler(VPScheduler):
         self._clear_state()
         self._reset_step_state()
 
+    def _step_pairs(self) -> list[tuple[int, int]]:
+        assert self.num_inference_steps is not None
+        stride = self.config.num_train_timesteps // self.num_inference_steps
+        pairs = [(t, t - d) for t in self._positions for d in (stride, stride // 2, 0)]
+        # the repeated first step of the PLMS warm-up
+        pairs += [(t + stride, t) for t in self._positions if t + stride < self.config.num_train_timesteps]
+        for t, prev_t in pairs:
+            self._transfer_constants(t, prev_t)
+        return pairs
+
+    def _transfer_constants(self, t: int, prev_t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cached = self._transfer.get((t, prev_t))
+        if cached is None:
+            coefficients = sampling.pndm_transfer_coefficients(self._alpha_at(t), self._alpha_at(prev_t))
+            cached = self._transfer[(t, prev_t)] = coefficients
+        return cached
+
     def _prev_sample(
         self, sample: torch.Tensor, timestep: Any, prev_timestep: Any, model_output: torch.Tensor
     ) -> torch.Tensor:
-        alpha_prod_t = self.alphas_cumprod[timestep]
-        alpha_prod_t_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
-        prediction_type = self.config.prediction_type
-        return sampling.pndm_transfer(sample, model_output, alpha_prod_t, alpha_prod_t_prev, prediction_type)
+        t, prev_t = int(timestep), int(prev_timestep)
+        if self.config.prediction_type == "v_prediction":
+            _, sqrt_alpha, sqrt_one_minus_alpha = self._roots(t)
+            model_output = sampling.eps_from_roots_vp(
+                model_output, sample, sqrt_alpha, sqrt_one_minus_alpha, "v_prediction"
+            )
+        elif self.config.prediction_type != "epsilon":
+            raise ValueError(
+                f"PNDM supports prediction_type 'epsilon' or 'v_prediction', not {self.config.prediction_type!r}"
+            )
+        return sampling.pndm_transfer_from_coefficients(sample, model_output, *self._transfer_constants(t, prev_t))
 
     def step(
         self,
@@ -123,7 +151,7 @@ class PNDMScheduler(VPScheduler):
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One Runge-Kutta stage or one multistep step, depending on progress; deterministic."""
         self._require_timesteps()
-        self._check_in_schedule(timestep)
+        self._position(timestep)
         if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
             prev = self.step_prk(model_output, timestep, sample)
         else:

@@ -23,16 +23,21 @@ __all__ = [
     "broadcast_to",
     "clip_or_threshold",
     "ddim_step",
+    "ddim_step_from_roots",
     "ddim_variance",
+    "ddpm_posterior_coefficients",
     "ddpm_posterior_mean",
     "denoised_from_sigma",
     "edm_c_in",
     "edm_scalings",
+    "eps_from_roots_vp",
     "euler_step",
     "get_ancestral_step",
     "lms_coefficient",
     "noise_like",
     "pndm_transfer",
+    "pndm_transfer_coefficients",
+    "pndm_transfer_from_coefficients",
     "predict_x0_eps_vp",
     "threshold_sample",
     "to_d",
@@ -53,16 +58,9 @@ def predict_x0_eps_vp(
     model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean sample and noise from a VP model output (DDPM eq. 15; v-prediction: Salimans & Ho 2022, sec. 4)."""
-    beta_prod_t = 1 - alpha_prod_t
-    if prediction_type == "epsilon":
-        x0 = (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
-        return x0, model_output
-    if prediction_type == "sample":
-        return model_output, (sample - alpha_prod_t**0.5 * model_output) / beta_prod_t**0.5
-    if prediction_type == "v_prediction":
-        x0 = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
-        return x0, alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
-    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose 'epsilon', 'sample' or 'v_prediction'")
+    sqrt_alpha, sqrt_one_minus_alpha = alpha_prod_t**0.5, (1 - alpha_prod_t) ** 0.5
+    x0 = x0_from_roots_vp(model_output, sample, sqrt_alpha, sqrt_one_minus_alpha, prediction_type)
+    return x0, eps_from_roots_vp(model_output, sample, sqrt_alpha, sqrt_one_minus_alpha, prediction_type)
 
 
 def denoised_from_sigma(
@@ -88,7 +86,7 @@ def denoised_from_sigma(
 
 def to_d(sample: torch.Tensor, sigma: torch.Tensor | float, denoised: torch.Tensor) -> torch.Tensor:
     """The probability-flow ODE derivative dx/dsigma (Karras et al. 2022, eq. 4)."""
-    return (sample - denoised) / sigma
+    return (sample - denoised).div_(sigma)
 
 
 def get_ancestral_step(
@@ -161,18 +159,43 @@ def ddim_step(
     x0: torch.Tensor, eps: torch.Tensor, alpha_prod_t_prev: torch.Tensor, std_dev_t: torch.Tensor | float
 ) -> torch.Tensor:
     """The deterministic part of x_{t-1} in DDIM (Song et al. 2021, eq. 12)."""
-    direction = (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5 * eps
-    return alpha_prod_t_prev**0.5 * x0 + direction
+    return ddim_step_from_roots(x0, eps, alpha_prod_t_prev**0.5, (1 - alpha_prod_t_prev - std_dev_t**2) ** 0.5)
+
+
+def ddim_step_from_roots(
+    x0: torch.Tensor, eps: torch.Tensor, sqrt_alpha_prev: torch.Tensor, direction_coeff: torch.Tensor
+) -> torch.Tensor:
+    """:func:`ddim_step` given sqrt(a_{t-1}) and sqrt(1 - a_{t-1} - sigma_t^2) (with eta = 0: sqrt(1 - a_{t-1}))."""
+    return sqrt_alpha_prev * x0 + direction_coeff * eps
+
+
+def ddpm_posterior_coefficients(
+    alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of x0 and x_t in the mean of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7)."""
+    current_alpha = alpha_prod_t / alpha_prod_t_prev
+    x0_coeff = alpha_prod_t_prev**0.5 * (1 - current_alpha) / (1 - alpha_prod_t)
+    sample_coeff = current_alpha**0.5 * (1 - alpha_prod_t_prev) / (1 - alpha_prod_t)
+    return x0_coeff, sample_coeff
 
 
 def ddpm_posterior_mean(
     x0: torch.Tensor, sample: torch.Tensor, alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor
 ) -> torch.Tensor:
     """Mean of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7)."""
-    current_alpha = alpha_prod_t / alpha_prod_t_prev
-    x0_coeff = alpha_prod_t_prev**0.5 * (1 - current_alpha) / (1 - alpha_prod_t)
-    sample_coeff = current_alpha**0.5 * (1 - alpha_prod_t_prev) / (1 - alpha_prod_t)
+    x0_coeff, sample_coeff = ddpm_posterior_coefficients(alpha_prod_t, alpha_prod_t_prev)
     return x0_coeff * x0 + sample_coeff * sample
+
+
+def pndm_transfer_coefficients(
+    alpha_prod_t: torch.Tensor, alpha_prod_t_prev: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sample_coeff, a_{t-delta} - a_t, denominator)`` of PNDM's transfer phi (Liu et al. 2022, eq. 9)."""
+    beta_prod_t = 1 - alpha_prod_t
+    beta_prod_t_prev = 1 - alpha_prod_t_prev
+    sample_coeff = (alpha_prod_t_prev / alpha_prod_t) ** 0.5
+    denom = alpha_prod_t * beta_prod_t_prev**0.5 + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev) ** 0.5
+    return sample_coeff, alpha_prod_t_prev - alpha_prod_t, denom
 
 
 def pndm_transfer(
@@ -183,15 +206,21 @@ def pndm_transfer(
     prediction_type: str,
 ) -> torch.Tensor:
     """The transfer function phi(x_t, eps, t, t - delta) of PNDM (Liu et al. 2022, eq. 9)."""
-    beta_prod_t = 1 - alpha_prod_t
-    beta_prod_t_prev = 1 - alpha_prod_t_prev
     if prediction_type == "v_prediction":
-        model_output = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
+        model_output = eps_from_roots_vp(
+            model_output, sample, alpha_prod_t**0.5, (1 - alpha_prod_t) ** 0.5, prediction_type
+        )
     elif prediction_type != "epsilon":
         raise ValueError(f"PNDM supports prediction_type 'epsilon' or 'v_prediction', not {prediction_type!r}")
-    sample_coeff = (alpha_prod_t_prev / alpha_prod_t) ** 0.5
-    denom = alpha_prod_t * beta_prod_t_prev**0.5 + (alpha_prod_t * beta_prod_t * alpha_prod_t_prev) ** 0.5
-    return sample_coeff * sample - (alpha_prod_t_prev - alpha_prod_t) * model_output / denom
+    coefficients = pndm_transfer_coefficients(alpha_prod_t, alpha_prod_t_prev)
+    return pndm_transfer_from_coefficients(sample, model_output, *coefficients)
+
+
+def pndm_transfer_from_coefficients(
+    sample: torch.Tensor, eps: torch.Tensor, sample_coeff: torch.Tensor, alpha_gap: torch.Tensor, denom: torch.Tensor
+) -> torch.Tensor:
+    """:func:`pndm_transfer` given the per-step constants of :func:`pndm_transfer_coefficients`."""
+    return sample_coeff * sample - (alpha_gap * eps).div_(denom)
 
 
 def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,12 +282,29 @@ def x0_from_roots_vp(
     sqrt_one_minus_alpha: torch.Tensor,
     prediction_type: str,
 ) -> torch.Tensor:
-    """Clean sample from a VP model output given precomputed sqrt(a_t), sqrt(1 - a_t) (as :func:`predict_x0_eps_vp`,
-    for schedulers that cache the roots per timestep; same float32 rounding)."""
+    """Clean sample x0 from a VP model output at ``x = sqrt(a) x0 + sqrt(1 - a) eps``, given the two roots
+    (DDPM eq. 15; v-prediction: Salimans & Ho 2022, sec. 4). Rounds as the textbook expression does."""
     if prediction_type == "epsilon":
-        return (sample - sqrt_one_minus_alpha * model_output) / sqrt_alpha
+        return (sample - sqrt_one_minus_alpha * model_output).div_(sqrt_alpha)
     if prediction_type == "sample":
         return model_output
     if prediction_type == "v_prediction":
         return sqrt_alpha * sample - sqrt_one_minus_alpha * model_output
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose 'epsilon', 'sample' or 'v_prediction'")
+
+
+def eps_from_roots_vp(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    sqrt_alpha: torch.Tensor,
+    sqrt_one_minus_alpha: torch.Tensor,
+    prediction_type: str,
+) -> torch.Tensor:
+    """The noise eps implied by a VP model output, given the roots of :func:`x0_from_roots_vp`."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "sample":
+        return (sample - sqrt_alpha * model_output).div_(sqrt_one_minus_alpha)
+    if prediction_type == "v_prediction":
+        return sqrt_alpha * model_output + sqrt_one_minus_alpha * sample
     raise ValueError(f"unknown prediction_type {prediction_type!r}; choose 'epsilon', 'sample' or 'v_prediction'")

@@ -33,6 +33,7 @@ __all__ = [
     "sigmas_from_alphas_cumprod",
     "solver_timesteps",
     "spaced_timesteps",
+    "with_final_sigma",
 ]
 
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace", "exp"]
@@ -287,3 +288,8 @@ def lu_lambdas(lambda_max: float, lambda_min: float, num_inference_steps: int) -
     """Lambdas (here log-sigmas) evenly spaced from ``lambda_max`` to ``lambda_min`` (DPM-Solver, sec. 3.3)."""
     ramp = np.linspace(0, 1, num_inference_steps)
     return np.asarray(lambda_max + ramp * (lambda_min - lambda_max))
+
+
+def with_final_sigma(sigmas: np.ndarray | Sequence[float], final: float = 0.0) -> torch.Tensor:
+    """float32 sigmas of a schedule with the noise level after the last step appended (0: the clean sample)."""
+    return torch.from_numpy(np.concatenate([np.asarray(sigmas), [final]]).astype(np.float32))

@@ -15,9 +15,9 @@ from difflux.protocols import Scheduler
 from difflux.schedulers import SchedulerMixin, SchedulerOutput
 
 from ._base import TrainedBetas
-from .dpm_solver import LambdaSolverScheduler, NoiseLevel, noise_prediction
+from .dpm_solver import LambdaSolverScheduler, NoiseLevel, _final_sigma, noise_prediction
 from .flow_match import shift_sigmas, stretch_shift_to_terminal, time_shift
-from .schedules import sigma_to_t, solver_timesteps
+from .schedules import solver_timesteps
 
 __all__ = ["UniPCMultistepScheduler", "unipc_correct", "unipc_predict", "unipc_system"]
 
@@ -229,32 +229,26 @@ class UniPCMultistepScheduler(LambdaSolverScheduler):
             n = len(sigmas)
         else:
             n = self._check_steps(num_inference_steps)
-        steps = solver_timesteps(n, config.num_train_timesteps, config.timestep_spacing, config.steps_offset)
-        train_sigmas = self._train_sigmas()
-        log_sigmas = np.log(train_sigmas)
-        converted = self._converted_sigmas(train_sigmas, n)
-        if converted is not None:
-            sig = converted
-            if config.use_karras_sigmas and config.use_flow_sigmas:
-                sig = sig / (sig + 1)
-                steps = sig * config.num_train_timesteps
-            else:
-                steps_f = np.array([sigma_to_t(s, log_sigmas) for s in sig])
-                steps = steps_f.round() if config.use_karras_sigmas else steps_f
-            final = float(sig[-1]) if config.final_sigmas_type == "sigma_min" else 0.0
-        elif config.use_flow_sigmas:
-            sig = self._flow_sigmas(sigmas, n, mu)
-            steps = sig * config.num_train_timesteps
-            final = float(sig[-1]) if config.final_sigmas_type == "sigma_min" else 0.0
-        else:
-            sig = np.interp(steps, np.arange(0, len(train_sigmas)), train_sigmas)
-            ac0 = self.alphas_cumprod[0]
-            final = float(((1 - ac0) / ac0) ** 0.5) if config.final_sigmas_type == "sigma_min" else 0.0
         if config.final_sigmas_type not in ("zero", "sigma_min"):
             raise ValueError(f"unknown final_sigmas_type {config.final_sigmas_type!r}; choose 'zero' or 'sigma_min'")
-        self._install_schedule(steps, np.concatenate([sig, [final]]), device)
+        steps = solver_timesteps(n, config.num_train_timesteps, config.timestep_spacing, config.steps_offset)
+        flow_sigmas = self._flow_sigmas(sigmas, n, mu) if self._flow else None
+        steps, sig = self._solver_schedule(steps, n, flow_sigmas=flow_sigmas)
+        if self._uses_sigma_schedule() or self._flow:
+            final = float(sig[-1]) if config.final_sigmas_type == "sigma_min" else 0.0
+        else:
+            final = _final_sigma(self.alphas_cumprod, config.final_sigmas_type)
+        self._install_schedule(steps, sig, final, device)
         if self.solver_p is not None:
             self.solver_p.set_timesteps(self.num_inference_steps, device=device)
+
+    def _ramp_schedule(
+        self, ramp: np.ndarray, log_sigmas: np.ndarray, rounding: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.config.use_karras_sigmas and self._flow:  # Karras sigmas mapped onto the flow path
+            sig = ramp / (ramp + 1)
+            return sig * self.config.num_train_timesteps, sig
+        return super()._ramp_schedule(ramp, log_sigmas, rounding)
 
     def _convert(self, model_output: torch.Tensor, sample: torch.Tensor, level: NoiseLevel) -> torch.Tensor:
         return (
@@ -331,7 +325,5 @@ class UniPCMultistepScheduler(LambdaSolverScheduler):
                 predict_x0=self.predict_x0,
                 variant=variant,
             )
-        if self.lower_order_nums < config.solver_order:
-            self.lower_order_nums += 1
-        self._step_index = i + 1
+        self._advance(i)
         return self._output(prev, None, return_dict)
