@@ -32,7 +32,7 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("plugin", PLUGINS)
 def plugin(session: nox.Session, plugin: str) -> None:
     """One plugin alone: core plus that plugin (and what it declares), then its own tests."""
-    session.install(TORCH, "-e", "core", "-e", f"plugins/{plugin}", "pytest", "diffusers==0.42.1")
+    session.install(TORCH, "-e", "core", "-e", f"plugins/{plugin}", "pytest", "diffusers==0.42.1", "scipy", "scikit-learn")
     session.run("python", "-m", "pytest", "-q", f"plugins/{plugin}/tests", *session.posargs)
 
 

@@ -17,7 +17,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverSDEScheduler",
         "UniPCMultistepScheduler", "DEISMultistepScheduler", "LCMScheduler", "KarrasVeScheduler",
         "ScoreSdeVeScheduler", "CMStochasticIterativeScheduler", "FlowMatchEulerDiscreteScheduler",
-        "EDMEulerScheduler", "RePaintScheduler",
+        "EDMEulerScheduler",
     ),
     "difflux-models": (
         "UNet1DModel", "UNet2DModel", "UNet2DConditionModel", "AutoencoderKL", "VQModel",
@@ -27,7 +27,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
     "difflux-pipelines-unconditional": (
         "DDPMPipeline", "DDIMPipeline", "PNDMPipeline", "LDMPipeline", "ScoreSdeVePipeline",
         "KarrasVePipeline", "ConsistencyModelPipeline", "DiTPipeline", "DanceDiffusionPipeline",
-        "RePaintPipeline",
+        "RePaintPipeline", "RePaintScheduler",
     ),
     "difflux-stable-diffusion": (
         "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",

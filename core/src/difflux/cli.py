@@ -2,20 +2,24 @@
 
 Each subcommand is one ``_add_<name>(subparsers)`` function that builds its parser and sets
 ``handler``; adding a subcommand means writing that function and listing it in ``_COMMANDS``.
-``difflux plugins`` needs only the registry, so it never imports torch.
+``difflux plugins`` needs only the registry, so it never imports torch; ``generate`` and ``info``
+import it when they run.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import DiffluxError
 from .registry import AttentionBackendSpec, Registry, get_registry
 
-__all__ = ["build_parser", "main", "plugins_report"]
+__all__ = ["build_parser", "generate_kwargs", "image_grid", "info_report", "main", "plugins_report"]
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
@@ -61,9 +65,7 @@ def plugins_report(registry: Registry | None = None) -> dict[str, Any]:
                 "schedulers": [
                     {
                         "name": sname,
-                        "aliases": sorted(
-                            a.alias for a in registry.scheduler_aliases.values() if a.scheduler == sname
-                        ),
+                        "aliases": sorted(a.alias for a in registry.scheduler_aliases.values() if a.scheduler == sname),
                     }
                     for sname, r in sorted(registry.schedulers.items())
                     if r.plugin == name
@@ -149,10 +151,278 @@ def _add_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(handler=_run_plugins)
 
 
+# -- difflux generate ----------------------------------------------------------------------------
+
+#: What ``difflux generate`` loads when no model is named: the embedded digits pipeline of
+#: ``difflux-pipelines-unconditional`` (its plugin resolves this name to the packaged folder).
+DEFAULT_MODEL = "difflux:digits"
+DEFAULT_MODEL_DISTRIBUTION = "difflux-pipelines-unconditional"
+#: Denoising steps for the default model when ``--steps`` is not given (as good as DDIM's usual 50 there).
+DEFAULT_MODEL_STEPS = 20
+
+#: command-line option -> the ``__call__`` parameters that take it, in order of preference
+_CALL_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "prompt": ("prompt",),
+    "negative_prompt": ("negative_prompt",),
+    "class_label": ("class_labels",),
+    "steps": ("num_inference_steps",),
+    "guidance_scale": ("guidance_scale",),
+    "height": ("height",),
+    "width": ("width",),
+    "num_images": ("batch_size", "num_images_per_prompt"),
+}
+
+
+def _call_parameters(pipe: Any) -> dict[str, inspect.Parameter]:
+    call = inspect.unwrap(type(pipe).__call__)
+    return dict(list(inspect.signature(call).parameters.items())[1:])
+
+
+def _num_classes(pipe: Any) -> int | None:
+    """How many classes a class-conditional pipeline's model knows (``num_class_embeds``), if any."""
+    for component in pipe.components.values():
+        config = getattr(component, "config", None)
+        if isinstance(config, Mapping) and isinstance(config.get("num_class_embeds"), int):
+            return int(config["num_class_embeds"])
+    return None
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def generate_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The ``__call__`` keyword arguments for the options given, refusing those the pipeline does not take.
+
+    A class-conditional pipeline gets one label per image: ``--class-label`` for all of them, or,
+    for a model with at most 16 classes, one image of each class in order.
+    """
+    import torch
+
+    params = _call_parameters(pipe)
+    name = type(pipe).__name__
+    takes = ", ".join(p for p in params if p != "return_dict")
+    kwargs: dict[str, Any] = {}
+    for option, candidates in _CALL_PARAMETERS.items():
+        value = getattr(args, option)
+        if value is None or (option in ("class_label", "num_images") and "class_labels" in params):
+            continue
+        target = next((c for c in candidates if c in params), None)
+        if target is None:
+            raise DiffluxError(f"{_flag(option)} does not apply to {name}; it takes: {takes}")
+        kwargs[target] = value
+    if "class_labels" in params:
+        classes = _num_classes(pipe)
+        count = args.num_images or (classes if classes is not None and classes <= 16 else 1)
+        if args.class_label is not None:
+            kwargs["class_labels"] = [args.class_label] * count
+        elif classes is not None:
+            kwargs["class_labels"] = [i % classes for i in range(count)]
+        elif params["class_labels"].default is inspect.Parameter.empty:
+            raise DiffluxError(f"{name} needs --class-label N")
+        if "batch_size" in params:
+            kwargs["batch_size"] = count
+    if args.seed is not None:
+        if "generator" not in params:
+            raise DiffluxError(f"--seed does not apply to {name}; it takes: {takes}")
+        kwargs["generator"] = torch.Generator().manual_seed(args.seed)
+    if "output_type" in params and "audio_length_in_s" not in params:
+        kwargs["output_type"] = "pil"
+    return kwargs
+
+
+def image_grid(images: Sequence[Any], min_side: int = 64) -> Any:
+    """Images side by side (up to 5 per row for ten or fewer, else a square), small ones enlarged (nearest)."""
+    import math
+
+    import PIL.Image
+
+    count = len(images)
+    cols = min(count, 5) if count <= 10 else math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    w, h = images[0].size
+    scale = max(1, math.ceil(min_side / min(w, h)))
+    w, h = w * scale, h * scale
+    grid = PIL.Image.new(images[0].mode, (cols * w, rows * h))
+    for i, image in enumerate(images):
+        tile = image.resize((w, h), PIL.Image.Resampling.NEAREST) if scale > 1 else image
+        grid.paste(tile, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def _write_wav(path: Path, audios: Any, sample_rate: int) -> None:
+    """Waveforms in ``[-1, 1]`` (``batch, channels, samples``) as one 16-bit WAV, the clips one after another."""
+    import wave
+
+    import numpy as np
+
+    data = np.concatenate(list(np.asarray(audios)), axis=-1)  # (channels, samples)
+    pcm = (np.clip(data, -1, 1) * 32767).astype("<i2").T.copy()
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(pcm.shape[1])
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm.tobytes())
+
+
+def _load_pipeline(model: str, dtype: str | None = None, device: str | None = None) -> Any:
+    from .pipeline import DiffusionPipeline
+
+    if model == DEFAULT_MODEL:
+        registry = get_registry()
+        if not any(p.distribution == DEFAULT_MODEL_DISTRIBUTION for p in registry.plugins.values()):
+            raise DiffluxError(
+                f"the default model comes with {DEFAULT_MODEL_DISTRIBUTION}, which is not installed: "
+                f"pip install {DEFAULT_MODEL_DISTRIBUTION}, or name a model folder"
+            )
+    options: dict[str, Any] = {}
+    if dtype is not None:
+        options["torch_dtype"] = dtype
+    pipe = DiffusionPipeline.from_pretrained(model, **options)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def _run_generate(args: argparse.Namespace, out: TextIO) -> int:
+    import time
+
+    start = time.perf_counter()
+    pipe = _load_pipeline(args.model or DEFAULT_MODEL, args.dtype, args.device)
+    if (args.model or DEFAULT_MODEL) == DEFAULT_MODEL and args.steps is None:
+        args.steps = DEFAULT_MODEL_STEPS
+    if args.scheduler is not None:
+        cls, overrides = get_registry().resolve_scheduler(args.scheduler)
+        pipe.register_modules(scheduler=cls.from_config(pipe.scheduler.config, **overrides))
+    kwargs = generate_kwargs(pipe, args)
+    result = pipe(**kwargs)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    audios = getattr(result, "audios", None)
+    if audios is not None:
+        rate = int(pipe.unet.config.get("sample_rate") or 16000)
+        _write_wav(output, audios, rate)
+        what = f"{len(audios)} audio clip(s)"
+    else:
+        images = result.images
+        image_grid(images).save(output)
+        what = f"{len(images)} image(s)"
+    out.write(f"wrote {what} to {output} ({type(pipe).__name__}, {time.perf_counter() - start:.1f} s)\n")
+    return 0
+
+
+def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="run a pipeline and write the images (a PNG grid) or audio (WAV)",
+        description="Load MODEL_OR_FOLDER (default: the embedded digits model) and run it, passing only "
+        "the options given; an option the pipeline does not take is an error.",
+    )
+    p.add_argument(
+        "model", nargs="?", metavar="MODEL_OR_FOLDER", help=f"pipeline folder or repo id (default {DEFAULT_MODEL})"
+    )
+    p.add_argument("--prompt", help="text prompt (text-conditioned pipelines)")
+    p.add_argument("--negative-prompt", help="what to steer away from (pipelines with guidance)")
+    p.add_argument("--class-label", type=int, help="class id for every image (class-conditional pipelines)")
+    p.add_argument("--steps", type=int, help="number of denoising steps (default: the pipeline's)")
+    p.add_argument("--scheduler", help="scheduler class name or sampler alias, e.g. 'DPM++ 2M Karras'")
+    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, help="seed of the random generator (reproducible output)")
+    p.add_argument(
+        "--num-images",
+        type=int,
+        help="how many images (default: one per class for a small class-conditional model, else 1)",
+    )
+    p.add_argument("--height", type=int, help="image height in pixels")
+    p.add_argument("--width", type=int, help="image width in pixels")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cpu)")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="weights dtype (default: as saved)")
+    p.add_argument("--output", default="output.png", help="file to write (default: output.png)")
+    p.set_defaults(handler=_run_generate)
+
+
+# -- difflux info -----------------------------------------------------------------------------
+
+
+def info_report(pipe: Any) -> dict[str, Any]:
+    """What ``difflux info --json`` prints: the pipeline class and, per component, class, plugin, size, dtypes."""
+    import torch
+
+    registry = get_registry()
+
+    def plugin_of(obj: Any) -> dict[str, str] | None:
+        found = registry.owner(type(obj))
+        return {"name": found.name, "distribution": found.distribution} if found is not None else None
+
+    components: list[dict[str, Any]] = []
+    for name, component in pipe.components.items():
+        entry: dict[str, Any] = {"name": name, "class": type(component).__name__ if component is not None else None}
+        entry["plugin"] = plugin_of(component) if component is not None else None
+        if isinstance(component, torch.nn.Module):
+            entry["parameters"] = sum(p.numel() for p in component.parameters())
+            entry["dtypes"] = sorted({str(p.dtype).removeprefix("torch.") for p in component.parameters()})
+        components.append(entry)
+    config = {k: v for k, v in pipe.config.items() if k not in pipe.components and not k.startswith("_")}
+    return {
+        "pipeline": type(pipe).__name__,
+        "plugin": plugin_of(pipe),
+        "source": pipe.name_or_path,
+        "config": config,
+        "components": components,
+        "parameters": sum(c.get("parameters", 0) for c in components),
+    }
+
+
+def _print_info(report: dict[str, Any], out: TextIO) -> None:
+    def origin(plugin: dict[str, str] | None) -> str:
+        return f"{plugin['distribution']} (plugin {plugin['name']})" if plugin else "not from a difflux plugin"
+
+    out.write(f"{report['pipeline']}  from {origin(report['plugin'])}\n")
+    if report["source"]:
+        out.write(f"source: {report['source']}\n")
+    width = max((len(c["name"]) for c in report["components"]), default=4)
+    for c in report["components"]:
+        size = f"{c['parameters']:,} parameters, {'/'.join(c['dtypes']) or '-'}" if "parameters" in c else "-"
+        cls = c["class"] or "(none)"
+        out.write(f"    {c['name']:<{width}}  {cls:<28} {size:<36} {origin(c['plugin']) if c['class'] else ''}\n")
+    out.write(f"total: {report['parameters']:,} parameters\n")
+    for key, value in sorted(report["config"].items()):
+        text = json.dumps(value, default=str)
+        out.write(f"config {key}: {text if len(text) <= 100 else text[:97] + '...'}\n")
+
+
+def _run_info(args: argparse.Namespace, out: TextIO) -> int:
+    report = info_report(_load_pipeline(args.model or DEFAULT_MODEL))
+    if args.json:
+        json.dump(report, out, indent=2, default=str)
+        out.write("\n")
+    else:
+        _print_info(report, out)
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "info",
+        help="describe a pipeline: classes, plugins, parameter counts, dtypes",
+        description="Load MODEL_OR_FOLDER and print its pipeline class and, for each component, its "
+        "class, the plugin that provides it, its parameter count and dtypes.",
+    )
+    p.add_argument(
+        "model", nargs="?", metavar="MODEL_OR_FOLDER", help=f"pipeline folder or repo id (default {DEFAULT_MODEL})"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_run_info)
+
+
 # -- the parser ------------------------------------------------------------------------------
 
 #: One function per subcommand; each adds its parser and sets ``handler``.
-_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [_add_plugins]
+_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_generate,
+    _add_info,
+    _add_plugins,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,8 +444,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     if handler is None:
         parser.print_help(out or sys.stdout)
         return 2
-    from .errors import DiffluxError
-
     try:
         return handler(args, out or sys.stdout)
     except DiffluxError as exc:

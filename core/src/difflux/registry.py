@@ -330,7 +330,8 @@ class Registry:
     def component_class(self, library: str, name: str) -> Any | None:
         """The registered class for a ``[library, ClassName]`` entry, or ``None``."""
         reg = self.components.get((library, name))
-        if reg is None and library in ("diffusers", "difflux"):
+        # Diffusers writes "deprecated" as the library of its deprecated classes (KarrasVeScheduler)
+        if reg is None and library in ("diffusers", "difflux", "deprecated"):
             reg = self.schedulers.get(name) or self.components.get(("diffusers", name))
         return reg.load() if reg is not None else None
 
