@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from pathlib import Path
 
 import nox
@@ -12,6 +14,18 @@ nox.options.sessions = ["tests", "lint"]
 ROOT = Path(__file__).parent
 TORCH = "torch==2.13.0"
 PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").exists())
+
+
+def _local_folders(folder: str) -> list[str]:
+    """``folder`` and, recursively, the workspace folders of the difflux distributions it depends on."""
+    by_name = {"difflux": "core", "difflux-hub": "hub", **{f"difflux-{p}": f"plugins/{p}" for p in PLUGINS}}
+    deps = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]["dependencies"]
+    found: list[str] = []
+    for dep in deps:
+        name = re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0].lower()
+        if name in by_name:
+            found += [f for f in _local_folders(by_name[name]) if f not in found]
+    return [*found, folder]
 
 
 @nox.session
@@ -31,8 +45,9 @@ def tests(session: nox.Session) -> None:
 @nox.session(default=False)
 @nox.parametrize("plugin", PLUGINS)
 def plugin(session: nox.Session, plugin: str) -> None:
-    """One plugin alone: core plus that plugin (and what it declares), then its own tests."""
-    session.install(TORCH, "-e", "core", "-e", f"plugins/{plugin}", "pytest", "diffusers==0.42.1", "scipy", "scikit-learn")
+    """One plugin alone: core plus that plugin and the difflux plugins it declares, then its own tests."""
+    editable = [arg for folder in _local_folders(f"plugins/{plugin}") for arg in ("-e", folder)]
+    session.install(TORCH, *editable, "pytest", "diffusers==0.42.1", "scipy", "scikit-learn")
     session.run("python", "-m", "pytest", "-q", f"plugins/{plugin}/tests", *session.posargs)
 
 
