@@ -1,4 +1,4 @@
-"""difflux plugin: Stable Diffusion 1.x/2.x and SDXL pipelines (txt2img, img2img, inpainting).
+"""difflux plugin: Stable Diffusion 1.x/2.x and SDXL: txt2img, img2img, inpainting, depth, variations, upscalers.
 
 Importing the package is cheap; the pipeline classes import torch when first used.
 """
@@ -9,11 +9,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "StableDiffusionDepth2ImgPipeline",
+    "StableDiffusionImageVariationPipeline",
     "StableDiffusionImg2ImgPipeline",
     "StableDiffusionInpaintPipeline",
+    "StableDiffusionLatentUpscalePipeline",
     "StableDiffusionPipeline",
     "StableDiffusionPipelineOutput",
     "StableDiffusionSafetyChecker",
+    "StableDiffusionUpscalePipeline",
     "StableDiffusionXLImg2ImgPipeline",
     "StableDiffusionXLInpaintPipeline",
     "StableDiffusionXLPipeline",
@@ -21,6 +25,10 @@ __all__ = [
 ]
 
 _LAZY = {
+    "StableDiffusionDepth2ImgPipeline": "pipeline_depth2img",
+    "StableDiffusionImageVariationPipeline": "pipeline_image_variation",
+    "StableDiffusionLatentUpscalePipeline": "pipeline_upscale",
+    "StableDiffusionUpscalePipeline": "pipeline_upscale",
     "StableDiffusionPipeline": "pipeline_stable_diffusion",
     "StableDiffusionImg2ImgPipeline": "pipeline_stable_diffusion",
     "StableDiffusionInpaintPipeline": "pipeline_stable_diffusion",
@@ -34,6 +42,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from ._common import StableDiffusionPipelineOutput, StableDiffusionXLPipelineOutput
+    from .pipeline_depth2img import StableDiffusionDepth2ImgPipeline
+    from .pipeline_image_variation import StableDiffusionImageVariationPipeline
     from .pipeline_stable_diffusion import (
         StableDiffusionImg2ImgPipeline,
         StableDiffusionInpaintPipeline,
@@ -44,6 +54,7 @@ if TYPE_CHECKING:
         StableDiffusionXLInpaintPipeline,
         StableDiffusionXLPipeline,
     )
+    from .pipeline_upscale import StableDiffusionLatentUpscalePipeline, StableDiffusionUpscalePipeline
     from .safety_checker import StableDiffusionSafetyChecker
 
 

@@ -1,48 +1,97 @@
-"""What every Stable Diffusion pipeline does the same way: guidance, the denoising loop, decoding."""
+"""What every Stable Diffusion pipeline does the same way.
+
+Checks, guidance, initial latents (pure noise, a noised image, or an inpainting start), the
+VAE in both directions, the denoising loop and the output. A pipeline's ``__call__`` strings
+these steps together: check → encode → prepare latents → denoise → decode.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from difflux import DiffusionPipeline
+from difflux import DiffusionPipeline, ImagePipelineOutput
 from difflux.image import postprocess
-from difflux.pipeline_utils import StepCallback, check_callback_inputs, step_callback
+from difflux.pipeline_utils import StepCallback, check_batch, check_callback_inputs, step_callback
+from difflux.torch_utils import randn_tensor
 
-from ._common import guidance_scale_embedding, rescale_noise_cfg
+from ._common import (
+    StableDiffusionPipelineOutput,
+    encode_latents,
+    guidance_scale_embedding,
+    rescale_noise_cfg,
+    set_schedule,
+    strength_schedule,
+)
+from .images import preprocess_image
+from .prompts import Prompt, prompt_batch_size
 
-__all__ = ["Denoise", "StableDiffusionBase"]
+__all__ = ["Denoise", "Sampling", "StableDiffusionBase", "say_once", "spread"]
 
+logger = logging.getLogger("difflux")
+_told: set[str] = set()
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
 #: ``blend(step_index, latents) -> latents`` runs after each scheduler step (4-channel inpainting).
 Blend = Callable[[int, torch.Tensor], torch.Tensor]
+#: ``predict(step_index, timestep, latents (doubled when guiding), embeds) -> noise prediction``
+Predict = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def say_once(key: str, level: int, message: str, *args: Any) -> None:
+    """Log ``message`` the first time ``key`` is seen in this process."""
+    if key not in _told:
+        _told.add(key)
+        logger.log(level, message, *args)
+
+
+def spread(tensor: torch.Tensor, total: int, what: str = "images") -> torch.Tensor:
+    """Repeat a batch to ``total`` samples (``a b a b``); it must divide ``total``."""
+    if total % tensor.shape[0]:
+        raise ValueError(f"cannot spread {tensor.shape[0]} {what} over {total} outputs; pass 1 or {total}")
+    return tensor.repeat(total // tensor.shape[0], *([1] * (tensor.ndim - 1)))
+
+
+@dataclasses.dataclass
+class Sampling:
+    """The user's options for one run of the loop: guidance, scheduler noise, step callback."""
+
+    guidance_scale: float
+    guidance: bool  # classifier-free guidance runs (two UNet batches per step)
+    guidance_rescale: float = 0.0
+    eta: float = 0.0
+    generator: Generator = None
+    cross_attention_kwargs: dict[str, Any] | None = None
+    callback: StepCallback | None = None
+    callback_names: Sequence[str] = ("latents",)
 
 
 @dataclasses.dataclass
 class Denoise:
-    """One run of the denoising loop: what conditions the UNet and how guidance is applied."""
+    """One run of the denoising loop: what conditions the UNet, and the options it runs with."""
 
     timesteps: torch.Tensor
     embeds: torch.Tensor  # what the UNet cross-attends to ([negative, positive] when guiding)
-    guidance_scale: float
-    guidance: bool
-    guidance_rescale: float = 0.0
-    eta: float = 0.0
-    generator: torch.Generator | Sequence[torch.Generator] | None = None
+    sampling: Sampling
     timestep_cond: torch.Tensor | None = None
     added_cond_kwargs: dict[str, torch.Tensor] | None = None
-    cross_attention_kwargs: dict[str, Any] | None = None
-    extra_channels: torch.Tensor | None = None  # concatenated to the UNet input (9-channel inpainting)
+    class_labels: torch.Tensor | None = None
+    extra_channels: torch.Tensor | None = None  # concatenated to the UNet input (inpainting, depth, upscaling)
     blend: Blend | None = None
-    callback: StepCallback | None = None
-    callback_names: Sequence[str] = ("latents",)
+    predict: Predict | None = None  # replaces the UNet call (pipelines whose UNet takes other inputs)
 
 
 class StableDiffusionBase(DiffusionPipeline):
     """Shared steps of the Stable Diffusion family (not registered; the concrete pipelines are)."""
 
     _callback_tensor_inputs: tuple[str, ...] = ("latents", "prompt_embeds", "negative_prompt_embeds")
+    #: encode and decode with a float32 VAE when its config says ``force_upcast`` (SDXL, x4 upscaler)
+    _upcast_vae: ClassVar[bool] = False
+    #: normalise latents with the VAE's ``latents_mean`` / ``latents_std`` where it has them (SDXL)
+    _vae_latent_stats: ClassVar[bool] = False
 
     # components (set by register_modules; which ones exist depends on the pipeline)
     vae: Any
@@ -70,9 +119,59 @@ class StableDiffusionBase(DiffusionPipeline):
             raise ValueError(f"height and width must be multiples of 8, got {height}x{width}")
         return height, width
 
+    def warn_about_safety_checker(self, safety_checker: Any, feature_extractor: Any, required: bool) -> None:
+        """Say once when the checker is missing (a warning unless ``required`` is off); refuse one without inputs."""
+        name = type(self).__name__
+        if safety_checker is None and required:
+            say_once(
+                f"{name}:no-checker",
+                logging.WARNING,
+                "%s runs without a safety checker although requires_safety_checker=True; pass "
+                "requires_safety_checker=False to say this is intended",
+                name,
+            )
+        elif safety_checker is None:
+            say_once(f"{name}:off", logging.INFO, "%s: no safety checker (requires_safety_checker=False)", name)
+        elif feature_extractor is None:
+            raise ValueError(f"{name}: a safety_checker needs a feature_extractor to prepare its input")
+
+    # -- check -----------------------------------------------------------------------------
+
     def uses_guidance(self, guidance_scale: float) -> bool:
         """Classifier-free guidance runs when ``guidance_scale > 1`` and the UNet is not guidance-distilled."""
         return guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+
+    def sampling(
+        self,
+        guidance_scale: float,
+        guidance_rescale: float = 0.0,
+        eta: float = 0.0,
+        generator: Generator = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        callback: StepCallback | None = None,
+        callback_names: Sequence[str] = ("latents",),
+    ) -> Sampling:
+        """The loop options, with the step callback's tensor names checked."""
+        if callback is not None:
+            check_callback_inputs(callback_names, self._callback_tensor_inputs, type(self).__name__)
+        guidance = self.uses_guidance(guidance_scale)
+        return Sampling(
+            guidance_scale, guidance, guidance_rescale, eta, generator, cross_attention_kwargs, callback, callback_names
+        )
+
+    def check_batch(
+        self,
+        prompt: Prompt | None,
+        prompt_embeds: torch.Tensor | None,
+        num_images_per_prompt: int,
+        generator: Generator,
+    ) -> int:
+        """The number of prompts, after checking it against ``num_images_per_prompt`` and the generators."""
+        batch = prompt_batch_size(prompt, prompt_embeds)
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
+        check_batch(batch * num_images_per_prompt, generator)
+        return batch
 
     def guidance_embedding(self, guidance_scale: float, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
         """The ``timestep_cond`` of guidance-distilled UNets (``time_cond_proj_dim`` set), else ``None``."""
@@ -82,58 +181,261 @@ class StableDiffusionBase(DiffusionPipeline):
         scales = torch.tensor(guidance_scale - 1).repeat(batch)
         return guidance_scale_embedding(scales, dim).to(device=self.device, dtype=dtype)
 
-    def check_callback(self, callback: StepCallback | None, names: Sequence[str]) -> None:
-        if callback is not None:
-            check_callback_inputs(names, self._callback_tensor_inputs, type(self).__name__)
+    # -- schedules -------------------------------------------------------------------------
+
+    def strength_timesteps(
+        self,
+        num_inference_steps: int,
+        strength: float,
+        timesteps: Sequence[int] | None = None,
+        sigmas: Sequence[float] | None = None,
+        denoising_start: float | None = None,
+    ) -> torch.Tensor:
+        """The schedule image-to-image runs: its last ``strength`` (or below ``denoising_start``)."""
+        scheduler = self.scheduler
+        steps, count = set_schedule(scheduler, num_inference_steps, self.device, timesteps=timesteps, sigmas=sigmas)
+        steps, count = strength_schedule(scheduler, steps, count, strength, denoising_start=denoising_start)
+        if count < 1:
+            raise ValueError(
+                f"strength={strength} leaves no denoising steps out of {num_inference_steps}; raise either"
+            )
+        return steps
+
+    # -- latents ---------------------------------------------------------------------------
+
+    def prepare_latents(
+        self, shape: tuple[int, ...], dtype: torch.dtype, generator: Generator, latents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Starting noise (drawn, or ``latents`` checked against ``shape``), scaled for the scheduler."""
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
+        elif tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {tuple(shape)}")
+        scaled: torch.Tensor = latents.to(self.device) * self.scheduler.init_noise_sigma
+        return scaled
+
+    def latent_shape(self, total: int, height: int, width: int, channels: int | None = None) -> tuple[int, ...]:
+        channels = self.unet.config.in_channels if channels is None else channels
+        return (total, channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+
+    def image_input(self, image: Any) -> torch.Tensor:
+        """``image=`` of image-to-image as a tensor in ``[-1, 1]`` (or the latents given), at its own size."""
+        return preprocess_image(image, multiple=self.vae_scale_factor, latent_channels=self.vae.config.latent_channels)
+
+    def add_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, generator: Generator) -> torch.Tensor:
+        """``latents`` noised to the first of ``timesteps`` (fresh noise from ``generator``)."""
+        noise = randn_tensor(latents.shape, generator=generator, device=self.device, dtype=latents.dtype)
+        noised: torch.Tensor = self.scheduler.add_noise(latents, noise, timesteps[:1].repeat(latents.shape[0]))
+        return noised
+
+    def _latent_stats(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not self._vae_latent_stats:
+            return None
+        mean, std = self.vae.config.get("latents_mean"), self.vae.config.get("latents_std")
+        if mean is None or std is None:
+            return None
+        shape = (1, len(mean), 1, 1)
+        return (
+            torch.tensor(mean).view(shape).to(self.device, dtype),
+            torch.tensor(std).view(shape).to(self.device, dtype),
+        )
+
+    def _upcast(self) -> bool:
+        return self._upcast_vae and bool(self.vae.config.get("force_upcast", False))
+
+    def encode_vae(self, pixels: torch.Tensor, generator: Generator, *, stats: bool = False) -> torch.Tensor:
+        """Scaled VAE latents of ``pixels`` (``[-1, 1]``); one generator per sample when a list.
+
+        ``stats``: normalise with the VAE's ``latents_mean`` / ``latents_std`` where it has them (SDXL img2img).
+        """
+        dtype, vae_dtype = pixels.dtype, self.vae.dtype
+        upcast = self._upcast()
+        if upcast:
+            pixels = pixels.float()
+            self.vae.to(dtype=torch.float32)
+        latents = encode_latents(self.vae, pixels, generator)
+        if upcast:
+            self.vae.to(dtype=vae_dtype)
+        latents = latents.to(dtype)
+        scale = float(self.vae.config.scaling_factor)
+        moments = self._latent_stats(dtype) if stats else None
+        if moments is not None:
+            return (latents - moments[0]) * scale / moments[1]
+        return latents * scale
+
+    def image_latents(
+        self, image: torch.Tensor, total: int, dtype: torch.dtype, generator: Generator, *, per_output: bool = False
+    ) -> torch.Tensor:
+        """Scaled latents of ``image`` (latents pass through), spread to ``total`` samples.
+
+        ``per_output`` (image-to-image): with a list of generators the image is repeated before
+        encoding, so that each output draws its posterior sample with its own generator; SDXL's
+        ``latents_mean`` / ``latents_std`` normalisation applies.
+        """
+        image = image.to(device=self.device, dtype=dtype)
+        if image.shape[1] == self.vae.config.latent_channels:
+            return spread(image, total)
+        if per_output and isinstance(generator, Sequence) and image.shape[0] < total:
+            image = spread(image, total)
+        return spread(self.encode_vae(image, generator, stats=per_output), total)
+
+    def inpaint_blending(self) -> bool:
+        """Whether the UNet inpaints by blending (4 input channels) rather than seeing the mask (9)."""
+        channels, latent = self.unet.config.in_channels, self.vae.config.latent_channels
+        if channels not in (4, 2 * latent + 1):
+            raise ValueError(
+                f"{type(self).__name__}: the UNet takes {channels} input channels; inpainting needs 4 (blending) "
+                f"or {2 * latent + 1} (latents + mask + masked image latents)"
+            )
+        return bool(channels == 4)
+
+    def inpaint_latents(
+        self,
+        pixels: torch.Tensor,
+        shape: tuple[int, ...],
+        timesteps: torch.Tensor,
+        strength: float,
+        generator: Generator,
+        latents: torch.Tensor | None,
+        *,
+        blending: bool,
+        add_noise: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(starting latents, noise, image latents)`` of inpainting.
+
+        At full strength the start is pure noise, otherwise the noised image; without ``add_noise``
+        (an SDXL refiner taking over) the image latents as they are. Image latents are only made
+        when blending or starting from the image.
+        """
+        total, dtype = shape[0], pixels.dtype
+        full_strength = strength == 1.0
+        image_latents = None
+        if blending or (latents is None and not (full_strength and add_noise)):
+            image_latents = self.image_latents(pixels, total, dtype, generator)
+        if latents is not None:
+            noise = latents.to(self.device)
+            return noise * self.scheduler.init_noise_sigma, noise, image_latents
+        noise = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
+        if full_strength and add_noise:
+            return noise * self.scheduler.init_noise_sigma, noise, image_latents
+        assert image_latents is not None
+        if not add_noise:
+            return image_latents, noise, image_latents
+        start = self.scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(total))
+        return start, noise, image_latents
+
+    def mask_latents(
+        self,
+        mask: torch.Tensor,
+        masked_image: torch.Tensor | None,
+        total: int,
+        dtype: torch.dtype,
+        generator: Generator,
+        guidance: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The mask at latent size and the masked image's latents, batched (and doubled when guiding)."""
+        size = (mask.shape[-2] // self.vae_scale_factor, mask.shape[-1] // self.vae_scale_factor)
+        mask = torch.nn.functional.interpolate(mask, size=size).to(device=self.device, dtype=dtype)
+        mask = spread(mask, total, "masks")
+        latents = None if masked_image is None else self.image_latents(masked_image, total, dtype, generator)
+        if guidance:
+            mask = torch.cat([mask] * 2)
+            latents = None if latents is None else torch.cat([latents] * 2)
+        return mask, latents
+
+    def inpaint_run(
+        self,
+        run: Denoise,
+        mask: torch.Tensor,
+        masked_latents: torch.Tensor | None,
+        image_latents: torch.Tensor | None,
+        noise: torch.Tensor,
+        *,
+        blending: bool,
+    ) -> Denoise:
+        """Condition the loop on the mask: blend the known region back, or feed mask and masked latents to the UNet."""
+        if not blending:
+            assert masked_latents is not None
+            run.extra_channels = torch.cat([mask, masked_latents], dim=1)
+            return run
+        assert image_latents is not None
+        keep = mask.chunk(2)[0] if run.sampling.guidance else mask
+        steps, known = run.timesteps, image_latents
+
+        def blend(i: int, current: torch.Tensor) -> torch.Tensor:
+            proper = known
+            if i < len(steps) - 1:
+                proper = self.scheduler.add_noise(known, noise, steps[i + 1 : i + 2])
+            return (1 - keep) * proper + keep * current
+
+        run.blend = blend
+        return run
 
     # -- the loop --------------------------------------------------------------------------
 
     def denoise(self, latents: torch.Tensor, run: Denoise, negative: torch.Tensor | None = None) -> torch.Tensor:
         """Run the UNet and the scheduler over ``run.timesteps``; returns the final latents."""
-        scheduler = self.scheduler
+        scheduler, opts = self.scheduler, run.sampling
         embeds = run.embeds
         with self.progress_bar(total=len(run.timesteps)) as bar:
             for i, t in enumerate(run.timesteps):
-                model_input = torch.cat([latents] * 2) if run.guidance else latents
-                model_input = scheduler.scale_model_input(model_input, t)
-                if run.extra_channels is not None:
-                    model_input = torch.cat([model_input, run.extra_channels], dim=1)
-                noise_pred = self.unet(
-                    model_input,
-                    t,
-                    encoder_hidden_states=embeds,
-                    timestep_cond=run.timestep_cond,
-                    cross_attention_kwargs=run.cross_attention_kwargs,
-                    added_cond_kwargs=run.added_cond_kwargs,
-                    return_dict=False,
-                )[0]
-                if run.guidance:
+                model_input = torch.cat([latents] * 2) if opts.guidance else latents
+                if run.predict is not None:
+                    noise_pred = run.predict(i, t, model_input, embeds)
+                else:
+                    noise_pred = self.predict_noise(run, t, model_input, embeds)
+                if opts.guidance:
                     uncond, text = noise_pred.chunk(2)
-                    noise_pred = uncond + run.guidance_scale * (text - uncond)
-                    if run.guidance_rescale > 0.0:
-                        noise_pred = rescale_noise_cfg(noise_pred, text, run.guidance_rescale)
+                    noise_pred = uncond + opts.guidance_scale * (text - uncond)
+                    if opts.guidance_rescale > 0.0:
+                        noise_pred = rescale_noise_cfg(noise_pred, text, opts.guidance_rescale)
                 latents = scheduler.step(
-                    noise_pred, t, latents, eta=run.eta, generator=run.generator, return_dict=False
+                    noise_pred, t, latents, eta=opts.eta, generator=opts.generator, return_dict=False
                 )[0]
                 if run.blend is not None:
                     latents = run.blend(i, latents)
-                if run.callback is not None:
+                if opts.callback is not None:
                     tensors = {"latents": latents, "prompt_embeds": embeds, "negative_prompt_embeds": negative}
-                    out = step_callback(self, run.callback, i, t, tensors, run.callback_names)
+                    out = step_callback(self, opts.callback, i, t, tensors, opts.callback_names)
                     latents, embeds, negative = out["latents"], out["prompt_embeds"], out["negative_prompt_embeds"]
                 bar.update()
         return latents
 
+    def predict_noise(self, run: Denoise, t: torch.Tensor, model_input: torch.Tensor, embeds: torch.Tensor) -> Any:
+        """The UNet's prediction for the (scaled) ``model_input`` with ``run``'s extra channels and conditioning."""
+        model_input = self.scheduler.scale_model_input(model_input, t)
+        if run.extra_channels is not None:
+            model_input = torch.cat([model_input, run.extra_channels], dim=1)
+        return self.unet(
+            model_input,
+            t,
+            encoder_hidden_states=embeds,
+            timestep_cond=run.timestep_cond,
+            class_labels=run.class_labels,
+            cross_attention_kwargs=run.sampling.cross_attention_kwargs,
+            added_cond_kwargs=run.added_cond_kwargs,
+            return_dict=False,
+        )[0]
+
     # -- decoding --------------------------------------------------------------------------
 
     def decode(self, latents: torch.Tensor, generator: Any = None) -> torch.Tensor:
-        """Latents to images in ``[-1, 1]`` through the VAE (undoing its scaling and shift)."""
+        """Latents to images in ``[-1, 1]`` through the VAE (undoing its scaling, shift or latent statistics)."""
         config = self.vae.config
-        shift = config.get("shift_factor") if hasattr(config, "get") else None
-        z = latents / config.scaling_factor
-        if shift:
-            z = z + shift
-        return self.vae.decode(z.to(self.vae.dtype), return_dict=False, generator=generator)[0]  # type: ignore[no-any-return]
+        upcast = self._upcast() and self.vae.dtype == torch.float16
+        if upcast:
+            self.vae.to(dtype=torch.float32)
+        moments = self._latent_stats(latents.dtype)
+        if moments is not None:
+            z = latents * moments[1] / config.scaling_factor + moments[0]
+        else:
+            z = latents / config.scaling_factor
+            shift = config.get("shift_factor") if hasattr(config, "get") else None
+            z = z + shift if shift else z
+        image: torch.Tensor = self.vae.decode(z.to(self.vae.dtype), return_dict=False, generator=generator)[0]
+        if upcast:
+            self.vae.to(dtype=torch.float16)
+        return image
 
     def run_safety_checker(self, image: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, list[bool] | None]:
         """``(images, nsfw flags)``; flags are ``None`` when the pipeline has no safety checker."""
@@ -155,3 +457,26 @@ class StableDiffusionBase(DiffusionPipeline):
             return postprocess(image, output_type)  # type: ignore[arg-type]
         parts = [postprocess(img[None], "pt", do_denormalize=not flagged) for img, flagged in zip(image, flags)]
         return postprocess(torch.cat(parts), output_type, do_denormalize=False)  # type: ignore[arg-type, list-item]
+
+    def output(self, latents: torch.Tensor, output_type: str, return_dict: bool, generator: Generator = None) -> Any:
+        """Decode (unless ``output_type="latent"``), check safety, and wrap the images as the pipeline returns them."""
+        flags = None
+        if output_type == "latent":
+            images: Any = latents
+        else:
+            decoded, flags = self.run_safety_checker(self.decode(latents, generator), latents.dtype)
+            images = self.finish(decoded, output_type, flags)
+        return self.wrap_output(images, flags, return_dict)
+
+    def wrap_output(self, images: Any, flags: list[bool] | None, return_dict: bool) -> Any:
+        """``StableDiffusionPipelineOutput`` or ``(images, flags)``; pipelines without a checker override it."""
+        if not return_dict:
+            return images, flags
+        return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=flags)
+
+
+class ImagesOnly:
+    """Mixin: the pipeline returns ``ImagePipelineOutput`` / ``(images,)`` (no safety flags)."""
+
+    def wrap_output(self, images: Any, flags: list[bool] | None, return_dict: bool) -> Any:
+        return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -36,10 +36,26 @@ def default_size(image: Any, height: int | None, width: int | None, multiple: in
     return height - height % multiple, width - width % multiple
 
 
+#: PIL resampling filters by the names Diffusers' image processor configs use
+RESAMPLE = {
+    "lanczos": PIL.Image.Resampling.LANCZOS,
+    "bicubic": PIL.Image.Resampling.BICUBIC,
+    "bilinear": PIL.Image.Resampling.BILINEAR,
+    "nearest": PIL.Image.Resampling.NEAREST,
+}
+
+
 def _to_tensor(
-    image: Any, height: int | None, width: int | None, multiple: int, *, grayscale: bool, keep_channels: int | None
+    image: Any,
+    height: int | None,
+    width: int | None,
+    multiple: int,
+    *,
+    grayscale: bool,
+    keep_channels: int | None,
+    resample: str = "lanczos",
 ) -> tuple[torch.Tensor, bool]:
-    """``(NCHW float tensor, already_latents)``; PIL images are resized with Lanczos, arrays and tensors nearest."""
+    """``(NCHW float tensor, already_latents)``; PIL images resized with ``resample``, arrays and tensors nearest."""
     if not is_image_input(image):
         raise TypeError(
             f"image must be a PIL image, a numpy array or a torch tensor (or a list of them), got {type(image)}"
@@ -47,7 +63,7 @@ def _to_tensor(
     items = list(image) if isinstance(image, (list, tuple)) else [image]
     if isinstance(items[0], PIL.Image.Image):
         height, width = default_size(items[0], height, width, multiple)
-        resized = [i.resize((width, height), resample=PIL.Image.Resampling.LANCZOS) for i in items]
+        resized = [i.resize((width, height), resample=RESAMPLE[resample]) for i in items]
         converted = [i.convert("L" if grayscale else "RGB") for i in resized]
         return numpy_to_pt(pil_to_numpy(converted)), False
     if isinstance(items[0], np.ndarray):
@@ -75,12 +91,16 @@ def preprocess_image(
     *,
     multiple: int = 8,
     latent_channels: int | None = None,
+    resample: str = "lanczos",
 ) -> torch.Tensor:
     """Images as an ``NCHW`` tensor in ``[-1, 1]``, sized to a multiple of ``multiple``.
 
     A tensor with ``latent_channels`` channels is taken as latents and returned unchanged.
+    PIL images are resized with ``resample`` (a key of :data:`RESAMPLE`).
     """
-    tensor, latents = _to_tensor(image, height, width, multiple, grayscale=False, keep_channels=latent_channels)
+    tensor, latents = _to_tensor(
+        image, height, width, multiple, grayscale=False, keep_channels=latent_channels, resample=resample
+    )
     if latents or tensor.min() < 0:  # latents, or already in [-1, 1]
         return tensor
     return normalize(tensor)

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from difflux.pipeline_utils import StepCallback, check_batch
+from difflux.pipeline_utils import StepCallback
 from difflux.protocols import Scheduler
-from difflux.torch_utils import randn_tensor
 
-from ._base import Denoise, StableDiffusionBase
-from ._common import StableDiffusionPipelineOutput, encode_latents, set_schedule, strength_schedule
+from ._base import Denoise, Sampling, StableDiffusionBase
+from ._base import _told as _told  # the once-only messages said so far (tests reset it)
+from ._common import set_schedule
 from .images import ImageInput, preprocess_image, preprocess_mask
-from .prompts import Prompt, PromptEmbeds, encode_prompt, prompt_batch_size
+from .prompts import Prompt, PromptEmbeds, encode_prompt
 
 __all__ = ["StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionPipeline"]
 
 logger = logging.getLogger("difflux")
-_told: set[str] = set()
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
-
-
-def _say_once(key: str, level: int, message: str, *args: Any) -> None:
-    if key not in _told:
-        _told.add(key)
-        logger.log(level, message, *args)
 
 
 def _fix_old_scheduler_config(scheduler: Any, pipeline: str, which: Sequence[str]) -> Any:
@@ -56,7 +49,7 @@ def _fix_old_scheduler_config(scheduler: Any, pipeline: str, which: Sequence[str
 class _StableDiffusion(StableDiffusionBase):
     """The components and prompt encoding of SD 1.x / 2.x pipelines."""
 
-    _optional_components = ("safety_checker", "feature_extractor", "image_encoder")
+    _optional_components: ClassVar[tuple[str, ...]] = ("safety_checker", "feature_extractor", "image_encoder")
     #: outdated scheduler settings corrected on construction (besides ``steps_offset``), as Diffusers does
     _scheduler_fixes: tuple[str, ...] = ("clip_sample",)
 
@@ -73,20 +66,8 @@ class _StableDiffusion(StableDiffusionBase):
         requires_safety_checker: bool = True,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        if safety_checker is None and requires_safety_checker:
-            _say_once(
-                f"{name}:no-checker",
-                logging.WARNING,
-                "%s runs without a safety checker although requires_safety_checker=True; pass "
-                "requires_safety_checker=False to say this is intended",
-                name,
-            )
-        elif safety_checker is None:
-            _say_once(f"{name}:off", logging.INFO, "%s: no safety checker (requires_safety_checker=False)", name)
-        scheduler = _fix_old_scheduler_config(scheduler, name, self._scheduler_fixes)
-        if safety_checker is not None and feature_extractor is None:
-            raise ValueError(f"{name}: a safety_checker needs a feature_extractor to prepare its input")
+        self.warn_about_safety_checker(safety_checker, feature_extractor, requires_safety_checker)
+        scheduler = _fix_old_scheduler_config(scheduler, type(self).__name__, self._scheduler_fixes)
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -125,46 +106,10 @@ class _StableDiffusion(StableDiffusionBase):
             clip_skip=clip_skip,
         )
 
-    def _output(
-        self, latents: torch.Tensor, output_type: str, return_dict: bool, generator: Generator, dtype: torch.dtype
-    ) -> Any:
-        if output_type == "latent":
-            images: Any = latents
-            flags = None
-        else:
-            decoded = self.decode(latents, generator)
-            decoded, flags = self.run_safety_checker(decoded, dtype)
-            images = self.finish(decoded, output_type, flags)
-        if not return_dict:
-            return images, flags
-        return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=flags)
-
-    def image_latents(self, pixels: torch.Tensor, total: int, dtype: torch.dtype, generator: Generator) -> torch.Tensor:
-        """Scaled VAE latents of ``pixels`` (or the latents given), repeated to ``total`` samples."""
-        pixels = pixels.to(device=self.device, dtype=dtype)
-        if pixels.shape[1] == self.vae.config.latent_channels:
-            latents = pixels
-        else:
-            latents = encode_latents(self.vae, pixels, generator) * self.vae.config.scaling_factor
-        if total % latents.shape[0]:
-            raise ValueError(f"cannot spread {latents.shape[0]} images over {total} outputs; pass 1 or {total} images")
-        return latents.repeat(total // latents.shape[0], 1, 1, 1)
-
-    def _prepare(
-        self,
-        prompt: Prompt | None,
-        prompt_embeds: torch.Tensor | None,
-        num_images_per_prompt: int,
-        generator: Generator,
-        callback: StepCallback | None,
-        callback_names: Sequence[str],
-    ) -> int:
-        batch = prompt_batch_size(prompt, prompt_embeds)
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
-        check_batch(batch * num_images_per_prompt, generator)
-        self.check_callback(callback, callback_names)
-        return batch
+    def run(self, timesteps: torch.Tensor, embeds: PromptEmbeds, opts: Sampling, total: int) -> Denoise:
+        """The loop over ``timesteps`` conditioned on ``embeds`` (and the guidance embedding of distilled UNets)."""
+        cond = self.guidance_embedding(opts.guidance_scale, total, embeds.embeds.dtype)
+        return Denoise(timesteps, embeds.for_unet(), opts, timestep_cond=cond)
 
 
 class StableDiffusionPipeline(_StableDiffusion):
@@ -196,53 +141,16 @@ class StableDiffusionPipeline(_StableDiffusion):
     ) -> Any:
         """Generate images for ``prompt``: check → encode → prepare latents → denoise → decode."""
         height, width = self.default_size(height, width)
-        batch = self._prepare(
-            prompt,
-            prompt_embeds,
-            num_images_per_prompt,
-            generator,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-        )
-        guidance = self.uses_guidance(guidance_scale)
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
+        total = self.check_batch(prompt, prompt_embeds, num_images_per_prompt, generator) * num_images_per_prompt
+        opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
+                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
+                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
         steps, _ = set_schedule(self.scheduler, num_inference_steps, self.device, timesteps=timesteps, sigmas=sigmas)
-        total = batch * num_images_per_prompt
-        shape = (total, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        latents = self.prepare_latents(shape, embeds.embeds.dtype, generator, latents)
-        run = Denoise(
-            timesteps=steps,
-            embeds=embeds.for_unet(),
-            guidance_scale=guidance_scale,
-            guidance=guidance,
-            guidance_rescale=guidance_rescale,
-            eta=eta,
-            generator=generator,
-            timestep_cond=self.guidance_embedding(guidance_scale, total, latents.dtype),
-            cross_attention_kwargs=cross_attention_kwargs,
-            callback=callback_on_step_end,
-            callback_names=callback_on_step_end_tensor_inputs,
-        )
-        latents = self.denoise(latents, run, embeds.negative)
-        return self._output(latents, output_type, return_dict, generator, embeds.embeds.dtype)
-
-    def prepare_latents(
-        self, shape: tuple[int, ...], dtype: torch.dtype, generator: Generator, latents: torch.Tensor | None
-    ) -> torch.Tensor:
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
-        scaled: torch.Tensor = latents.to(self.device) * self.scheduler.init_noise_sigma
-        return scaled
+        latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
+        latents = self.denoise(latents, self.run(steps, embeds, opts, total), embeds.negative)
+        return self.output(latents, output_type, return_dict, generator)
 
 
 class StableDiffusionImg2ImgPipeline(_StableDiffusion):
@@ -274,61 +182,18 @@ class StableDiffusionImg2ImgPipeline(_StableDiffusion):
         """Transform ``image`` guided by ``prompt``."""
         if image is None:
             raise ValueError(f"{type(self).__name__} needs image=")
-        batch = self._prepare(
-            prompt,
-            prompt_embeds,
-            num_images_per_prompt,
-            generator,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-        )
-        guidance = self.uses_guidance(guidance_scale)
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
-        pixels = preprocess_image(
-            image, multiple=self.vae_scale_factor, latent_channels=self.vae.config.latent_channels
-        )
-        steps, count = set_schedule(
-            self.scheduler, num_inference_steps, self.device, timesteps=timesteps, sigmas=sigmas
-        )
-        steps, count = strength_schedule(self.scheduler, steps, count, strength)
-        if count < 1:
-            raise ValueError(
-                f"strength={strength} leaves no denoising steps out of {num_inference_steps}; raise either"
-            )
-        total = batch * num_images_per_prompt
-        dtype = embeds.embeds.dtype
-        latents = self.noised_image_latents(pixels, steps[:1].repeat(total), total, dtype, generator)
-        run = Denoise(
-            timesteps=steps,
-            embeds=embeds.for_unet(),
-            guidance_scale=guidance_scale,
-            guidance=guidance,
-            guidance_rescale=guidance_rescale,
-            eta=eta,
-            generator=generator,
-            timestep_cond=self.guidance_embedding(guidance_scale, total, latents.dtype),
-            cross_attention_kwargs=cross_attention_kwargs,
-            callback=callback_on_step_end,
-            callback_names=callback_on_step_end_tensor_inputs,
-        )
-        latents = self.denoise(latents, run, embeds.negative)
-        return self._output(latents, output_type, return_dict, generator, dtype)
-
-    def noised_image_latents(
-        self, pixels: torch.Tensor, timestep: torch.Tensor, total: int, dtype: torch.dtype, generator: Generator
-    ) -> torch.Tensor:
-        latents = self.image_latents(pixels, total, dtype, generator)
-        noise = randn_tensor(latents.shape, generator=generator, device=self.device, dtype=dtype)
-        noised: torch.Tensor = self.scheduler.add_noise(latents, noise, timestep)
-        return noised
+        total = self.check_batch(prompt, prompt_embeds, num_images_per_prompt, generator) * num_images_per_prompt
+        opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
+                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
+                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        pixels = self.image_input(image)
+        steps = self.strength_timesteps(num_inference_steps, strength, timesteps, sigmas)
+        latents = self.image_latents(pixels, total, embeds.embeds.dtype, generator, per_output=True)
+        latents = self.add_noise(latents, steps, generator)
+        latents = self.denoise(latents, self.run(steps, embeds, opts, total), embeds.negative)
+        return self.output(latents, output_type, return_dict, generator)
 
 
 class StableDiffusionInpaintPipeline(_StableDiffusion):
@@ -371,118 +236,24 @@ class StableDiffusionInpaintPipeline(_StableDiffusion):
         if image is None or mask_image is None:
             raise ValueError(f"{type(self).__name__} needs image= and mask_image=")
         height, width = self.default_size(height, width)
-        batch = self._prepare(
-            prompt,
-            prompt_embeds,
-            num_images_per_prompt,
-            generator,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-        )
-        channels = self.unet.config.in_channels
-        latent_channels = self.vae.config.latent_channels
-        if channels not in (4, 2 * latent_channels + 1):
-            raise ValueError(
-                f"{type(self).__name__}: the UNet takes {channels} input channels; inpainting needs 4 (blending) "
-                f"or {2 * latent_channels + 1} (latents + mask + masked image latents)"
-            )
-        guidance = self.uses_guidance(guidance_scale)
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
-        steps, count = set_schedule(
-            self.scheduler, num_inference_steps, self.device, timesteps=timesteps, sigmas=sigmas
-        )
-        steps, count = strength_schedule(self.scheduler, steps, count, strength)
-        if count < 1:
-            raise ValueError(
-                f"strength={strength} leaves no denoising steps out of {num_inference_steps}; raise either"
-            )
-        total = batch * num_images_per_prompt
+        total = self.check_batch(prompt, prompt_embeds, num_images_per_prompt, generator) * num_images_per_prompt
+        blending = self.inpaint_blending()
+        opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs,
+                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
+                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        steps = self.strength_timesteps(num_inference_steps, strength, timesteps, sigmas)
         dtype = embeds.embeds.dtype
-        full_strength = strength == 1.0
-        pixels = preprocess_image(image, height, width, multiple=self.vae_scale_factor).to(torch.float32)
-        blending = channels == 4
-        shape = (total, latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-
-        image_latents = None
-        if blending or (latents is None and not full_strength):
-            image_latents = self.image_latents(pixels, total, dtype, generator)
-        if latents is None:
-            noise = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
-            if full_strength:
-                latents = noise * self.scheduler.init_noise_sigma
-            else:
-                assert image_latents is not None
-                latents = self.scheduler.add_noise(image_latents, noise, steps[:1].repeat(total))
-        else:
-            noise = latents.to(self.device)
-            latents = noise * self.scheduler.init_noise_sigma
-
+        pixels = preprocess_image(image, height, width, multiple=self.vae_scale_factor).to(dtype)
+        shape = self.latent_shape(total, height, width, self.vae.config.latent_channels)
+        latents, noise, image_latents = self.inpaint_latents(
+            pixels, shape, steps, strength, generator, latents, blending=blending
+        )
         mask = preprocess_mask(mask_image, height, width, multiple=self.vae_scale_factor)
         masked = masked_image_latents if masked_image_latents is not None else pixels * (mask < 0.5)
-        mask_latents, masked_latents = self.mask_latents(mask, masked, total, height, width, dtype, generator, guidance)
-
-        run = Denoise(
-            timesteps=steps,
-            embeds=embeds.for_unet(),
-            guidance_scale=guidance_scale,
-            guidance=guidance,
-            eta=eta,
-            generator=generator,
-            timestep_cond=self.guidance_embedding(guidance_scale, total, latents.dtype),
-            cross_attention_kwargs=cross_attention_kwargs,
-            callback=callback_on_step_end,
-            callback_names=callback_on_step_end_tensor_inputs,
-        )
-        if blending:
-            assert image_latents is not None
-            keep = mask_latents.chunk(2)[0] if guidance else mask_latents
-            known = image_latents
-
-            def blend(i: int, current: torch.Tensor) -> torch.Tensor:
-                proper = known
-                if i < len(steps) - 1:
-                    proper = self.scheduler.add_noise(known, noise, steps[i + 1 : i + 2])
-                return (1 - keep) * proper + keep * current
-
-            run.blend = blend
-        else:
-            run.extra_channels = torch.cat([mask_latents, masked_latents], dim=1)
+        mask, masked_latents = self.mask_latents(mask, masked, total, dtype, generator, opts.guidance)
+        run = self.run(steps, embeds, opts, total)
+        run = self.inpaint_run(run, mask, masked_latents, image_latents, noise, blending=blending)
         latents = self.denoise(latents, run, embeds.negative)
-        return self._output(latents, output_type, return_dict, generator, dtype)
-
-    def mask_latents(
-        self,
-        mask: torch.Tensor,
-        masked_image: torch.Tensor,
-        total: int,
-        height: int,
-        width: int,
-        dtype: torch.dtype,
-        generator: Generator,
-        guidance: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mask at latent size and the masked image's latents, batched (and doubled when guiding)."""
-        factor = self.vae_scale_factor
-        mask = torch.nn.functional.interpolate(mask, size=(height // factor, width // factor))
-        mask = mask.to(device=self.device, dtype=dtype)
-        masked_image = masked_image.to(device=self.device, dtype=dtype)
-        if masked_image.shape[1] == self.vae.config.latent_channels:
-            latents = masked_image
-        else:
-            latents = encode_latents(self.vae, masked_image, generator) * self.vae.config.scaling_factor
-        for name, t in (("masks", mask), ("images", latents)):
-            if total % t.shape[0]:
-                raise ValueError(f"cannot spread {t.shape[0]} {name} over {total} outputs; pass 1 or {total}")
-        mask = mask.repeat(total // mask.shape[0], 1, 1, 1)
-        latents = latents.repeat(total // latents.shape[0], 1, 1, 1)
-        if guidance:
-            mask, latents = torch.cat([mask] * 2), torch.cat([latents] * 2)
-        return mask, latents.to(device=self.device, dtype=dtype)
+        return self.output(latents, output_type, return_dict, generator)

@@ -18,6 +18,7 @@ import torch
 __all__ = [
     "PromptEmbeds",
     "encode_prompt",
+    "encode_prompt_pooled",
     "encode_prompt_sdxl",
     "prompt_batch_size",
     "prompt_list",
@@ -298,4 +299,44 @@ def encode_prompt_sdxl(
         embeds.negative_pooled = repeat_per_image(
             negative_pooled_prompt_embeds.to(device=device), num_images_per_prompt
         )
+    return embeds
+
+
+def _last_and_pooled(text_encoder: Any, tokenizer: Any, prompts: list[str], device: torch.device, **kw: Any) -> Any:
+    out = text_encoder(tokenize(tokenizer, prompts, **kw).input_ids.to(device), output_hidden_states=True)
+    return out.hidden_states[-1], out.pooler_output
+
+
+def encode_prompt_pooled(
+    text_encoder: Any,
+    tokenizer: Any,
+    prompt: Prompt | None,
+    *,
+    device: torch.device,
+    guidance: bool = False,
+    negative_prompt: Prompt | None = None,
+    prompt_embeds: torch.Tensor | None = None,
+    negative_prompt_embeds: torch.Tensor | None = None,
+    pooled_prompt_embeds: torch.Tensor | None = None,
+    negative_pooled_prompt_embeds: torch.Tensor | None = None,
+) -> PromptEmbeds:
+    """The last hidden state (before the final layer norm) and the pooled output of one CLIP encoder.
+
+    What the latent upscaler conditions on. Embeddings are only used when given with their pooled
+    counterpart; otherwise the text is encoded.
+    """
+    batch_size = prompt_batch_size(prompt, prompt_embeds)
+    if prompt_embeds is None or pooled_prompt_embeds is None:
+        prompts = prompt_list(prompt)
+        if prompts is None:
+            raise ValueError("prompt_embeds were given without pooled_prompt_embeds; pass both, or prompt")
+        prompt_embeds, pooled_prompt_embeds = _last_and_pooled(text_encoder, tokenizer, prompts, device)
+    embeds = PromptEmbeds(prompt_embeds, pooled=pooled_prompt_embeds)
+    if guidance:
+        if negative_prompt_embeds is None or negative_pooled_prompt_embeds is None:
+            negatives = _negatives(negative_prompt, prompt, batch_size)
+            negative_prompt_embeds, negative_pooled_prompt_embeds = _last_and_pooled(
+                text_encoder, tokenizer, negatives, device, max_length=prompt_embeds.shape[1], warn=False
+            )
+        embeds.negative, embeds.negative_pooled = negative_prompt_embeds, negative_pooled_prompt_embeds
     return embeds

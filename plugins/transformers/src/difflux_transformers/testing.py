@@ -1,4 +1,5 @@
-"""Tiny, offline ``transformers`` components for tests: a CLIP tokenizer and CLIP text encoders.
+"""Tiny, offline ``transformers`` components for tests: a CLIP tokenizer, CLIP text and vision
+encoders, and a DPT depth estimator.
 
 Nothing is downloaded. The tokenizer is read from a ``vocab.json`` / ``merges.txt`` pair that
 :func:`write_tiny_clip_vocab` writes: every byte as a token, the same with the end-of-word
@@ -18,6 +19,8 @@ __all__ = [
     "tiny_clip_text_config",
     "tiny_clip_text_model",
     "tiny_clip_tokenizer",
+    "tiny_clip_vision",
+    "tiny_dpt",
     "write_tiny_clip_vocab",
 ]
 
@@ -104,3 +107,47 @@ def tiny_clip_text_model(
     model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
     model.eval()
     return model
+
+
+def tiny_clip_vision(seed: int = 0, image_size: int = 32) -> tuple[Any, Any]:
+    """A random tiny ``CLIPVisionModelWithProjection`` (32-dim embeddings) and a ``CLIPImageProcessor`` for it."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        projection_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=image_size,
+        patch_size=8,
+    )
+    torch.manual_seed(seed)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return CLIPVisionModelWithProjection(config).eval(), processor
+
+
+def tiny_dpt(seed: int = 0, image_size: int = 32) -> tuple[Any, Any]:
+    """A random tiny ``DPTForDepthEstimation`` (ViT backbone) and a ``DPTImageProcessor`` resizing to its input."""
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    config = DPTConfig(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=4,
+        backbone_out_indices=[0, 1, 2, 3],
+        num_attention_heads=4,
+        intermediate_size=37,
+        neck_hidden_sizes=[8, 8, 16, 16],
+        fusion_hidden_size=16,
+    )
+    torch.manual_seed(seed)
+    processor = DPTImageProcessor(
+        size={"height": image_size, "width": image_size}, keep_aspect_ratio=False, ensure_multiple_of=1
+    )
+    return DPTForDepthEstimation(config).eval(), processor
