@@ -47,7 +47,7 @@ def tests(session: nox.Session) -> None:
 def plugin(session: nox.Session, plugin: str) -> None:
     """One plugin alone: core plus that plugin and the difflux plugins it declares, then its own tests."""
     editable = [arg for folder in _local_folders(f"plugins/{plugin}") for arg in ("-e", folder)]
-    session.install(TORCH, *editable, "pytest", "diffusers==0.42.1", "scipy", "scikit-learn")
+    session.install(TORCH, *editable, "pytest", "diffusers==0.42.1", "transformers", "scipy", "scikit-learn")
     session.run("python", "-m", "pytest", "-q", f"plugins/{plugin}/tests", *session.posargs)
 
 
