@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -133,6 +134,64 @@ def write_json_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> 
     return path
 
 
+# -- validation without building a pydantic model, when the values plainly fit -----------------
+
+_MISS: Any = object()
+_SCALARS = (bool, int, float, str)
+
+
+def _plain(hint: Any, value: Any, in_union: bool = False) -> Any:
+    """What pydantic (lax mode) returns for ``value`` under ``hint``, when that is obvious: the
+    value itself if its type is exactly the annotated one, a tuple for a list where a tuple is
+    annotated, a float for an int where a float is annotated (outside unions, whose member
+    pydantic picks by exactness). ``_MISS`` when anything else would be involved (another
+    conversion, an error, a type this does not cover), so that the pydantic model decides."""
+    if hint is Any:
+        return value
+    if hint in _SCALARS:
+        if type(value) is hint:
+            return value
+        if hint is float and type(value) is int and not in_union and abs(value) <= 2**53:
+            return float(value)
+        return _MISS
+    if hint is None or hint is type(None):
+        return None if value is None else _MISS
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None:
+            return None if type(None) in args else _MISS
+        if isinstance(value, list) and any(a is list or typing.get_origin(a) is list for a in args):
+            return _MISS  # list or tuple: pydantic's smart union picks; let it
+        for member in args:
+            out = _plain(member, value, in_union=True)
+            if out is not _MISS:
+                return out
+        return _MISS
+    if origin is typing.Literal:
+        return value if any(type(value) is type(a) and value == a for a in args) else _MISS
+    if origin is tuple and type(value) in (tuple, list):
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [_plain(args[0], v, in_union) for v in value]
+        elif len(args) == len(value) and args != ((),):
+            items = [_plain(a, v, in_union) for a, v in zip(args, value, strict=True)]
+        else:
+            return _MISS
+        return _MISS if any(v is _MISS for v in items) else tuple(items)
+    return _MISS
+
+
+def _plainly_valid(fields: Mapping[str, tuple[Any, Any]], values: Mapping[str, Any]) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        field = fields.get(name)
+        checked = _MISS if field is None else _plain(field[0], value)
+        if checked is _MISS:
+            return None
+        out[name] = checked
+    return out
+
+
 def _recording(init: Callable[..., None]) -> Callable[..., None]:
     """Wrap ``init`` so that the most derived class's arguments become the config."""
 
@@ -161,8 +220,9 @@ class ConfigMixin:
     _compatibles: ClassVar[tuple[str, ...]] = ()
 
     _internal_config: FrozenConfig
-    # The pydantic model validating this class's ``__init__`` arguments, built on first use.
+    # The pydantic model validating this class's ``__init__`` arguments, built on first need.
     _difflux_config_model: ClassVar[type[pydantic.BaseModel] | None] = None
+    _difflux_config_fields: ClassVar[dict[str, tuple[Any, Any]] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -187,27 +247,35 @@ class ConfigMixin:
         )
 
     @classmethod
-    def _config_model(cls) -> type[pydantic.BaseModel]:
-        cached = cls.__dict__.get("_difflux_config_model")
+    def _config_fields(cls) -> dict[str, tuple[Any, Any]]:
+        """``{name: (annotation, default)}`` of the keyword arguments of ``__init__`` (cached per class);
+        ``default`` is ``...`` for a required argument."""
+        cached = cls.__dict__.get("_difflux_config_fields")
         if cached is not None:
-            return typing.cast(type[pydantic.BaseModel], cached)
+            return typing.cast(dict[str, tuple[Any, Any]], cached)
         init = inspect.unwrap(cls.__init__)
         try:
             hints = typing.get_type_hints(init)
         except Exception:  # unresolvable forward references: validate those fields as Any
             hints = {}
-        fields: dict[str, Any] = {}
+        fields: dict[str, tuple[Any, Any]] = {}
         for name, p in list(inspect.signature(init).parameters.items())[1:]:
             if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
                 continue
             default = ... if p.default is p.empty else p.default
             fields[name] = (hints.get(name, Any), default)
+        cls._difflux_config_fields = fields
+        return fields
+
+    @classmethod
+    def _config_model(cls) -> type[pydantic.BaseModel]:
+        cached = cls.__dict__.get("_difflux_config_model")
+        if cached is not None:
+            return typing.cast(type[pydantic.BaseModel], cached)
         model = pydantic.create_model(  # type: ignore[call-overload]
             f"{cls.__name__}Config",
-            __config__=pydantic.ConfigDict(
-                arbitrary_types_allowed=True, extra="forbid", protected_namespaces=()
-            ),
-            **fields,
+            __config__=pydantic.ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=()),
+            **cls._config_fields(),
         )
         cls._difflux_config_model = model
         return typing.cast(type[pydantic.BaseModel], model)
@@ -216,7 +284,12 @@ class ConfigMixin:
     def _validated_init_kwargs(
         cls, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[dict[str, Any], frozenset[str]]:
-        """The validated ``__init__`` arguments, and the names that took their defaults."""
+        """The validated ``__init__`` arguments, and the names that took their defaults.
+
+        Values that plainly have their annotated type are taken as they are (JSON lists become
+        tuples where a tuple is annotated), which is what the pydantic model would return; only
+        a config with some other value builds and runs that model (for its conversions and errors).
+        """
         sig = cls._init_signature()
         try:
             bound = sig.bind(None, *args, **kwargs)
@@ -229,14 +302,16 @@ class ConfigMixin:
         extra: dict[str, Any] = {}
         for n in var_kw:
             extra.update(values.pop(n, {}))
-        try:
-            model = cls._config_model().model_validate(values)
-        except pydantic.ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(x) for x in e['loc'])}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(f"invalid config for {cls.__name__}: {problems}") from None
-        validated = {name: getattr(model, name) for name in values}
+        validated = _plainly_valid(cls._config_fields(), values)
+        if validated is None:
+            try:
+                model = cls._config_model().model_validate(values)
+            except pydantic.ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(x) for x in e['loc'])}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+                )
+                raise ConfigError(f"invalid config for {cls.__name__}: {problems}") from None
+            validated = {name: getattr(model, name) for name in values}
         validated.update(extra)
         return validated, frozenset(values) - given
 
@@ -289,9 +364,7 @@ class ConfigMixin:
         return obj
 
     @classmethod
-    def load_config(
-        cls, path: str | os.PathLike[str], subfolder: str | None = None
-    ) -> dict[str, Any]:
+    def load_config(cls, path: str | os.PathLike[str], subfolder: str | None = None) -> dict[str, Any]:
         """Read the config JSON from a folder (or a JSON file path) as a dict."""
         path = Path(path)
         if subfolder:
@@ -304,9 +377,7 @@ class ConfigMixin:
 
     def config_for_save(self) -> dict[str, Any]:
         """The dict written to the JSON file: the config plus ``_class_name`` and ``_diffusers_version``."""
-        data = {
-            k: v for k, v in self._internal_config.items() if k not in _FORMAT_KEYS and k != USED_DEFAULTS_KEY
-        }
+        data = {k: v for k, v in self._internal_config.items() if k not in _FORMAT_KEYS and k != USED_DEFAULTS_KEY}
         data["_class_name"] = type(self).__name__
         data["_diffusers_version"] = DIFFUSERS_FORMAT_VERSION
         return data

@@ -12,6 +12,7 @@ tensor and assigns it in place of the meta parameter: the weights are never held
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -70,14 +71,49 @@ def _register_parameter_on_meta(self: torch.nn.Module, name: str, param: torch.n
     self._parameters[name] = moved
 
 
+# The in-place initialisers of ``torch.nn.init``: on a meta tensor they compute nothing, but
+# still cost a dispatch through torch's decompositions (a fifth of building a large UNet), so
+# inside ``parameters_on_meta`` they return meta tensors untouched. Only torch's own functions are
+# wrapped: one that someone else has put in their place is left as it is.
+_INIT_NAMES = tuple(name for name in dir(torch.nn.init) if name.endswith("_") and not name.startswith("_"))
+_torch_inits: dict[str, Callable[..., torch.Tensor]] = {name: getattr(torch.nn.init, name) for name in _INIT_NAMES}
+
+
+def _skipping_on_meta(init: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    @functools.wraps(init)
+    def wrapper(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if getattr(_local, "depth", 0) and isinstance(tensor, torch.Tensor) and tensor.device.type == "meta":
+            return tensor
+        return init(tensor, *args, **kwargs)
+
+    return wrapper
+
+
+_meta_inits = {name: _skipping_on_meta(fn) for name, fn in _torch_inits.items()}
+
+
+def _patch_inits() -> None:
+    for name, fn in _torch_inits.items():
+        if getattr(torch.nn.init, name, None) is fn:
+            setattr(torch.nn.init, name, _meta_inits[name])
+
+
+def _unpatch_inits() -> None:
+    for name, fn in _meta_inits.items():
+        if getattr(torch.nn.init, name, None) is fn:
+            setattr(torch.nn.init, name, _torch_inits[name])
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
     """Inside the block (in this thread only), parameters move to the meta device as modules
-    register them, so their initialisers run on meta tensors; buffers stay real."""
+    register them, and ``torch.nn.init``'s initialisers leave them alone (there is nothing to
+    compute on a meta tensor); buffers stay real and are initialised as usual."""
     global _patch_users
     with _patch_lock:
         if _patch_users == 0:
             torch.nn.Module.register_parameter = _register_parameter_on_meta  # type: ignore[method-assign]
+            _patch_inits()
         _patch_users += 1
     _local.depth = getattr(_local, "depth", 0) + 1
     try:
@@ -88,6 +124,7 @@ def parameters_on_meta() -> Iterator[None]:
             _patch_users -= 1
             if _patch_users == 0:
                 torch.nn.Module.register_parameter = _original_register_parameter  # type: ignore[method-assign]
+                _unpatch_inits()
 
 
 # -- devices and dtypes --------------------------------------------------------------------
@@ -179,6 +216,47 @@ def _set_tensor(model: torch.nn.Module, key: str, tensor: torch.Tensor) -> None:
         module._parameters[name] = tensor
     else:
         module._buffers[name] = tensor
+
+
+def _state_owners(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]] | None:
+    """The module and attribute name behind each state-dict key, or ``None`` when some module
+    customises loading (its own ``_load_from_state_dict`` or load hooks): then
+    ``load_state_dict`` must do the assigning."""
+    owners: dict[str, tuple[torch.nn.Module, str]] = {}
+    plain = torch.nn.Module._load_from_state_dict
+    stack: list[tuple[str, torch.nn.Module]] = [("", model)]
+    while stack:
+        prefix, module = stack.pop()
+        if (
+            type(module)._load_from_state_dict is not plain
+            or module._load_state_dict_pre_hooks
+            or module._load_state_dict_post_hooks
+        ):
+            return None
+        for name, param in module._parameters.items():
+            if param is not None:
+                owners[prefix + name] = (module, name)
+        for name, buffer in module._buffers.items():
+            if buffer is not None and name not in module._non_persistent_buffers_set:
+                owners[prefix + name] = (module, name)
+        stack.extend((f"{prefix}{name}.", child) for name, child in module._modules.items() if child is not None)
+    return owners
+
+
+def _assign(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], owners: dict[str, tuple[torch.nn.Module, str]] | None
+) -> None:
+    """``model.load_state_dict(tensors, strict=False, assign=True)`` without its per-module walk."""
+    if owners is None or not all(key in owners for key in tensors):
+        model.load_state_dict(tensors, strict=False, assign=True)
+        return
+    for key, tensor in tensors.items():
+        module, name = owners[key]
+        old = module._parameters.get(name)
+        if old is not None:
+            module._parameters[name] = torch.nn.Parameter(tensor, requires_grad=old.requires_grad)
+        else:
+            module._buffers[name] = tensor
 
 
 def _alias_groups(model: torch.nn.Module) -> list[list[str]]:
@@ -357,6 +435,7 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
         expected = self.state_dict(keep_vars=True)
         aliases = _alias_groups(self)
         ignore = [re.compile(p) for p in self._keys_to_ignore_on_load_unexpected]
+        owners = _state_owners(self)
         loaded: set[str] = set()
         unexpected: list[tuple[str, Path]] = []
         mismatched: list[tuple[str, Path, tuple[int, ...], tuple[int, ...]]] = []
@@ -376,7 +455,7 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
                 if placement.file_dtype is None and tensor.is_floating_point():
                     placement.file_dtype = tensor.dtype
                 batch[key] = tensor.to(dtype=placement.dtype_for(key, ref.dtype, tensor.dtype))
-            self.load_state_dict(batch, strict=False, assign=True)
+            _assign(self, batch, owners)
             loaded.update(batch)
             del batch, tensors
         covered = set(loaded)

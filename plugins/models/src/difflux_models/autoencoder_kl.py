@@ -6,12 +6,10 @@ import dataclasses
 import re
 
 import torch
-from difflux.modeling import ModelMixin
 from difflux.outputs import BaseOutput
 from torch import nn
 
-from .layers.attention import AttentionProcessorMixin
-from .vae import Decoder, DecoderOutput, DiagonalGaussianDistribution, Encoder, tiled_apply
+from .vae import AutoencoderBase, CoderOptions, DecoderOutput, DiagonalGaussianDistribution, tiled_apply
 
 __all__ = ["AutoencoderKL", "AutoencoderKLOutput", "DecoderOutput", "DiagonalGaussianDistribution"]
 
@@ -45,7 +43,7 @@ def convert_legacy_attention_keys(state_dict: dict[str, torch.Tensor]) -> dict[s
     return out
 
 
-class AutoencoderKL(ModelMixin, AttentionProcessorMixin):
+class AutoencoderKL(AutoencoderBase):
     """Encode images to a diagonal Gaussian over latents; decode latents to images.
 
     ``scaling_factor`` (and ``shift_factor``) are read by pipelines: ``latents = (z - shift) * scale``.
@@ -77,27 +75,17 @@ class AutoencoderKL(ModelMixin, AttentionProcessorMixin):
         mid_block_add_attention: bool = True,
     ) -> None:
         super().__init__()
-        self.encoder = Encoder(
-            in_channels=in_channels,
-            out_channels=latent_channels,
-            down_block_types=down_block_types,
-            block_out_channels=block_out_channels,
-            layers_per_block=layers_per_block,
-            act_fn=act_fn,
-            norm_num_groups=norm_num_groups,
-            double_z=True,
-            mid_block_add_attention=mid_block_add_attention,
+        coders = CoderOptions(
+            down_block_types,
+            up_block_types,
+            block_out_channels,
+            layers_per_block,
+            act_fn,
+            norm_num_groups,
+            mid_block_add_attention,
         )
-        self.decoder = Decoder(
-            in_channels=latent_channels,
-            out_channels=out_channels,
-            up_block_types=up_block_types,
-            block_out_channels=block_out_channels,
-            layers_per_block=layers_per_block,
-            norm_num_groups=norm_num_groups,
-            act_fn=act_fn,
-            mid_block_add_attention=mid_block_add_attention,
-        )
+        self.encoder = coders.encoder(in_channels, latent_channels, double_z=True)
+        self.decoder = coders.decoder(latent_channels, out_channels)
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1) if use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1) if use_post_quant_conv else None
         self.use_slicing = False
@@ -128,18 +116,6 @@ class AutoencoderKL(ModelMixin, AttentionProcessorMixin):
         self.use_tiling = False
 
     # -- encode / decode -------------------------------------------------------------------------
-
-    def _encode_moments(self, x: torch.Tensor) -> torch.Tensor:
-        h: torch.Tensor = self.encoder(x)
-        if self.quant_conv is not None:
-            h = self.quant_conv(h)
-        return h
-
-    def _decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        if self.post_quant_conv is not None:
-            z = self.post_quant_conv(z)
-        out: torch.Tensor = self.decoder(z)
-        return out
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         size = self.tile_sample_min_size

@@ -9,10 +9,15 @@ from difflux.modeling import ModelMixin
 from difflux.outputs import BaseOutput
 from torch import nn
 
-from .layers.activations import get_activation
 from .layers.attention import AttentionProcessorMixin
-from .layers.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
-from .unet_2d_blocks import BlockOptions, UNetMidBlock2D, get_down_block, get_up_block
+from .layers.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps, class_embedding
+from .unet_2d_blocks import (
+    BlockOptions,
+    OutputHeadMixin,
+    UNetMidBlock2D,
+    build_down_blocks,
+    build_up_blocks,
+)
 
 __all__ = ["UNet2DModel", "UNet2DOutput"]
 
@@ -24,7 +29,7 @@ class UNet2DOutput(BaseOutput):
     sample: torch.Tensor
 
 
-class UNet2DModel(ModelMixin, AttentionProcessorMixin):
+class UNet2DModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin):
     """A UNet over images conditioned on the timestep (and optionally a class label)."""
 
     def __init__(
@@ -82,15 +87,12 @@ class UNet2DModel(ModelMixin, AttentionProcessorMixin):
         else:
             raise ValueError(f"unknown time_embedding_type {time_embedding_type!r}")
         self.time_embedding = TimestepEmbedding(timestep_input_dim, time_embed_dim)
-        self.class_embedding: nn.Module | None = None
-        if class_embed_type is None and num_class_embeds is not None:
-            self.class_embedding = nn.Embedding(num_class_embeds, time_embed_dim)
-        elif class_embed_type == "timestep":
-            self.class_embedding = TimestepEmbedding(timestep_input_dim, time_embed_dim)
-        elif class_embed_type == "identity":
-            self.class_embedding = nn.Identity()
-        elif class_embed_type is not None:
-            raise ValueError(f"unknown class_embed_type {class_embed_type!r}")
+        self.class_embedding = class_embedding(
+            class_embed_type,
+            num_class_embeds=num_class_embeds,
+            timestep_input_dim=timestep_input_dim,
+            time_embed_dim=time_embed_dim,
+        )
 
         base = BlockOptions(
             num_layers=layers_per_block,
@@ -102,21 +104,12 @@ class UNet2DModel(ModelMixin, AttentionProcessorMixin):
             resnet_time_scale_shift=resnet_time_scale_shift,
             downsample_padding=downsample_padding,
         )
-        self.down_blocks = nn.ModuleList()
-        out_ch = block_out_channels[0]
-        for i, block_type in enumerate(down_block_types):
-            in_ch, out_ch = out_ch, block_out_channels[i]
-            opts = dataclasses.replace(base, attention_head_dim=attention_head_dim or out_ch)
-            self.down_blocks.append(
-                get_down_block(
-                    block_type,
-                    in_channels=in_ch,
-                    out_channels=out_ch,
-                    add_downsample=i < n - 1,
-                    options=opts,
-                    downsample_type=downsample_type,
-                )
-            )
+        self.down_blocks = build_down_blocks(
+            down_block_types,
+            block_out_channels,
+            lambda _, out_ch: dataclasses.replace(base, attention_head_dim=attention_head_dim or out_ch),
+            downsample_type=downsample_type,
+        )
         self.mid_block: nn.Module | None = None
         if mid_block_type is not None:
             if mid_block_type != "UNetMidBlock2D":
@@ -132,29 +125,16 @@ class UNet2DModel(ModelMixin, AttentionProcessorMixin):
                 ),
                 add_attention=add_attention,
             )
-        self.up_blocks = nn.ModuleList()
-        rev = list(reversed(block_out_channels))
-        out_ch = rev[0]
-        for i, block_type in enumerate(up_block_types):
-            prev_ch, out_ch = out_ch, rev[i]
-            in_ch = rev[min(i + 1, n - 1)]
-            opts = dataclasses.replace(
+        self.up_blocks = build_up_blocks(
+            up_block_types,
+            block_out_channels,
+            lambda _, out_ch: dataclasses.replace(
                 base, num_layers=layers_per_block + 1, attention_head_dim=attention_head_dim or out_ch
-            )
-            self.up_blocks.append(
-                get_up_block(
-                    block_type,
-                    in_channels=in_ch,
-                    prev_output_channel=prev_ch,
-                    out_channels=out_ch,
-                    add_upsample=i < n - 1,
-                    options=opts,
-                    upsample_type=upsample_type,
-                )
-            )
-        self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[0], num_groups=norm_num_groups, eps=norm_eps)
-        self.conv_act = get_activation("silu")
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
+            ),
+            upsample_type=upsample_type,
+        )
+        # Diffusers ends this UNet with SiLU whatever act_fn says
+        self._init_output_head(block_out_channels[0], out_channels, groups=norm_num_groups, eps=norm_eps, act_fn="silu")
 
     def forward(
         self,
@@ -192,7 +172,7 @@ class UNet2DModel(ModelMixin, AttentionProcessorMixin):
             n_res = len(block.resnets)  # type: ignore[arg-type]
             res, skips = skips[-n_res:], skips[:-n_res]
             sample = block(sample, res, emb)
-        sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        sample = self._output_head(sample)
         if self.config.time_embedding_type == "fourier":
             sample = sample / timesteps.reshape(sample.shape[0], *([1] * (sample.ndim - 1)))
         if not return_dict:

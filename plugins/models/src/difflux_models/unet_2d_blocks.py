@@ -9,18 +9,20 @@ per family holds that structure; the Diffusers names are thin subclasses that pi
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .layers.activations import get_activation
 from .layers.attention import Attention
 from .layers.resnet import ResnetBlock2D
 from .layers.sampling import Downsample2D, Upsample2D
 from .layers.transformer_2d import SpatialTransformer2D
 
 __all__ = [
+    "AttentionContext",
     "AttnDownBlock2D",
     "AttnUpBlock2D",
     "BlockOptions",
@@ -28,10 +30,13 @@ __all__ = [
     "CrossAttnUpBlock2D",
     "DownBlock2D",
     "DownEncoderBlock2D",
+    "OutputHeadMixin",
     "UNetMidBlock2D",
     "UNetMidBlock2DCrossAttn",
     "UpBlock2D",
     "UpDecoderBlock2D",
+    "build_down_blocks",
+    "build_up_blocks",
     "get_down_block",
     "get_mid_block",
     "get_up_block",
@@ -122,25 +127,108 @@ class BlockOptions:
         return make
 
 
-def _run_attention(
-    attn: nn.Module,
-    hidden_states: torch.Tensor,
-    encoder_hidden_states: torch.Tensor | None,
-    attention_mask: torch.Tensor | None,
-    cross_attention_kwargs: dict[str, Any] | None,
-    encoder_attention_mask: torch.Tensor | None,
-) -> torch.Tensor:
-    if isinstance(attn, SpatialTransformer2D):
-        result: torch.Tensor = attn(
-            hidden_states,
-            encoder_hidden_states=encoder_hidden_states,
-            cross_attention_kwargs=cross_attention_kwargs,
-            attention_mask=attention_mask,
-            encoder_attention_mask=encoder_attention_mask,
+@dataclasses.dataclass(frozen=True)
+class AttentionContext:
+    """What a block's attention layers read besides the hidden states; ``ctx(attn, h)`` runs one.
+
+    A spatial transformer gets all of it; a plain self-attention layer only the cross-attention
+    keyword arguments.
+    """
+
+    encoder_hidden_states: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    cross_attention_kwargs: dict[str, Any] | None = None
+    encoder_attention_mask: torch.Tensor | None = None
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor
+        if isinstance(attn, SpatialTransformer2D):
+            out = attn(
+                hidden_states,
+                encoder_hidden_states=self.encoder_hidden_states,
+                cross_attention_kwargs=self.cross_attention_kwargs,
+                attention_mask=self.attention_mask,
+                encoder_attention_mask=self.encoder_attention_mask,
+            )
+        else:
+            out = attn(hidden_states, **(self.cross_attention_kwargs or {}))
+        return out
+
+
+def build_down_blocks(
+    block_types: Sequence[str],
+    block_out_channels: Sequence[int],
+    options: Callable[[int, int], BlockOptions],
+    **extra: Any,
+) -> nn.ModuleList:
+    """One down block per type, each taking its predecessor's channels (the first, ``conv_in``'s);
+    all but the last downsample. ``options(i, out_channels)`` gives block ``i``'s options;
+    ``extra`` goes to :func:`get_down_block`."""
+    last = len(block_out_channels) - 1
+    ins = [block_out_channels[0], *block_out_channels[:-1]]
+    return nn.ModuleList(
+        get_down_block(
+            block_type,
+            in_channels=ins[i],
+            out_channels=block_out_channels[i],
+            add_downsample=i < last,
+            options=options(i, block_out_channels[i]),
+            **extra,
         )
-        return result
-    out: torch.Tensor = attn(hidden_states, **(cross_attention_kwargs or {}))
-    return out
+        for i, block_type in enumerate(block_types)
+    )
+
+
+def build_up_blocks(
+    block_types: Sequence[str],
+    block_out_channels: Sequence[int],
+    options: Callable[[int, int], BlockOptions],
+    *,
+    skip_connections: bool = True,
+    **extra: Any,
+) -> nn.ModuleList:
+    """One up block per type, over the channels reversed; all but the last upsample.
+
+    With ``skip_connections`` (UNets) block ``i`` takes the previous block's output and skip
+    states as wide as the next-deeper level; without (the VAE decoder) only the previous output.
+    ``options(i, out_channels)`` gives block ``i``'s options; ``extra`` goes to :func:`get_up_block`.
+    """
+    rev = list(reversed(block_out_channels))
+    last = len(rev) - 1
+    blocks = nn.ModuleList()
+    for i, block_type in enumerate(block_types):
+        prev, out = rev[max(i - 1, 0)], rev[i]
+        blocks.append(
+            get_up_block(
+                block_type,
+                in_channels=rev[min(i + 1, last)] if skip_connections else prev,
+                prev_output_channel=prev,
+                out_channels=out,
+                add_upsample=i < last,
+                options=options(i, out),
+                **extra,
+            )
+        )
+    return blocks
+
+
+class OutputHeadMixin:
+    """``conv_norm_out``, ``conv_act``, ``conv_out``: how the UNets and the VAE's coders end."""
+
+    conv_norm_out: nn.GroupNorm
+    conv_act: nn.Module
+    conv_out: nn.Conv2d
+
+    def _init_output_head(
+        self, channels: int, out_channels: int, *, groups: int, eps: float, act_fn: str, kernel_size: int = 3
+    ) -> None:
+        self.conv_norm_out = nn.GroupNorm(num_channels=channels, num_groups=groups, eps=eps)
+        self.conv_act = get_activation(act_fn)
+        self.conv_out = nn.Conv2d(channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2)
+
+    def _output_head(self, sample: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        return out
 
 
 # -- down blocks -----------------------------------------------------------------------------
@@ -194,18 +282,12 @@ class DownBlock2D(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         states: tuple[torch.Tensor, ...] = ()
         attentions = getattr(self, "attentions", None)
+        ctx = AttentionContext(encoder_hidden_states, attention_mask, cross_attention_kwargs, encoder_attention_mask)
         last = len(self.resnets) - 1
         for i, resnet in enumerate(self.resnets):
             hidden_states = resnet(hidden_states, temb)
             if attentions is not None:
-                hidden_states = _run_attention(
-                    attentions[i],
-                    hidden_states,
-                    encoder_hidden_states,
-                    attention_mask,
-                    cross_attention_kwargs,
-                    encoder_attention_mask,
-                )
+                hidden_states = ctx(attentions[i], hidden_states)
             if i == last and additional_residuals is not None:
                 hidden_states = hidden_states + additional_residuals
             states += (hidden_states,)
@@ -300,17 +382,10 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         cross_attention_kwargs: dict[str, Any] | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        ctx = AttentionContext(encoder_hidden_states, attention_mask, cross_attention_kwargs, encoder_attention_mask)
         hidden_states = self.resnets[0](hidden_states, temb)
         for attn, resnet in zip(self.attentions, self.resnets[1:], strict=True):
-            hidden_states = _run_attention(
-                attn,
-                hidden_states,
-                encoder_hidden_states,
-                attention_mask,
-                cross_attention_kwargs,
-                encoder_attention_mask,
-            )
-            hidden_states = resnet(hidden_states, temb)
+            hidden_states = resnet(ctx(attn, hidden_states), temb)
         return hidden_states
 
 
@@ -372,20 +447,14 @@ class UpBlock2D(nn.Module):
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         attentions = getattr(self, "attentions", None)
+        ctx = AttentionContext(encoder_hidden_states, attention_mask, cross_attention_kwargs, encoder_attention_mask)
         skips = list(res_hidden_states_tuple)
         for i, resnet in enumerate(self.resnets):
             if skips:
                 hidden_states = torch.cat([hidden_states, skips.pop()], dim=1)
             hidden_states = resnet(hidden_states, temb)
             if attentions is not None:
-                hidden_states = _run_attention(
-                    attentions[i],
-                    hidden_states,
-                    encoder_hidden_states,
-                    attention_mask,
-                    cross_attention_kwargs,
-                    encoder_attention_mask,
-                )
+                hidden_states = ctx(attentions[i], hidden_states)
         if self.upsamplers is not None:
             for up in self.upsamplers:
                 if self.upsample_type == "resnet":

@@ -12,8 +12,14 @@ from torch import nn
 
 from .layers.activations import get_activation
 from .layers.attention import AttentionProcessorMixin
-from .layers.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
-from .unet_2d_blocks import BlockOptions, get_down_block, get_mid_block, get_up_block
+from .layers.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps, class_embedding
+from .unet_2d_blocks import (
+    BlockOptions,
+    OutputHeadMixin,
+    build_down_blocks,
+    build_up_blocks,
+    get_mid_block,
+)
 
 __all__ = ["UNet2DConditionModel", "UNet2DConditionOutput"]
 
@@ -45,7 +51,7 @@ def timesteps_tensor(timestep: torch.Tensor | float | int, sample: torch.Tensor)
     return timestep.expand(sample.shape[0])
 
 
-class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin):
+class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin):
     """A UNet whose attention blocks read ``encoder_hidden_states`` (text embeddings).
 
     The config keys are Diffusers' (``attention_head_dim`` is, for historical reasons, the number
@@ -176,22 +182,15 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin):
         elif encoder_hid_dim_type is not None:
             raise ValueError(f"encoder_hid_dim_type {encoder_hid_dim_type!r} is not supported (only 'text_proj')")
 
-        self.class_embedding: nn.Module | None = None
-        if class_embed_type is None and num_class_embeds is not None:
-            self.class_embedding = nn.Embedding(num_class_embeds, time_embed_dim)
-        elif class_embed_type == "timestep":
-            self.class_embedding = TimestepEmbedding(timestep_input_dim, time_embed_dim, act_fn=act_fn)
-        elif class_embed_type == "identity":
-            self.class_embedding = nn.Identity()
-        elif class_embed_type in ("projection", "simple_projection"):
-            if projection_class_embeddings_input_dim is None:
-                raise ValueError(f"class_embed_type={class_embed_type!r} needs projection_class_embeddings_input_dim")
-            if class_embed_type == "projection":
-                self.class_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
-            else:
-                self.class_embedding = nn.Linear(projection_class_embeddings_input_dim, time_embed_dim)
-        elif class_embed_type is not None:
-            raise ValueError(f"unknown class_embed_type {class_embed_type!r}")
+        self.class_embedding = class_embedding(
+            class_embed_type,
+            num_class_embeds=num_class_embeds,
+            timestep_input_dim=timestep_input_dim,
+            time_embed_dim=time_embed_dim,
+            act_fn=act_fn,
+            projection_input_dim=projection_class_embeddings_input_dim,
+            allow_projection=True,
+        )
 
         if addition_embed_type == "text_time":
             if addition_time_embed_dim is None or projection_class_embeddings_input_dim is None:
@@ -218,11 +217,10 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin):
             use_linear_projection=use_linear_projection,
             upcast_attention=upcast_attention,
         )
-        self.down_blocks = nn.ModuleList()
-        out_ch = block_out_channels[0]
-        for i, block_type in enumerate(down_block_types):
-            in_ch, out_ch = out_ch, block_out_channels[i]
-            opts = dataclasses.replace(
+        self.down_blocks = build_down_blocks(
+            down_block_types,
+            block_out_channels,
+            lambda i, out_ch: dataclasses.replace(
                 base,
                 num_layers=layers[i],
                 transformer_layers_per_block=t_layers[i],
@@ -230,12 +228,8 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin):
                 num_attention_heads=heads[i],
                 attention_head_dim=head_dims[i] if head_dims[i] is not None else out_ch,
                 only_cross_attention=only_cross[i],
-            )
-            self.down_blocks.append(
-                get_down_block(
-                    block_type, in_channels=in_ch, out_channels=out_ch, add_downsample=i < n - 1, options=opts
-                )
-            )
+            ),
+        )
 
         mid_layers = t_layers[-1]
         self.mid_block = get_mid_block(
@@ -253,8 +247,6 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin):
             ),
         )
 
-        self.num_upsamplers = 0
-        rev_channels = list(reversed(block_out_channels))
         rev_heads = list(reversed(heads))
         rev_layers = list(reversed(layers))
         rev_cross = list(reversed(cross_dims))
@@ -264,15 +256,10 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin):
             else list(reverse_transformer_layers_per_block)
         )
         rev_only_cross = list(reversed(only_cross))
-        self.up_blocks = nn.ModuleList()
-        out_ch = rev_channels[0]
-        for i, block_type in enumerate(up_block_types):
-            is_final = i == n - 1
-            prev_ch, out_ch = out_ch, rev_channels[i]
-            in_ch = rev_channels[min(i + 1, n - 1)]
-            if not is_final:
-                self.num_upsamplers += 1
-            opts = dataclasses.replace(
+        self.up_blocks = build_up_blocks(
+            up_block_types,
+            block_out_channels,
+            lambda i, out_ch: dataclasses.replace(
                 base,
                 num_layers=rev_layers[i] + 1,
                 transformer_layers_per_block=rev_t_layers[i],
@@ -281,22 +268,17 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin):
                 # Diffusers indexes attention_head_dim un-reversed here; kept for checkpoint compatibility.
                 attention_head_dim=head_dims[i] if head_dims[i] is not None else out_ch,
                 only_cross_attention=rev_only_cross[i],
-            )
-            self.up_blocks.append(
-                get_up_block(
-                    block_type,
-                    in_channels=in_ch,
-                    prev_output_channel=prev_ch,
-                    out_channels=out_ch,
-                    add_upsample=not is_final,
-                    options=opts,
-                )
-            )
+            ),
+        )
+        self.num_upsamplers = n - 1
 
-        self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[0], num_groups=norm_num_groups, eps=norm_eps)
-        self.conv_act = get_activation(act_fn)
-        self.conv_out = nn.Conv2d(
-            block_out_channels[0], out_channels, conv_out_kernel, padding=(conv_out_kernel - 1) // 2
+        self._init_output_head(
+            block_out_channels[0],
+            out_channels,
+            groups=norm_num_groups,
+            eps=norm_eps,
+            act_fn=act_fn,
+            kernel_size=conv_out_kernel,
         )
 
     # -- forward steps ---------------------------------------------------------------------------
@@ -418,7 +400,7 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin):
             else:
                 sample = block(sample, res, emb, upsample_size)
 
-        sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        sample = self._output_head(sample)
         if not return_dict:
             return (sample,)
         return UNet2DConditionOutput(sample=sample)

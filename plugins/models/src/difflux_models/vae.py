@@ -7,14 +7,21 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
+from difflux.modeling import ModelMixin
 from difflux.outputs import BaseOutput
 from difflux.torch_utils import randn_tensor
 from torch import nn
 
-from .layers.activations import get_activation
-from .unet_2d_blocks import BlockOptions, UNetMidBlock2D, get_down_block, get_up_block
+from .layers.attention import AttentionProcessorMixin
+from .unet_2d_blocks import (
+    BlockOptions,
+    OutputHeadMixin,
+    UNetMidBlock2D,
+    build_down_blocks,
+    build_up_blocks,
+)
 
-__all__ = ["Decoder", "DecoderOutput", "DiagonalGaussianDistribution", "Encoder", "tiled_apply"]
+__all__ = ["AutoencoderBase", "Decoder", "DecoderOutput", "DiagonalGaussianDistribution", "Encoder", "tiled_apply"]
 
 
 @dataclasses.dataclass
@@ -25,7 +32,7 @@ class DecoderOutput(BaseOutput):
     commit_loss: torch.Tensor | None = None
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, OutputHeadMixin):
     """``conv_in``, down blocks, mid block (with one attention), norm, act, ``conv_out``.
 
     ``double_z``: output mean and log-variance (``2 * out_channels`` channels).
@@ -53,40 +60,30 @@ class Encoder(nn.Module):
             resnet_groups=norm_num_groups,
             downsample_padding=0,
         )
-        self.down_blocks = nn.ModuleList()
-        out_ch = block_out_channels[0]
-        for i, block_type in enumerate(down_block_types):
-            in_ch, out_ch = out_ch, block_out_channels[i]
-            self.down_blocks.append(
-                get_down_block(
-                    block_type,
-                    in_channels=in_ch,
-                    out_channels=out_ch,
-                    add_downsample=i < len(block_out_channels) - 1,
-                    options=dataclasses.replace(base, attention_head_dim=out_ch),
-                )
-            )
+        self.down_blocks = build_down_blocks(
+            down_block_types, block_out_channels, lambda _, out_ch: dataclasses.replace(base, attention_head_dim=out_ch)
+        )
         self.mid_block = UNetMidBlock2D(
             block_out_channels[-1],
             dataclasses.replace(base, num_layers=1, attention_head_dim=block_out_channels[-1]),
             add_attention=mid_block_add_attention,
         )
-        self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[-1], num_groups=norm_num_groups, eps=1e-6)
-        self.conv_act = get_activation(act_fn)
-        self.conv_out = nn.Conv2d(
-            block_out_channels[-1], 2 * out_channels if double_z else out_channels, kernel_size=3, padding=1
+        self._init_output_head(
+            block_out_channels[-1],
+            2 * out_channels if double_z else out_channels,
+            groups=norm_num_groups,
+            eps=1e-6,
+            act_fn=act_fn,
         )
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         sample = self.conv_in(sample)
         for block in self.down_blocks:
             sample = block(sample)
-        sample = self.mid_block(sample)
-        out: torch.Tensor = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
-        return out
+        return self._output_head(self.mid_block(sample))
 
 
-class Decoder(nn.Module):
+class Decoder(nn.Module, OutputHeadMixin):
     """``conv_in``, mid block, up blocks, norm, act, ``conv_out`` (``norm_type="group"``)."""
 
     def __init__(
@@ -117,24 +114,13 @@ class Decoder(nn.Module):
             dataclasses.replace(base, num_layers=1, attention_head_dim=block_out_channels[-1]),
             add_attention=mid_block_add_attention,
         )
-        self.up_blocks = nn.ModuleList()
-        reversed_channels = list(reversed(block_out_channels))
-        out_ch = reversed_channels[0]
-        for i, block_type in enumerate(up_block_types):
-            prev_ch, out_ch = out_ch, reversed_channels[i]
-            self.up_blocks.append(
-                get_up_block(
-                    block_type,
-                    in_channels=prev_ch,
-                    prev_output_channel=prev_ch,
-                    out_channels=out_ch,
-                    add_upsample=i < len(block_out_channels) - 1,
-                    options=dataclasses.replace(base, attention_head_dim=out_ch),
-                )
-            )
-        self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[0], num_groups=norm_num_groups, eps=1e-6)
-        self.conv_act = get_activation(act_fn)
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, kernel_size=3, padding=1)
+        self.up_blocks = build_up_blocks(
+            up_block_types,
+            block_out_channels,
+            lambda _, out_ch: dataclasses.replace(base, attention_head_dim=out_ch),
+            skip_connections=False,
+        )
+        self._init_output_head(block_out_channels[0], out_channels, groups=norm_num_groups, eps=1e-6, act_fn=act_fn)
 
     def forward(self, sample: torch.Tensor, latent_embeds: torch.Tensor | None = None) -> torch.Tensor:
         sample = self.conv_in(sample)
@@ -142,7 +128,70 @@ class Decoder(nn.Module):
         sample = self.mid_block(sample, latent_embeds).to(up_dtype)
         for block in self.up_blocks:
             sample = block(sample, latent_embeds)
-        out: torch.Tensor = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        return self._output_head(sample)
+
+
+@dataclasses.dataclass(frozen=True)
+class CoderOptions:
+    """The config keys that an autoencoder's :class:`Encoder` and :class:`Decoder` share."""
+
+    down_block_types: Sequence[str]
+    up_block_types: Sequence[str]
+    block_out_channels: Sequence[int]
+    layers_per_block: int
+    act_fn: str
+    norm_num_groups: int
+    mid_block_add_attention: bool
+
+    def encoder(self, in_channels: int, latent_channels: int, *, double_z: bool) -> Encoder:
+        return Encoder(
+            in_channels=in_channels,
+            out_channels=latent_channels,
+            down_block_types=self.down_block_types,
+            block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block,
+            act_fn=self.act_fn,
+            norm_num_groups=self.norm_num_groups,
+            double_z=double_z,
+            mid_block_add_attention=self.mid_block_add_attention,
+        )
+
+    def decoder(self, latent_channels: int, out_channels: int, *, norm_type: str = "group") -> Decoder:
+        return Decoder(
+            in_channels=latent_channels,
+            out_channels=out_channels,
+            up_block_types=self.up_block_types,
+            block_out_channels=self.block_out_channels,
+            layers_per_block=self.layers_per_block,
+            norm_num_groups=self.norm_num_groups,
+            act_fn=self.act_fn,
+            norm_type=norm_type,
+            mid_block_add_attention=self.mid_block_add_attention,
+        )
+
+
+class AutoencoderBase(ModelMixin, AttentionProcessorMixin):
+    """What :class:`AutoencoderKL` and :class:`VQModel` share: an :class:`Encoder` and a
+    :class:`Decoder` (built by :class:`CoderOptions`), and the optional 1x1 convolutions around
+    the latent space (``quant_conv`` after the encoder, ``post_quant_conv`` before the decoder)."""
+
+    encoder: Encoder
+    decoder: Decoder
+    quant_conv: nn.Module | None
+    post_quant_conv: nn.Module | None
+
+    def _encode_moments(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output, through ``quant_conv`` when there is one."""
+        h: torch.Tensor = self.encoder(x)
+        if self.quant_conv is not None:
+            h = self.quant_conv(h)
+        return h
+
+    def _decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """``post_quant_conv`` (when there is one), then the decoder."""
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        out: torch.Tensor = self.decoder(z)
         return out
 
 

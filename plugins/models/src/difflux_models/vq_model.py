@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from difflux.modeling import ModelMixin
 from difflux.outputs import BaseOutput
 from torch import nn
 
-from .layers.attention import AttentionProcessorMixin
-from .vae import Decoder, DecoderOutput, Encoder
+from .vae import AutoencoderBase, CoderOptions, DecoderOutput
 
 __all__ = ["VQEncoderOutput", "VQModel", "VectorQuantizer"]
 
@@ -53,7 +51,7 @@ class VectorQuantizer(nn.Module):
         return z_q
 
 
-class VQModel(ModelMixin, AttentionProcessorMixin):
+class VQModel(AutoencoderBase):
     """Encoder, vector quantiser, decoder. ``decode`` quantises unless ``force_not_quantize``."""
 
     def __init__(
@@ -77,36 +75,25 @@ class VQModel(ModelMixin, AttentionProcessorMixin):
         force_upcast: bool = False,
     ) -> None:
         super().__init__()
-        self.encoder = Encoder(
-            in_channels=in_channels,
-            out_channels=latent_channels,
-            down_block_types=down_block_types,
-            block_out_channels=block_out_channels,
-            layers_per_block=layers_per_block,
-            act_fn=act_fn,
-            norm_num_groups=norm_num_groups,
-            double_z=False,
-            mid_block_add_attention=mid_block_add_attention,
+        coders = CoderOptions(
+            down_block_types,
+            up_block_types,
+            block_out_channels,
+            layers_per_block,
+            act_fn,
+            norm_num_groups,
+            mid_block_add_attention,
         )
         embed_dim = vq_embed_dim if vq_embed_dim is not None else latent_channels
+        self.encoder = coders.encoder(in_channels, latent_channels, double_z=False)
         self.quant_conv = nn.Conv2d(latent_channels, embed_dim, 1)
         self.quantize = VectorQuantizer(num_vq_embeddings, embed_dim, beta=0.25)
         self.post_quant_conv = nn.Conv2d(embed_dim, latent_channels, 1)
-        self.decoder = Decoder(
-            in_channels=latent_channels,
-            out_channels=out_channels,
-            up_block_types=up_block_types,
-            block_out_channels=block_out_channels,
-            layers_per_block=layers_per_block,
-            act_fn=act_fn,
-            norm_num_groups=norm_num_groups,
-            norm_type=norm_type,
-            mid_block_add_attention=mid_block_add_attention,
-        )
+        self.decoder = coders.decoder(latent_channels, out_channels, norm_type=norm_type)
 
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> VQEncoderOutput | tuple[torch.Tensor]:
         """Images to (unquantised) latents."""
-        h = self.quant_conv(self.encoder(x))
+        h = self._encode_moments(x)
         if not return_dict:
             return (h,)
         return VQEncoderOutput(latents=h)
@@ -125,7 +112,7 @@ class VQModel(ModelMixin, AttentionProcessorMixin):
         else:
             quant = self.quantize.get_codebook_entry(h, shape) if self.config.lookup_from_codebook else h
             commit_loss = torch.zeros(h.shape[0], device=h.device, dtype=quant.dtype)
-        dec = self.decoder(self.post_quant_conv(quant))
+        dec = self._decode_latents(quant)
         if not return_dict:
             return dec, commit_loss
         return DecoderOutput(sample=dec, commit_loss=commit_loss)

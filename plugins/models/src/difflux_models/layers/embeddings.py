@@ -18,6 +18,7 @@ __all__ = [
     "PixArtAlphaTextProjection",
     "TimestepEmbedding",
     "Timesteps",
+    "class_embedding",
     "get_1d_sincos_pos_embed",
     "get_2d_sincos_pos_embed",
     "get_timestep_embedding",
@@ -99,6 +100,38 @@ class TimestepEmbedding(nn.Module):
         if self.post_act is not None:
             sample = self.post_act(sample)
         return sample
+
+
+def class_embedding(
+    class_embed_type: str | None,
+    *,
+    num_class_embeds: int | None,
+    timestep_input_dim: int,
+    time_embed_dim: int,
+    act_fn: str = "silu",
+    projection_input_dim: int | None = None,
+    allow_projection: bool = False,
+) -> nn.Module | None:
+    """The UNets' class-label embedding (key ``class_embedding``), by Diffusers' ``class_embed_type``.
+
+    ``None`` with ``num_class_embeds``: a lookup table; ``"timestep"``: labels embedded like
+    timesteps; ``"identity"``: the labels are embeddings already; with ``allow_projection``,
+    ``"projection"`` (an MLP) and ``"simple_projection"`` (one linear layer) of
+    ``projection_input_dim`` features. ``None`` when the UNet has no class embedding.
+    """
+    if class_embed_type is None:
+        return nn.Embedding(num_class_embeds, time_embed_dim) if num_class_embeds is not None else None
+    if class_embed_type == "timestep":
+        return TimestepEmbedding(timestep_input_dim, time_embed_dim, act_fn=act_fn)
+    if class_embed_type == "identity":
+        return nn.Identity()
+    if allow_projection and class_embed_type in ("projection", "simple_projection"):
+        if projection_input_dim is None:
+            raise ValueError(f"class_embed_type={class_embed_type!r} needs projection_class_embeddings_input_dim")
+        if class_embed_type == "projection":
+            return TimestepEmbedding(projection_input_dim, time_embed_dim)
+        return nn.Linear(projection_input_dim, time_embed_dim)
+    raise ValueError(f"unknown class_embed_type {class_embed_type!r}")
 
 
 class GaussianFourierProjection(nn.Module):

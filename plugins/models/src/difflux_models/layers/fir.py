@@ -55,8 +55,8 @@ def downsample_2d(
     return upfirdn2d(x, k, down=factor, pad=((p + 1) // 2, p // 2))
 
 
-class FirUpsample2D(nn.Module):
-    """FIR upsampling by two (the skip path of score-SDE UNets); no parameters."""
+class _FirResample2D(nn.Module):
+    """FIR resampling by two with a fixed kernel; no parameters."""
 
     def __init__(
         self, channels: int, out_channels: int | None = None, fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
@@ -64,20 +64,17 @@ class FirUpsample2D(nn.Module):
         super().__init__()
         self.fir_kernel = fir_kernel
         self.out_channels = out_channels if out_channels else channels
+
+
+class FirUpsample2D(_FirResample2D):
+    """FIR upsampling by two (the skip path of score-SDE UNets); no parameters."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return upsample_2d(hidden_states, self.fir_kernel, factor=2)
 
 
-class FirDownsample2D(nn.Module):
+class FirDownsample2D(_FirResample2D):
     """FIR downsampling by two; no parameters."""
-
-    def __init__(
-        self, channels: int, out_channels: int | None = None, fir_kernel: tuple[int, ...] = (1, 3, 3, 1)
-    ) -> None:
-        super().__init__()
-        self.fir_kernel = fir_kernel
-        self.out_channels = out_channels if out_channels else channels
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return downsample_2d(hidden_states, self.fir_kernel, factor=2)

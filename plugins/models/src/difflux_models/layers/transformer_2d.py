@@ -105,7 +105,9 @@ class SpatialTransformer2D(nn.Module):
             x = self.proj_in(x)
         else:
             x = self.proj_in(x)
-            x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)
+            # a (batch, pixels, channels) view with channel stride h*w: copy it once here rather than in
+            # every LayerNorm and residual add that reads it (same values, contiguous reads)
+            x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1).contiguous()
         for block in self.transformer_blocks:
             x = block(
                 x,
