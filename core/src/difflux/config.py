@@ -199,10 +199,9 @@ def _recording(init: Callable[..., None]) -> Callable[..., None]:
     def __init__(self: ConfigMixin, *args: Any, **kwargs: Any) -> None:
         cls = type(self)
         if cls.__init__ is __init__ and "_internal_config" not in self.__dict__:
-            kwargs, defaulted = cls._validated_init_kwargs(args, kwargs)
+            kwargs, config = cls._record_init(args, kwargs)
             args = ()
-            config = {k: v for k, v in kwargs.items() if k not in cls.ignore_for_config}
-            object.__setattr__(self, "_internal_config", FrozenConfig(config, defaulted - cls.ignore_for_config))
+            object.__setattr__(self, "_internal_config", config)
         init(self, *args, **kwargs)
 
     __init__._difflux_records_config = True  # type: ignore[attr-defined]
@@ -279,6 +278,17 @@ class ConfigMixin:
         )
         cls._difflux_config_model = model
         return typing.cast(type[pydantic.BaseModel], model)
+
+    @classmethod
+    def _record_init(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], FrozenConfig]:
+        """The keyword arguments ``__init__`` runs with, and the config they record.
+
+        Here: every validated argument but ``ignore_for_config``. Pipelines override it to record
+        their config values and not their components.
+        """
+        kwargs, defaulted = cls._validated_init_kwargs(args, kwargs)
+        config = {k: v for k, v in kwargs.items() if k not in cls.ignore_for_config}
+        return kwargs, FrozenConfig(config, defaulted - cls.ignore_for_config)
 
     @classmethod
     def _validated_init_kwargs(

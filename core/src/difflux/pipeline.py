@@ -53,27 +53,6 @@ class ImagePipelineOutput(BaseOutput):
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _recording(init: Callable[..., None]) -> Callable[..., None]:
-    """Wrap a pipeline ``__init__`` so its config values (not its components) become ``.config``."""
-
-    @functools.wraps(init)
-    def __init__(self: DiffusionPipeline, *args: Any, **kwargs: Any) -> None:
-        cls = type(self)
-        if cls.__init__ is __init__ and "_internal_config" not in self.__dict__:
-            try:
-                bound = cls._init_signature().bind(None, *args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"{cls.__name__}(): {exc}") from None
-            bound.apply_defaults()
-            names = cls.config_value_names()
-            values = {k: v for k, v in bound.arguments.items() if k in names}
-            object.__setattr__(self, "_internal_config", FrozenConfig(values))
-        init(self, *args, **kwargs)
-
-    __init__._difflux_records_config = True  # type: ignore[attr-defined]
-    return __init__
-
-
 def _without_autograd(call: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a pipeline ``__call__`` so it runs under ``torch.no_grad()``."""
 
@@ -296,9 +275,6 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
     _progress_bar_config: dict[str, Any]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        init = cls.__dict__.get("__init__")
-        if init is not None and not getattr(init, "_difflux_records_config", False):
-            cls.__init__ = _recording(init)  # type: ignore[method-assign]
         call = cls.__dict__.get("__call__")
         if call is not None and not getattr(call, "_difflux_no_grad", False):
             cls.__call__ = _without_autograd(call)  # type: ignore[method-assign]
@@ -323,6 +299,18 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
             else:
                 values.append(p.name)
         return tuple(components), tuple(values)
+
+    @classmethod
+    def _record_init(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], FrozenConfig]:
+        """A pipeline's config is its config values; its components are not recorded."""
+        try:
+            bound = cls._init_signature().bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{cls.__name__}(): {exc}") from None
+        bound.apply_defaults()
+        arguments = dict(list(bound.arguments.items())[1:])
+        names = cls.config_value_names()
+        return arguments, FrozenConfig({k: v for k, v in arguments.items() if k in names})
 
     @classmethod
     def component_names(cls) -> tuple[str, ...]:
