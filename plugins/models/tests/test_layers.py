@@ -218,3 +218,52 @@ def test_processors_mixin() -> None:
         model.set_attn_processor({"block.attn2.processor": custom})
     model.set_attn_processor(custom)
     assert all(p is custom for p in model.attn_processors.values())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"in_channels": 8, "out_channels": 16, "temb_channels": 12, "groups": 4},
+        {"in_channels": 8, "temb_channels": None, "groups": 4, "output_scale_factor": 2.0},
+        {"in_channels": 8, "temb_channels": 12, "groups": 4, "non_linearity": "mish", "up": True},
+    ],
+    ids=["shortcut_temb", "scale", "mish_up"],
+)
+def test_resnet_block_in_place_paths(kit: Any, options: dict[str, Any]) -> None:
+    """Without autograd the block overwrites its own intermediates: the inputs stay untouched and
+    the result is bit-identical to the out-of-place (autograd) path, which still backpropagates."""
+    torch.manual_seed(0)
+    block = layers.ResnetBlock2D(**options).eval()
+    kit.perturb_(block)
+    x = kit.randn(2, 8, 8, 8)
+    temb = kit.randn(2, 12, seed=1) if options["temb_channels"] else None
+    x_before = x.clone()
+    temb_before = temb.clone() if temb is not None else None
+    with torch.inference_mode():
+        fast = block(x, temb)
+    assert torch.equal(x, x_before)
+    if temb is not None:
+        assert temb_before is not None and torch.equal(temb, temb_before)
+    xg = x.clone().requires_grad_(True)
+    slow = block(xg, temb)
+    assert torch.equal(fast, slow.detach())
+    slow.sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_in_place_paths_respect_hooks(kit: Any) -> None:
+    """An output a forward hook kept is not overwritten afterwards; the activation's hook runs."""
+    torch.manual_seed(0)
+    block = layers.ResnetBlock2D(in_channels=8, temb_channels=None, groups=4).eval()
+    kit.perturb_(block)
+    kept: dict[str, torch.Tensor] = {}
+    for name in ("norm1", "norm2", "conv2"):
+        getattr(block, name).register_forward_hook(lambda _m, _i, out, name=name: kept.update({name: out}))
+    calls: list[bool] = []
+    block.nonlinearity.register_forward_hook(lambda *_: calls.append(True))
+    x = kit.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        out = block(x, None)
+        assert torch.equal(kept["norm1"], block.norm1(x))
+        assert torch.equal(out, x + kept["conv2"])
+    assert len(calls) == 2

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers.activations import get_activation
+from .layers.activations import activate_fresh, get_activation
 from .layers.attention import Attention
 from .layers.resnet import ResnetBlock2D
 from .layers.sampling import Downsample2D, Upsample2D
@@ -227,7 +227,7 @@ class OutputHeadMixin:
         self.conv_out = nn.Conv2d(channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2)
 
     def _output_head(self, sample: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        out: torch.Tensor = self.conv_out(activate_fresh(self.conv_act, self.conv_norm_out(sample), self.conv_norm_out))
         return out
 
 

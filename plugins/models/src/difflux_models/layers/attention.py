@@ -68,7 +68,9 @@ class AttnProcessor:
         if spatial:
             out = out.transpose(1, 2).reshape(b, c, h, w)
         if attn.residual_connection:
-            out = out + residual
+            # residual first: the sum takes its (contiguous) layout rather than the transposed one
+            # of a spatial ``out``, so later norms and convolutions need no copy; same values
+            out = residual + out
         if attn.rescale_output_factor != 1.0:
             out = out / attn.rescale_output_factor
         return out

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import get_activation
+from .activations import activate_fresh, get_activation, grad_needed, hooked
 from .sampling import Downsample2D, Upsample2D
 
 __all__ = ["Conv1dBlock", "ResidualTemporalBlock1D", "ResnetBlock2D"]
@@ -102,7 +102,9 @@ class ResnetBlock2D(nn.Module):
         return self.downsample(x)  # type: ignore[no-any-return]
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
-        h = self.nonlinearity(self.norm1(input_tensor))
+        # Without autograd, the sums and activations overwrite intermediates this block made
+        # (same values, fewer large allocations); see activate_fresh.
+        h = activate_fresh(self.nonlinearity, self.norm1(input_tensor), self.norm1)
         if self.up or self.down:
             input_tensor = self._resample(input_tensor)
             h = self._resample(h)
@@ -118,15 +120,31 @@ class ResnetBlock2D(nn.Module):
             h = self.norm2(h) * (1 + scale) + shift
         else:
             if temb is not None:
-                h = h + temb
+                h = _add_into(h, temb, self.conv1)
             h = self.norm2(h)
-        h = self.conv2(self.dropout(self.nonlinearity(h)))
+        h = self.conv2(self.dropout(activate_fresh(self.nonlinearity, h, self.norm2)))
         if self.conv_shortcut is not None:
             input_tensor = self.conv_shortcut(input_tensor)
-        out: torch.Tensor = input_tensor + h
+        out = _add_into(h, input_tensor, self.conv2)  # input_tensor + h: addition commutes exactly
         if self.output_scale_factor != 1.0:
-            out = out / self.output_scale_factor
+            # ``out`` is new here either way (the in-place sum happens only when conv2 has no hooks)
+            out = out / self.output_scale_factor if grad_needed(out) else out.div_(self.output_scale_factor)
         return out
+
+
+def _add_into(fresh: torch.Tensor, other: torch.Tensor, source: nn.Module) -> torch.Tensor:
+    """``fresh + other``, written into ``fresh`` (what ``source`` just returned, held by nothing
+    else) when that gives the same tensor: no autograd, no hooks on ``source``, ``other``
+    broadcasts to ``fresh``'s shape, and the dtypes agree."""
+    if (
+        hooked(source)
+        or grad_needed(fresh)
+        or grad_needed(other)
+        or fresh.dtype != other.dtype
+        or torch.broadcast_shapes(fresh.shape, other.shape) != fresh.shape
+    ):
+        return fresh + other
+    return fresh.add_(other)
 
 
 def _rearrange_dims(t: torch.Tensor) -> torch.Tensor:
