@@ -141,10 +141,16 @@ def _add_into(fresh: torch.Tensor, other: torch.Tensor, source: nn.Module) -> to
         or grad_needed(fresh)
         or grad_needed(other)
         or fresh.dtype != other.dtype
-        or torch.broadcast_shapes(fresh.shape, other.shape) != fresh.shape
+        or not _broadcasts_to(other.shape, fresh.shape)
     ):
         return fresh + other
     return fresh.add_(other)
+
+
+def _broadcasts_to(small: torch.Size, big: torch.Size) -> bool:
+    """Whether a tensor of shape ``small`` broadcasts to ``big`` unchanged (a plain-Python check:
+    ``torch.broadcast_shapes`` costs more than the small additions it guards)."""
+    return len(small) <= len(big) and all(s in (1, b) for s, b in zip(reversed(small), reversed(big)))
 
 
 def _rearrange_dims(t: torch.Tensor) -> torch.Tensor:
