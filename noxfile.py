@@ -42,6 +42,13 @@ def tests(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "-n", "2", "-q", *session.posargs)
 
 
+@nox.session(name="tests-slow", default=False)
+def tests_slow(session: nox.Session) -> None:
+    """The whole test suite including tests marked slow."""
+    session.install(TORCH, "-r", "requirements-test.txt")
+    session.run("python", "-m", "pytest", "-n", "2", "-q", "--run-slow", *session.posargs)
+
+
 @nox.session(default=False)
 @nox.parametrize("plugin", PLUGINS)
 def plugin(session: nox.Session, plugin: str) -> None:

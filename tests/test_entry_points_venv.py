@@ -20,13 +20,8 @@ import sysconfig
 import textwrap
 from pathlib import Path
 
-import pytest
-
 FIXTURE = Path(__file__).parent / "fixtures" / "difflux-fixture-plugin"
 DIST = "difflux-fixture-plugin"
-
-pytestmark = pytest.mark.slow
-
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFFLUX_", "PYTHON", "PIP_"))}
