@@ -206,7 +206,7 @@ def test_automatic_selection_is_highest_priority_usable_backend(calls: Calls) ->
     q4, k4, v4 = _qkv(head_dim=4)
     attention(q4, k4, v4)
     assert _ran(calls) == "small"
-    assert available_attention_backends() == ["small", "maskless", "alpha", "beta", "gamma", "reference"]
+    assert available_attention_backends() == ["small", "maskless", "alpha", "beta", "gamma", "reference", "sliced"]
     assert resolve_attention_backend(q4) == "small"
     assert resolve_attention_backend(q, torch.ones(3, 3)) == "alpha"
 
@@ -305,7 +305,7 @@ def test_environment_variable_naming_an_unknown_backend_is_an_error(
 def test_unknown_backend_names_list_the_registered_ones(calls: Calls, select: Callable[[torch.Tensor], Any]) -> None:
     with pytest.raises(AttentionBackendError, match="unknown attention backend 'nope'") as info:
         select(_qkv()[0])
-    assert "alpha, beta, gamma, ghost, maskless, reference, small" in str(info.value)
+    assert "alpha, beta, gamma, ghost, maskless, reference, sliced, small" in str(info.value)
     assert isinstance(info.value, ValueError)
     assert get_attention_backend() is None
 

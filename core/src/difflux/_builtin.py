@@ -9,12 +9,16 @@ from .options import LoadOptions
 from .registry import RegisterAttentionBackend
 
 REFERENCE_BACKEND = "reference"
+SLICED_BACKEND = "sliced"  # difflux.sliced_attention.SLICED_BACKEND (not imported here: it needs torch)
 
 
 @hookimpl
 def difflux_register_attention_backends(register: RegisterAttentionBackend) -> None:
     # Plain torch maths: slow, exact, runs everywhere; the yardstick other backends are tested against.
     register(REFERENCE_BACKEND, "difflux.attention:reference_attention", priority=-100)
+    # Slicing runs another backend slice by slice (enable_attention_slicing); lowest priority, so
+    # it is never chosen automatically, only by name (its inner backend checks the inputs).
+    register(SLICED_BACKEND, "difflux.sliced_attention:sliced_attention", priority=-1000)
 
 
 @hookimpl(trylast=True)

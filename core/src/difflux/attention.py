@@ -32,6 +32,7 @@ from .registry import AttentionBackendSpec, get_registry
 
 __all__ = [
     "ENV_VAR",
+    "AttentionBackendChoice",
     "AttentionBackendError",
     "AttentionFn",
     "attention",
@@ -54,6 +55,36 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor 
 
 class AttentionBackendError(DiffluxError, ValueError):
     """An attention backend is unknown, unusable here, or rejects the inputs it was given."""
+
+
+class AttentionBackendChoice(str):
+    """A backend name that carries keyword options for its kernel.
+
+    It *is* the name (a ``str``: compares, hashes and prints as the name), so it goes wherever a
+    backend name goes (a module's ``attention_backend``, ``backend=``, :func:`attention_backend`);
+    :func:`attention` calls the kernel as ``fn(q, k, v, attn_mask, scale, is_causal, **options)``.
+    ``AttentionBackendChoice("sliced", slice_size=1)`` is what ``enable_attention_slicing("max")``
+    stores; ``AttentionBackendChoice("xformers", attention_op=op)`` what
+    ``enable_xformers_memory_efficient_attention(op)`` stores.
+    """
+
+    options: dict[str, Any]
+
+    def __new__(cls, name: str, **options: Any) -> AttentionBackendChoice:
+        self = super().__new__(cls, name)
+        self.options = options
+        return self
+
+    def __repr__(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return f"AttentionBackendChoice({str.__repr__(self)}{opts})"
+
+    def __reduce__(self) -> Any:
+        return (_make_choice, (str(self), self.options))
+
+
+def _make_choice(name: str, options: dict[str, Any]) -> AttentionBackendChoice:
+    return AttentionBackendChoice(name, **options)
 
 
 # -- the reference kernel --------------------------------------------------------------------
@@ -134,6 +165,7 @@ class _State:
             and s.supports_mask
             and s.supports_causal
             and s.max_head_dim is None
+            and s.accepts is None
         )
         if self.explicit_default is None:
             env = os.environ.get(ENV_VAR, "").strip() or None
@@ -223,6 +255,8 @@ def attention(
                 f"attention backend {name!r} (plugin {spec.plugin!r}) rejects these inputs: it {why}; "
                 "choose another backend or let difflux choose automatically"
             )
+    if type(name) is AttentionBackendChoice:
+        return fn(q, k, v, attn_mask, scale, is_causal, **name.options)  # type: ignore[no-any-return]
     return fn(q, k, v, attn_mask, scale, is_causal)  # type: ignore[no-any-return]
 
 

@@ -109,6 +109,14 @@ class AttentionBackendSpec:
     supports_causal: bool = True
     max_head_dim: int | None = None
     requires: tuple[str, ...] = ()
+    #: ``probe() -> str | None`` (or a lazy ``"module:function"`` reference): why the backend is
+    #: unusable in this process (no CUDA device, too old a GPU, library built without kernels),
+    #: ``None`` when usable. Called by :meth:`available` after the ``requires`` check.
+    probe: Any = None
+    #: ``accepts(q, attn_mask, is_causal) -> str | None`` (or a lazy reference): input constraints
+    #: the fields above cannot state (head dim a multiple of 8, dtype per device), returning the
+    #: broken constraint in the words of :meth:`check`, ``None`` when the inputs fit.
+    accepts: Any = None
 
     def available(self) -> str | None:
         """``None`` when usable in this process, else why not."""
@@ -117,6 +125,10 @@ class AttentionBackendSpec:
         for module in self.requires:
             if importlib.util.find_spec(module) is None:
                 return f"needs the module {module!r}, which is not installed"
+        if self.probe is not None:
+            if isinstance(self.probe, str):
+                self.probe = import_ref(self.probe)
+            return self.probe()  # type: ignore[no-any-return]
         return None
 
     def check(self, q: Any, attn_mask: Any = None, is_causal: bool = False) -> str | None:
@@ -131,6 +143,10 @@ class AttentionBackendSpec:
             return "has no causal mode"
         if self.max_head_dim is not None and q.shape[-1] > self.max_head_dim:
             return f"takes head dim up to {self.max_head_dim}, not {q.shape[-1]}"
+        if self.accepts is not None:
+            if isinstance(self.accepts, str):
+                self.accepts = import_ref(self.accepts)
+            return self.accepts(q, attn_mask, is_causal)  # type: ignore[no-any-return]
         return None
 
     def load(self) -> Callable[..., Any]:
