@@ -83,6 +83,7 @@ class UNet1DModel(ModelMixin):
 
         n_blocks = len(block_out_channels)
         self.down_blocks = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()  # registered before the mid block, built after it (Diffusers' order)
         channels = in_channels
         for i, block_type in enumerate(down_block_types):
             block_in = channels + (extra_in_channels if i == 0 else 0)
@@ -110,7 +111,6 @@ class UNet1DModel(ModelMixin):
 
         reversed_channels = list(reversed(block_out_channels))
         last_out = out_channels if out_block_type is None else base
-        self.up_blocks = nn.ModuleList()
         channels = reversed_channels[0]
         for i, block_type in enumerate(up_block_types):
             block_in = channels

@@ -15,7 +15,7 @@ and friends build a block from its type string.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -200,17 +200,25 @@ class _ResConvStack1D(nn.Module):
         num_resnets: int = 3,
         with_attention: bool = False,
         last_is_final: bool = False,
+        before: Sequence[tuple[str, nn.Module]] = (),
+        after: Sequence[tuple[str, nn.Module]] = (),
     ) -> None:
         super().__init__()
         widths = [in_channels] + [mid_channels] * (num_resnets - 1) + [out_channels]
-        self.resnets = nn.ModuleList(
+        resnets = [
             ResConvBlock(widths[i], mid_channels, widths[i + 1], is_last=last_is_final and i == num_resnets - 1)
             for i in range(num_resnets)
-        )
+        ]
+        # Diffusers' registration order: ``before`` (a resampler), attentions, resnets, ``after``
+        for name, module in before:
+            self.add_module(name, module)
         if with_attention:
             self.attentions = nn.ModuleList(
                 SelfAttention1d(widths[i + 1], widths[i + 1] // 32) for i in range(num_resnets)
             )
+        self.resnets = nn.ModuleList(resnets)
+        for name, module in after:
+            self.add_module(name, module)
 
     def _run_stack(self, hidden_states: torch.Tensor) -> torch.Tensor:
         attentions = getattr(self, "attentions", None)
@@ -234,9 +242,8 @@ class _DownStack1D(_ResConvStack1D):
         downsample: bool,
     ) -> None:
         mid = out_channels if mid_channels is None else mid_channels
-        super().__init__(in_channels, mid, out_channels, with_attention=with_attention)
-        if downsample:
-            self.down = Downsample1d("cubic")
+        before = [("down", Downsample1d("cubic"))] if downsample else []
+        super().__init__(in_channels, mid, out_channels, with_attention=with_attention, before=before)
 
     def forward(
         self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None
@@ -280,10 +287,13 @@ class _UpStack1D(_ResConvStack1D):
         upsample: bool,
     ) -> None:
         super().__init__(
-            2 * in_channels, mid_channels, out_channels, with_attention=with_attention, last_is_final=not upsample
+            2 * in_channels,
+            mid_channels,
+            out_channels,
+            with_attention=with_attention,
+            last_is_final=not upsample,
+            after=[("up", Upsample1d(kernel="cubic"))] if upsample else [],
         )
-        if upsample:
-            self.up = Upsample1d(kernel="cubic")
 
     def forward(
         self,
@@ -318,14 +328,23 @@ class UpBlock1DNoSkip(_UpStack1D):
 class UNetMidBlock1D(_ResConvStack1D):
     """Downsample, six residual + attention units, upsample."""
 
+    down: nn.Module
+    up: nn.Module
+
     def __init__(self, mid_channels: int, in_channels: int, out_channels: int | None = None) -> None:
         out = in_channels if out_channels is None else out_channels
-        super().__init__(in_channels, mid_channels, out, num_resnets=6, with_attention=True)
-        self.down = Downsample1d("cubic")
-        self.up = Upsample1d(kernel="cubic")
+        super().__init__(
+            in_channels,
+            mid_channels,
+            out,
+            num_resnets=6,
+            with_attention=True,
+            before=[("down", Downsample1d("cubic")), ("up", Upsample1d(kernel="cubic"))],
+        )
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        return self.up(self._run_stack(self.down(hidden_states)))  # type: ignore[no-any-return]
+        out: torch.Tensor = self.up(self._run_stack(self.down(hidden_states)))
+        return out
 
 
 # -- temporal (RL planner / value function) blocks --------------------------------------------

@@ -110,6 +110,7 @@ class UNet2DModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin):
             lambda _, out_ch: dataclasses.replace(base, attention_head_dim=attention_head_dim or out_ch),
             downsample_type=downsample_type,
         )
+        self.up_blocks = nn.ModuleList()  # registered before the mid block, built after it (Diffusers' order)
         self.mid_block: nn.Module | None = None
         if mid_block_type is not None:
             if mid_block_type != "UNetMidBlock2D":
@@ -125,13 +126,15 @@ class UNet2DModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin):
                 ),
                 add_attention=add_attention,
             )
-        self.up_blocks = build_up_blocks(
-            up_block_types,
-            block_out_channels,
-            lambda _, out_ch: dataclasses.replace(
-                base, num_layers=layers_per_block + 1, attention_head_dim=attention_head_dim or out_ch
-            ),
-            upsample_type=upsample_type,
+        self.up_blocks.extend(
+            build_up_blocks(
+                up_block_types,
+                block_out_channels,
+                lambda _, out_ch: dataclasses.replace(
+                    base, num_layers=layers_per_block + 1, attention_head_dim=attention_head_dim or out_ch
+                ),
+                upsample_type=upsample_type,
+            )
         )
         # Diffusers ends this UNet with SiLU whatever act_fn says
         self._init_output_head(block_out_channels[0], out_channels, groups=norm_num_groups, eps=norm_eps, act_fn="silu")

@@ -231,12 +231,48 @@ class OutputHeadMixin:
         return out
 
 
+def _identity(i: int, channels: int) -> nn.Module:
+    """A placeholder attention (mid blocks built without attention)."""
+    return nn.Identity()
+
+
+def _interleaved_layers(
+    block: nn.Module,
+    resnet: Callable[[int], nn.Module],
+    num_layers: int,
+    attention: AttentionFactory | None,
+    channels: int,
+    *,
+    mid: bool = False,
+) -> None:
+    """Build the block's layers and register them in Diffusers' order, so a seeded model gets
+    Diffusers' initial weights and state-dict order.
+
+    Down / up blocks build ``resnet(i)`` then ``attention(i, channels)`` for each layer; a ``mid``
+    block builds ``resnet(0)``, then ``attention(i, channels)``, ``resnet(i + 1)`` for each layer.
+    Either way the attentions are registered (as ``attentions``) before the resnets (``resnets``).
+    """
+    resnets: list[nn.Module] = [resnet(0)] if mid else []
+    attentions: list[nn.Module] = []
+    for i in range(num_layers):
+        if not mid:
+            resnets.append(resnet(i))
+        if attention is not None:
+            attentions.append(attention(i, channels))
+        if mid:
+            resnets.append(resnet(i + 1))
+    if attention is not None:
+        block.attentions = nn.ModuleList(attentions)
+    block.resnets = nn.ModuleList(resnets)
+
+
 # -- down blocks -----------------------------------------------------------------------------
 
 
 class DownBlock2D(nn.Module):
     """Residual blocks, optional attentions, optional downsampler; returns ``(hidden, skip states)``."""
 
+    resnets: nn.ModuleList
     has_cross_attention = False
 
     def __init__(
@@ -250,11 +286,13 @@ class DownBlock2D(nn.Module):
     ) -> None:
         super().__init__()
         o = options
-        self.resnets = nn.ModuleList(
-            o.resnet(in_channels if i == 0 else out_channels, out_channels) for i in range(o.num_layers)
+        _interleaved_layers(
+            self,
+            lambda i: o.resnet(in_channels if i == 0 else out_channels, out_channels),
+            o.num_layers,
+            attention,
+            out_channels,
         )
-        if attention is not None:
-            self.attentions = nn.ModuleList(attention(i, out_channels) for i in range(o.num_layers))
         self.downsample_type = downsample_type if add_downsample else None
         self.downsamplers: nn.ModuleList | None = None
         if self.downsample_type == "conv":
@@ -337,19 +375,21 @@ class DownEncoderBlock2D(DownBlock2D):
 class UNetMidBlock2D(nn.Module):
     """Residual block, then ``num_layers`` x (optional self-attention, residual block)."""
 
+    resnets: nn.ModuleList
+    attentions: nn.ModuleList
     has_cross_attention = False
 
     def __init__(self, in_channels: int, options: BlockOptions, add_attention: bool = True) -> None:
         super().__init__()
         o = options
         self.add_attention = add_attention
-        self.resnets = nn.ModuleList(o.resnet(in_channels, in_channels) for _ in range(o.num_layers + 1))
         attn_groups = o.attn_groups
         if attn_groups is None and o.resnet_time_scale_shift == "default":
             attn_groups = o.resnet_groups
         make = o.self_attention(attn_groups)
-        self.attentions = nn.ModuleList(
-            make(i, in_channels) if add_attention else nn.Identity() for i in range(o.num_layers)
+        attention = make if add_attention else _identity
+        _interleaved_layers(
+            self, lambda _: o.resnet(in_channels, in_channels), o.num_layers, attention, in_channels, mid=True
         )
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
@@ -364,14 +404,16 @@ class UNetMidBlock2D(nn.Module):
 class UNetMidBlock2DCrossAttn(nn.Module):
     """Residual block, then ``num_layers`` x (spatial transformer, residual block)."""
 
+    resnets: nn.ModuleList
+    attentions: nn.ModuleList
     has_cross_attention = True
 
     def __init__(self, in_channels: int, options: BlockOptions) -> None:
         super().__init__()
         o = options
-        self.resnets = nn.ModuleList(o.resnet(in_channels, in_channels) for _ in range(o.num_layers + 1))
-        make = o.cross_attention()
-        self.attentions = nn.ModuleList(make(i, in_channels) for i in range(o.num_layers))
+        _interleaved_layers(
+            self, lambda _: o.resnet(in_channels, in_channels), o.num_layers, o.cross_attention(), in_channels, mid=True
+        )
 
     def forward(
         self,
@@ -395,6 +437,7 @@ class UNetMidBlock2DCrossAttn(nn.Module):
 class UpBlock2D(nn.Module):
     """Residual blocks fed the matching skip states, optional attentions, optional upsampler."""
 
+    resnets: nn.ModuleList
     has_cross_attention = False
     #: whether the upsampler follows the ``upsample_size`` the UNet asks for
     follows_upsample_size = True
@@ -412,20 +455,13 @@ class UpBlock2D(nn.Module):
         super().__init__()
         o = options
         n = o.num_layers
-        if prev_output_channel is None:  # decoder blocks: no skip connections
-            self.resnets = nn.ModuleList(
-                o.resnet(in_channels if i == 0 else out_channels, out_channels) for i in range(n)
-            )
-        else:
-            self.resnets = nn.ModuleList(
-                o.resnet(
-                    (prev_output_channel if i == 0 else out_channels) + (in_channels if i == n - 1 else out_channels),
-                    out_channels,
-                )
-                for i in range(n)
-            )
-        if attention is not None:
-            self.attentions = nn.ModuleList(attention(i, out_channels) for i in range(n))
+
+        def resnet_in(i: int) -> int:
+            if prev_output_channel is None:  # decoder blocks: no skip connections
+                return in_channels if i == 0 else out_channels
+            return (prev_output_channel if i == 0 else out_channels) + (in_channels if i == n - 1 else out_channels)
+
+        _interleaved_layers(self, lambda i: o.resnet(resnet_in(i), out_channels), n, attention, out_channels)
         self.upsample_type = upsample_type if add_upsample else None
         self.upsamplers: nn.ModuleList | None = None
         if self.upsample_type == "conv":

@@ -231,6 +231,7 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
             ),
         )
 
+        self.up_blocks = nn.ModuleList()  # registered before the mid block, built after it (Diffusers' order)
         mid_layers = t_layers[-1]
         self.mid_block = get_mid_block(
             mid_block_type,
@@ -256,19 +257,21 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
             else list(reverse_transformer_layers_per_block)
         )
         rev_only_cross = list(reversed(only_cross))
-        self.up_blocks = build_up_blocks(
-            up_block_types,
-            block_out_channels,
-            lambda i, out_ch: dataclasses.replace(
-                base,
-                num_layers=rev_layers[i] + 1,
-                transformer_layers_per_block=rev_t_layers[i],
-                cross_attention_dim=rev_cross[i],
-                num_attention_heads=rev_heads[i],
-                # Diffusers indexes attention_head_dim un-reversed here; kept for checkpoint compatibility.
-                attention_head_dim=head_dims[i] if head_dims[i] is not None else out_ch,
-                only_cross_attention=rev_only_cross[i],
-            ),
+        self.up_blocks.extend(
+            build_up_blocks(
+                up_block_types,
+                block_out_channels,
+                lambda i, out_ch: dataclasses.replace(
+                    base,
+                    num_layers=rev_layers[i] + 1,
+                    transformer_layers_per_block=rev_t_layers[i],
+                    cross_attention_dim=rev_cross[i],
+                    num_attention_heads=rev_heads[i],
+                    # Diffusers indexes attention_head_dim un-reversed here; kept for checkpoint compatibility.
+                    attention_head_dim=head_dims[i] if head_dims[i] is not None else out_ch,
+                    only_cross_attention=rev_only_cross[i],
+                ),
+            )
         )
         self.num_upsamplers = n - 1
 

@@ -109,16 +109,20 @@ class Decoder(nn.Module, OutputHeadMixin):
             resnet_act_fn=act_fn,
             resnet_groups=norm_num_groups,
         )
+        # Diffusers registers up_blocks before mid_block but builds the mid block first
+        self.up_blocks = nn.ModuleList()
         self.mid_block = UNetMidBlock2D(
             block_out_channels[-1],
             dataclasses.replace(base, num_layers=1, attention_head_dim=block_out_channels[-1]),
             add_attention=mid_block_add_attention,
         )
-        self.up_blocks = build_up_blocks(
-            up_block_types,
-            block_out_channels,
-            lambda _, out_ch: dataclasses.replace(base, attention_head_dim=out_ch),
-            skip_connections=False,
+        self.up_blocks.extend(
+            build_up_blocks(
+                up_block_types,
+                block_out_channels,
+                lambda _, out_ch: dataclasses.replace(base, attention_head_dim=out_ch),
+                skip_connections=False,
+            )
         )
         self._init_output_head(block_out_channels[0], out_channels, groups=norm_num_groups, eps=1e-6, act_fn=act_fn)
 

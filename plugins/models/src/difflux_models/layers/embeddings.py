@@ -146,7 +146,10 @@ class GaussianFourierProjection(nn.Module):
         flip_sin_to_cos: bool = False,
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
+        weight = torch.randn(embedding_size) * scale
+        if set_W_to_weight:  # Diffusers draws the weights twice and keeps the second draw
+            weight = torch.randn(embedding_size) * scale
+        self.weight = nn.Parameter(weight, requires_grad=False)
         self.log = log
         self.flip_sin_to_cos = flip_sin_to_cos
 

@@ -150,22 +150,25 @@ class Transformer2DModel(ModelMixin, AttentionProcessorMixin, PatchedTransformer
             )
             return
 
-        self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(
-                inner_dim, num_attention_heads, attention_head_dim, norm_type=norm_type, **block_kwargs
+        def make_blocks() -> nn.ModuleList:
+            return nn.ModuleList(
+                BasicTransformerBlock(
+                    inner_dim, num_attention_heads, attention_head_dim, norm_type=norm_type, **block_kwargs
+                )
+                for _ in range(num_layers)
             )
-            for _ in range(num_layers)
-        )
+
+        # Diffusers' creation (and registration) order: input layers, blocks, output layers
         self.proj_in: nn.Module
         if self.is_input_continuous:
             assert in_channels is not None
             self.norm = nn.GroupNorm(num_groups=norm_num_groups, num_channels=in_channels, eps=1e-6, affine=True)
-            if use_linear_projection:
-                self.proj_in = nn.Linear(in_channels, inner_dim)
-                self.proj_out = nn.Linear(inner_dim, self.out_channels)
-            else:
-                self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
-                self.proj_out = nn.Conv2d(inner_dim, self.out_channels, kernel_size=1)
+            linear = use_linear_projection
+            self.proj_in = nn.Linear(in_channels, inner_dim) if linear else nn.Conv2d(in_channels, inner_dim, 1)
+            self.transformer_blocks = make_blocks()
+            self.proj_out = (
+                nn.Linear(inner_dim, self.out_channels) if linear else nn.Conv2d(inner_dim, self.out_channels, 1)
+            )
         else:
             assert num_vector_embeds is not None
             if sample_size is None:
@@ -174,6 +177,7 @@ class Transformer2DModel(ModelMixin, AttentionProcessorMixin, PatchedTransformer
             self.latent_image_embedding = ImagePositionalEmbeddings(
                 num_embed=num_vector_embeds, embed_dim=inner_dim, height=sample_size, width=sample_size
             )
+            self.transformer_blocks = make_blocks()
             self.norm_out = nn.LayerNorm(inner_dim)
             self.out = nn.Linear(inner_dim, num_vector_embeds - 1)
 
