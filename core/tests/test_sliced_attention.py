@@ -183,7 +183,7 @@ def test_probe_makes_a_backend_unavailable_with_its_reason(calls: Calls) -> None
     spec = get_registry().attention_backends["gone"]
     assert spec.available() == "needs a CUDA device; this process has none"
     q, k, v = _qkv()
-    with pytest.raises(AttentionBackendError, match="'gone'.*not usable here: needs a CUDA device"):
+    with pytest.raises(AttentionBackendError, match=r"'gone'.*not usable here: needs a CUDA device"):
         attention(q, k, v, backend="gone")
     report = plugins_report()
     entry = next(b for p in report["plugins"] for b in p["attention_backends"] if b["name"] == "gone")
@@ -192,7 +192,7 @@ def test_probe_makes_a_backend_unavailable_with_its_reason(calls: Calls) -> None
 
 def test_accepts_refines_the_input_check(calls: Calls) -> None:
     q, k, v = _qkv(dim=6)
-    with pytest.raises(AttentionBackendError, match="'eights'.*needs head dim % 8"):
+    with pytest.raises(AttentionBackendError, match=r"'eights'.*needs head dim % 8"):
         attention(q, k, v, backend="eights")
     q, k, v = _qkv(dim=16)
     attention(q, k, v)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .hookspecs import hookimpl
 from .options import LoadOptions
-from .registry import RegisterAttentionBackend
+from .registry import RegisterAttentionBackend, RegisterOffloadStrategy
 
 REFERENCE_BACKEND = "reference"
 SLICED_BACKEND = "sliced"  # difflux.sliced_attention.SLICED_BACKEND (not imported here: it needs torch)
@@ -25,3 +25,10 @@ def difflux_register_attention_backends(register: RegisterAttentionBackend) -> N
 def difflux_resolve_pretrained(name_or_path: str, options: LoadOptions) -> Path | None:
     path = Path(name_or_path).expanduser()
     return path if path.is_dir() else None
+
+
+@hookimpl
+def difflux_register_offload_strategies(register: RegisterOffloadStrategy) -> None:
+    # Model, sequential and group offload, on accelerate's hooks (lazy: importing torch waits for use).
+    for name in ("model", "sequential", "group"):
+        register(name, f"difflux.offload:{name}_offload")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         RegisterAttentionBackend,
         RegisterComponent,
         RegisterPipeline,
+        RegisterOffloadStrategy,
         RegisterScheduler,
     )
 
@@ -72,6 +73,20 @@ def difflux_register_attention_backends(register: RegisterAttentionBackend) -> N
 
 
 # -- behaviour hooks ----------------------------------------------------------------------------
+@hookspec
+def difflux_register_offload_strategies(register: RegisterOffloadStrategy) -> None:
+    """Register ways to keep models off the accelerator until they run (see ``docs/memory.md``).
+
+    :param register: ``register(name, ref)``. ``ref`` is a callable (or a lazy ``"module:function"``
+        string) ``strategy(models, plan) -> handle``: ``models`` maps component names to
+        ``torch.nn.Module``s, ``plan`` is a :class:`difflux.offload.OffloadPlan` (execution device,
+        ``model_cpu_offload_seq`` order, excluded components, the strategy's options); the handle
+        has ``free()`` (offload everything, hooks stay) and ``remove()`` (remove the hooks, models
+        whole on the CPU). ``pipe.enable_offload(name, device=..., **options)`` selects it; core
+        registers ``"model"``, ``"sequential"`` and ``"group"`` this way.
+    """
+
+
 
 
 @hookspec(firstresult=True)

@@ -481,6 +481,11 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
                 if key != source:
                     _set_tensor(self, key, tensor)
         self._place(placement, loaded)
+        from . import device_map as _device_map
+
+        if _device_map.is_dispatch(options.device_map):  # per-module placement, maybe partly on disk
+            dispatched, dispatch_info = _device_map.load_dispatched(cls, folder, options, config, component)
+            return (dispatched, dispatch_info) if options.output_loading_info else dispatched
         return {
             "missing_keys": missing_only,
             "unexpected_keys": [k for k, _ in unexpected],

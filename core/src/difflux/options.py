@@ -110,3 +110,10 @@ class LoadOptions:
         if value is None or value == "auto":
             return None
         return parse_dtype(value)
+    #: Memory each device may take under a ``device_map``: ``{0: "10GiB", "cpu": "30GiB"}``.
+    max_memory: Mapping[int | str, int | str] | None = None
+    #: Folder for the weights a ``device_map`` sends to ``"disk"`` (safetensors, memory-mapped).
+    offload_folder: str | os.PathLike[str] | None = None
+    #: Keep CPU-placed weights of a dispatched model memory-mapped from disk until they are used
+    #: (default: on when anything goes to disk).
+    offload_state_dict: bool | None = None

@@ -20,9 +20,10 @@ import torch
 from . import _providers
 from ._pushing import PushToHubMixin
 from .config import DIFFUSERS_FORMAT_VERSION, ConfigMixin, FrozenConfig, read_json, write_json_atomic
+from ._files import check_regular_file, max_json_bytes
 from .errors import ConfigError, LoadError, UnknownClassError
 from .image import numpy_to_pil
-from .options import LoadOptions
+from .options import LoadOptions, check_bool, require_trust
 from .outputs import BaseOutput
 from .registry import CORE_PLUGIN, Registration, Registry, get_registry
 
@@ -58,8 +59,15 @@ def _without_autograd(call: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(call)
     def __call__(self: DiffusionPipeline, *args: Any, **kwargs: Any) -> Any:
-        with torch.no_grad():
-            return call(self, *args, **kwargs)
+        depth = self.__dict__.get("_difflux_call_depth", 0)
+        self.__dict__["_difflux_call_depth"] = depth + 1
+        try:
+            with torch.no_grad():
+                return call(self, *args, **kwargs)
+        finally:
+            self.__dict__["_difflux_call_depth"] = depth
+            if depth == 0:
+                self.maybe_free_model_hooks()
 
     __call__._difflux_no_grad = True  # type: ignore[attr-defined]
     return __call__
@@ -269,6 +277,10 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
 
     config_name: ClassVar[str] = "model_index.json"
     #: Components that may be ``None`` or absent from ``model_index.json``.
+    #: The order the model components run in (``"text_encoder->unet->vae"``), for model offload.
+    model_cpu_offload_seq: ClassVar[str | None] = None
+    #: Components that offload keeps whole on the execution device (``("safety_checker",)``).
+    _exclude_from_cpu_offload: ClassVar[tuple[str, ...]] = ()
     _optional_components: ClassVar[tuple[str, ...]] = ()
 
     _component_names: list[str]
@@ -422,12 +434,12 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         registry = get_registry()
         folder = registry.resolve_pretrained(pretrained_model_name_or_path, options)
         index_file = folder / cls.config_name
-        if not index_file.is_file():
+        if not os.path.lexists(index_file):
             raise LoadError(
                 f"{folder}: no {cls.config_name} in this folder, so it is not a pipeline folder; "
                 "to load a single model or scheduler, call its class's from_pretrained"
             )
-        index = read_json(index_file)
+        index = read_json(index_file, cls.config_name)
         hint = _plugins_hint(index)
         for key, value in index.items():
             if not key.startswith("_") and _is_entry(value):
@@ -449,6 +461,9 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         for name in component_names:
             if name in rest:
                 pipeline_class._check_override(name, rest[name])
+        from . import device_map
+
+        plan = device_map.plan_pipeline(folder, index, [n for n in component_names if n not in rest], registry, options)
 
         loaded: dict[str, Any] = {}
         infos: dict[str, Any] = {}
@@ -472,10 +487,23 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
                     f"{index_file}: entry {name!r} must be [library, ClassName] or [null, null], found {value!r}"
                 )
             library, class_name = value
-            if library is None or class_name is None:
+            if library is None and class_name is None and name in pipeline_class._optional_components:
                 loaded[name] = None
                 continue
-            component, info = cls._load_component(registry, name, library, class_name, folder, options, hint)
+            if library is None or class_name is None:
+                optional = ", ".join(pipeline_class._optional_components) or "none"
+                raise ConfigError(
+                    f"{index_file}: entry {name!r} is {value!r}, but {pipeline_class.__name__} needs the "
+                    f"component {name!r} (only optional components may be [null, null]; optional: "
+                    f"{optional}); write [library, ClassName] there or pass {name}=... to from_pretrained"
+                )
+            try:
+                component, info = cls._load_component(
+                registry, name, library, class_name, folder, device_map.options_for(options, plan, name), hint
+            )
+            except (LoadError, ConfigError) as exc:  # UnknownClassError names the entry already
+                _name_component(exc, name, library, class_name)
+                raise
             for replacement in registry.hook.difflux_component_loaded(name=name, component=component, options=options):
                 component = replacement
                 break
@@ -497,6 +525,7 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
             )
         extras = {k: v for k, v in index.items() if not k.startswith("_") and k not in known and not _is_entry(v)}
         pipe.register_to_config(**extras, _name_or_path=str(pretrained_model_name_or_path))
+        device_map.finish_pipeline(pipe, plan)
         if extras:
             logger.warning(
                 "%s: %s does not take the config values %s; they are kept in .config and written back on save",
@@ -533,6 +562,7 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         hint: Mapping[str, str],
     ) -> tuple[Any, Any]:
         path = folder / name
+        _check_json_files(path)
         options = _component_variant(path, name, options)
         klass = registry.component_class(library, class_name)
         if klass is not None:
@@ -584,6 +614,7 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         """
         from .serialization import atomic_folder
 
+        check_bool("safe_serialization", safe_serialization, where=f"{type(self).__name__}.save_pretrained")
         target = Path(save_directory)
         index_file = target / self.config_name
         index = self.config_for_save()
@@ -641,6 +672,7 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
                 warnings.warn(
                     f"{type(self).__name__}: components {', '.join(half)} are float16 on the CPU, where "
                     "float16 is slow and some operations are missing; use torch.float32 (or bfloat16) on "
+        reapply = self._offload_before_move(device, dtype)
                     "the CPU, or pass silence_dtype_warnings=True",
                     UserWarning,
                     stacklevel=2,
@@ -649,7 +681,21 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
 
     @property
     def device(self) -> torch.device:
-        """The device of the first torch module component (CPU when there is none)."""
+        """The device the pipeline runs on: the execution device while offload is enabled, the main
+        device of a ``device_map``, else the device of the first torch module component (CPU when
+        there is none)."""
+        return self._execution_device
+
+    @property
+    def _execution_device(self) -> torch.device:
+        from . import device_map, offload
+
+        state = offload.active(self)
+        if state is not None:
+            return state.device
+        placed = device_map.main_device(self)
+        if placed is not None:
+            return placed
         for _, module in self._torch_modules():
             found = _module_device(module)
             if found is not None:
@@ -659,8 +705,24 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
     @property
     def dtype(self) -> torch.dtype:
         """The floating dtype of the first torch module component (float32 when there is none)."""
+        if reapply is not None:
+            self.enable_offload(reapply.strategy, device=reapply.device, **reapply.options)
         for _, module in self._torch_modules():
             found = _module_dtype(module)
+    def _offload_before_move(self, device: str | torch.device | None, dtype: torch.dtype | None) -> Any:
+        """Offload and device maps against ``to()``: refuse a move to an accelerator, remove the hooks
+        on a move to the CPU, and for a dtype-only cast return the offload to enable again after it."""
+        from . import device_map, offload
+
+        if device is not None and getattr(self, "hf_device_map", None):
+            device_map.refuse_move(self, torch.device(device))
+        if offload.active(self) is None:
+            return None
+        if device is not None and torch.device(device).type != "cpu":
+            offload.refuse_move(self, torch.device(device))
+        removed = offload.remove(self)
+        return removed if device is None and dtype is not None else None
+
             if found is not None:
                 return found
         return torch.float32
@@ -679,6 +741,107 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         if iterable is not None:
             return tqdm(iterable, **config)
         if total is not None:
+    # -- memory: offload, device maps, VAE switches (the work is in difflux.offload / device_map) ----
+
+    def enable_offload(
+        self, strategy: str, *, device: str | torch.device = "cuda", gpu_id: int | None = None, **options: Any
+    ) -> None:
+        """Enable the registered offload strategy ``strategy`` (``"model"``, ``"sequential"``,
+        ``"group"`` or one a plugin registers) with its ``options``; see ``docs/memory.md``.
+
+        Enabling again replaces what was enabled. :raises ConfigError: unknown strategy or option,
+        a device that is not available, or a pipeline placed by ``device_map``.
+        """
+        from . import offload
+
+        offload.enable(self, strategy, offload.execution_device(gpu_id, device), options)
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
+        """Keep model components on the CPU; each moves to ``device`` (index ``gpu_id``) when its
+        ``forward`` runs, and the one that ran before goes back, in ``model_cpu_offload_seq`` order.
+        Peak device memory: the largest model plus activations. Components named in
+        ``_exclude_from_cpu_offload`` move to ``device`` and stay there."""
+        self.enable_offload("model", device=device, gpu_id=gpu_id)
+
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
+        """Keep the weights on the CPU (modules hold ``meta`` tensors) and copy each leaf module's
+        weights to ``device`` only while it runs (``accelerate.cpu_offload``): least memory, slowest."""
+        self.enable_offload("sequential", device=device, gpu_id=gpu_id)
+
+    def enable_group_offload(
+        self,
+        onload_device: str | torch.device,
+        offload_device: str | torch.device = "cpu",
+        offload_type: str = "block_level",
+        num_blocks_per_group: int | None = None,
+        use_stream: bool = True,
+        pin_memory: bool | None = None,
+    ) -> None:
+        """Move groups of layers to ``onload_device`` as they run: ``num_blocks_per_group`` blocks of
+        each ``ModuleList`` (``offload_type="block_level"``) or single leaf modules (``"leaf_level"``);
+        with ``use_stream`` on a device with streams, the next group is prefetched on a side stream
+        from pinned CPU memory while the current one runs."""
+        device = torch.device(onload_device)
+        self.enable_offload(
+            "group",
+            device=device,
+            offload_device=offload_device,
+            offload_type=offload_type,
+            num_blocks_per_group=num_blocks_per_group,
+            use_stream=use_stream,
+            pin_memory=pin_memory,
+        )
+
+    def maybe_free_model_hooks(self) -> None:
+        """Put every offloaded model back on the CPU, hooks kept for the next call (every pipeline
+        call does this when it ends); nothing happens without offload."""
+        from . import offload
+
+        offload.free(self)
+
+    def remove_all_hooks(self) -> None:
+        """Remove the offload hooks: every model whole, with real weights, on the CPU."""
+        from . import offload
+
+        offload.remove(self)
+
+    def reset_device_map(self) -> None:
+        """Undo a pipeline-level ``device_map``: remove its hooks, move every component to the CPU."""
+        from . import device_map
+
+        device_map.reset(self)
+
+    def _vae(self) -> Any:
+        for name in ("vae", "vqvae", "movq", "vqgan"):
+            found = self.components.get(name)
+            if found is not None:
+                return found
+        raise AttributeError(f"{type(self).__name__} has no VAE component (vae, vqvae, movq or vqgan)")
+
+    def _vae_switch(self, method: str) -> None:
+        vae = self._vae()
+        switch = getattr(vae, method, None)
+        if not callable(switch):
+            raise AttributeError(f"{type(self).__name__}: its VAE ({type(vae).__name__}) has no {method}()")
+        switch()
+
+    def enable_vae_slicing(self) -> None:
+        """Decode (and encode) one image of a batch at a time: less memory, same output."""
+        self._vae_switch("enable_slicing")
+
+    def disable_vae_slicing(self) -> None:
+        """Decode the whole batch at once again."""
+        self._vae_switch("disable_slicing")
+
+    def enable_vae_tiling(self) -> None:
+        """Decode (and encode) large images as overlapping tiles blended at the seams: memory flat
+        in image size; output within the tile-seam tolerance Diffusers documents."""
+        self._vae_switch("enable_tiling")
+
+    def disable_vae_tiling(self) -> None:
+        """Decode whole images again."""
+        self._vae_switch("disable_tiling")
+
             return tqdm(total=total, **config)
         raise ValueError("progress_bar() needs iterable= or total=")
 
@@ -762,9 +925,17 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
     def _custom_class(
         cls, folder: Path, index: Mapping[str, Any], options: LoadOptions, registry: Registry
     ) -> type[Self] | None:
-        """The class custom code provides (``custom_pipeline=`` or a ``[module, Class]`` ``_class_name``)."""
+        """The class custom code provides (``custom_pipeline=`` or a ``[module, Class]`` ``_class_name``).
+
+        Such code never comes from an installed distribution, so nothing is asked of the plugins
+        unless ``trust_remote_code=True`` and ``DIFFLUX_DISABLE_REMOTE_CODE`` is unset.
+        """
         if options.custom_pipeline is None and not isinstance(index.get("_class_name"), list):
             return None
+        if options.custom_pipeline is not None:
+            require_trust(f"custom_pipeline={options.custom_pipeline!r}", options)
+        else:
+            require_trust(f"'_class_name': {index.get('_class_name')!r} in {folder / cls.config_name}", options)
         found = registry.hook.difflux_load_pipeline_class(folder=folder, index=dict(index), options=options)
         if found is None:
             what = (
@@ -778,6 +949,32 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         if not (isinstance(found, type) and issubclass(found, DiffusionPipeline)):
             raise ConfigError(f"custom code for {folder} gave {found!r}, which is not a DiffusionPipeline subclass")
         return typing.cast(type[Self], found)
+
+
+def _name_component(exc: Exception, name: str, library: str, class_name: str) -> None:
+    """Put the component into ``exc``'s message (in place, keeping its type) unless it is there."""
+    prefix = f"component {name!r} ({library}.{class_name})"
+    if len(exc.args) == 1 and isinstance(exc.args[0], str) and not exc.args[0].startswith(prefix):
+        exc.args = (f"{prefix}: {exc.args[0]}",)
+
+
+def _check_json_files(folder: Path) -> None:
+    """Refuse a component folder whose JSON files are not regular files or are too large.
+
+    Loaders outside difflux (``transformers``, custom code) read these files themselves; this
+    keeps a FIFO or a link to a device from hanging them, before any of them opens a file.
+    """
+    if not folder.is_dir():
+        return
+    limit = max_json_bytes()
+    for child in folder.iterdir():
+        if child.suffix == ".json":
+            st = check_regular_file(child, "JSON")
+            if st.st_size > limit:
+                raise ConfigError(
+                    f"{child}: larger than {limit} bytes, the limit for JSON files; "
+                    "raise DIFFLUX_MAX_JSON_BYTES if the file is genuine"
+                )
 
 
 def _component_variant(path: Path, name: str, options: LoadOptions) -> LoadOptions:

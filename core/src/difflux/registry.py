@@ -340,6 +340,10 @@ class Registry:
     def pipeline_class(self, name: str, where: str = "") -> Any:
         reg = self.pipelines.get(name)
         if reg is None:
+class RegisterOffloadStrategy(Protocol):
+    def __call__(self, name: str, ref: Any) -> None: ...
+
+
             raise self.unknown("pipeline", name, where=where)
         return reg.load()
 
@@ -362,6 +366,8 @@ class Registry:
         if name_or_alias in self.schedulers:
             return self.scheduler_class(name_or_alias), {}
         folded = {a.casefold(): a for a in self.scheduler_aliases}
+        #: offload strategy name -> ``strategy(models, plan) -> Offloaded`` (see :mod:`difflux.offload`)
+        self.offload_strategies: dict[str, Registration] = {}
         alias = self.scheduler_aliases.get(folded.get(name_or_alias.casefold(), ""))
         if alias is None:
             raise self.unknown("scheduler", name_or_alias)
@@ -430,3 +436,28 @@ def reset_registry(extra_plugins: Iterable[tuple[str, Any]] | None = None) -> Re
             registry.load(extra_plugins)
             _registry = registry
     return _registry
+            ("difflux_register_offload_strategies", self._offload_registrar),
+    def _offload_registrar(self, plugin: str) -> RegisterOffloadStrategy:
+        def register(name: str, ref: Any) -> None:
+            if not isinstance(name, str) or not name.strip():
+                raise PluginError(
+                    f"plugin {plugin!r} registered an offload strategy named {name!r}; "
+                    "a name must be a non-empty string"
+                )
+            if not (callable(ref) or (isinstance(ref, str) and ":" in ref)):
+                raise PluginError(f"plugin {plugin!r} registered offload strategy {name!r} as {ref!r}; "
+                                  "pass a callable or a lazy 'package.module:function' string")
+            self._put(self.offload_strategies, name, Registration("offload strategy", name, ref, plugin))
+
+        return register
+
+    def offload_strategy(self, name: str) -> Any:
+        """The registered offload strategy ``name`` (a ``ConfigError`` listing the registered ones)."""
+        from .errors import ConfigError
+
+        reg = self.offload_strategies.get(name)
+        if reg is None:
+            known = ", ".join(sorted(self.offload_strategies)) or "none"
+            raise ConfigError(f"unknown offload strategy {name!r}; registered strategies: {known}")
+        return reg.load()
+

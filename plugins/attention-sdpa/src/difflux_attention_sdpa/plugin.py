@@ -16,3 +16,44 @@ def difflux_register_attention_backends(register: RegisterAttentionBackend) -> N
     # SDPA picks a fused kernel (flash, memory-efficient, cuDNN) when one fits and falls back
     # to its own math kernel otherwise, so it accepts every device, dtype, mask and head dim.
     register(BACKEND_NAME, "difflux_attention_sdpa.kernel:sdpa_attention", priority=PRIORITY, requires=("torch",))
+    # The sub-kernels, pinned: chosen by name only (priorities below sdpa, which picks among them).
+    k = "difflux_attention_sdpa.kernels"
+    register(
+        "sdpa-flash",
+        f"{k}:sdpa_flash",
+        priority=90,
+        devices={"cuda", "cpu"},
+        dtypes={"float16", "bfloat16", "float32", "float64"},
+        accepts=f"{k}:flash_accepts",
+        requires=("torch",),
+    )
+    register(
+        "sdpa-efficient",
+        f"{k}:sdpa_efficient",
+        priority=80,
+        devices={"cuda"},
+        dtypes={"float16", "bfloat16", "float32"},
+        accepts=f"{k}:efficient_accepts",
+        probe=f"{k}:cuda_probe",
+        requires=("torch",),
+    )
+    register(
+        "sdpa-cudnn",
+        f"{k}:sdpa_cudnn",
+        priority=70,
+        devices={"cuda"},
+        dtypes={"float16", "bfloat16"},
+        max_head_dim=128,
+        accepts=f"{k}:cudnn_accepts",
+        probe=f"{k}:cudnn_probe",
+        requires=("torch",),
+    )
+    register("sdpa-math", f"{k}:sdpa_math", priority=10, requires=("torch",))
+    register(
+        "flex",
+        f"{k}:flex_attention",
+        priority=5,
+        dtypes={"float16", "bfloat16", "float32", "float64"},
+        accepts=f"{k}:flex_accepts",
+        requires=("torch",),
+    )

@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 import torch
+from difflux.offload import runs_forward_hooks
 from difflux.outputs import BaseOutput
 from torch import nn
 
@@ -129,6 +130,7 @@ class AutoencoderKL(AutoencoderBase):
             return tiled_apply(z, self._decode_latents, size, self.tile_sample_min_size, self.tile_overlap_factor)
         return self._decode_latents(z)
 
+    @runs_forward_hooks
     def encode(
         self, x: torch.Tensor, return_dict: bool = True
     ) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
@@ -142,6 +144,7 @@ class AutoencoderKL(AutoencoderBase):
             return (posterior,)
         return AutoencoderKLOutput(latent_dist=posterior)
 
+    @runs_forward_hooks
     def decode(
         self, z: torch.Tensor, return_dict: bool = True, generator: torch.Generator | None = None
     ) -> DecoderOutput | tuple[torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from difflux.offload import runs_forward_hooks
 from difflux.outputs import BaseOutput
 from torch import nn
 
@@ -91,6 +92,7 @@ class VQModel(AutoencoderBase):
         self.post_quant_conv = nn.Conv2d(embed_dim, latent_channels, 1)
         self.decoder = coders.decoder(latent_channels, out_channels, norm_type=norm_type)
 
+    @runs_forward_hooks
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> VQEncoderOutput | tuple[torch.Tensor]:
         """Images to (unquantised) latents."""
         h = self._encode_moments(x)
@@ -98,6 +100,7 @@ class VQModel(AutoencoderBase):
             return (h,)
         return VQEncoderOutput(latents=h)
 
+    @runs_forward_hooks
     def decode(
         self,
         h: torch.Tensor,

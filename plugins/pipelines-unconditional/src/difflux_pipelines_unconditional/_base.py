@@ -41,6 +41,8 @@ class UNetSamplingPipeline(DiffusionPipeline):
     ``scheduler.step``. A class-conditional UNet (``num_class_embeds`` set) takes ``class_labels``.
     """
 
+    model_cpu_offload_seq = "unet"
+
     _callback_tensor_inputs: ClassVar[tuple[str, ...]] = ("latents",)
     #: What ``output_type`` may be (latent pipelines add ``"latent"``).
     _output_types: ClassVar[tuple[str, ...]] = ("pil", "np", "pt")

@@ -32,6 +32,7 @@ class DanceDiffusionPipeline(DiffusionPipeline):
     """Generate ``audio_length_in_s`` seconds of audio (default: the UNet's ``sample_size`` samples)."""
 
     _callback_tensor_inputs = ("latents",)
+    model_cpu_offload_seq = "unet"
 
     unet: UNet1DModel
     scheduler: SchedulerMixin

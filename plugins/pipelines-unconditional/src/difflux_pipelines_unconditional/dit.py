@@ -43,6 +43,8 @@ class DiTPipeline(DiffusionPipeline):
     ``id2label`` (saved in ``model_index.json``) names the classes; :meth:`get_label_ids` maps names to ids.
     """
 
+    model_cpu_offload_seq = "transformer->vae"
+
     _callback_tensor_inputs: ClassVar[tuple[str, ...]] = ("latents",)
     _output_types: ClassVar[tuple[str, ...]] = ("pil", "np", "pt", "latent")
 

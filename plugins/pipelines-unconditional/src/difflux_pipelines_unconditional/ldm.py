@@ -20,6 +20,7 @@ class LDMPipeline(UNetSamplingPipeline):
     """Denoise latents with ``unet`` and ``scheduler``, then decode them with the VQ-VAE ``vqvae``."""
 
     _output_types: ClassVar[tuple[str, ...]] = ("pil", "np", "pt", "latent")
+    model_cpu_offload_seq = "unet->vqvae"
 
     vqvae: VQModel
 

@@ -87,6 +87,9 @@ class Denoise:
 class StableDiffusionBase(DiffusionPipeline):
     """Shared steps of the Stable Diffusion family (not registered; the concrete pipelines are)."""
 
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    _exclude_from_cpu_offload = ("safety_checker",)
+
     _callback_tensor_inputs: tuple[str, ...] = ("latents", "prompt_embeds", "negative_prompt_embeds")
     #: encode and decode with a float32 VAE when its config says ``force_upcast`` (SDXL, x4 upscaler)
     _upcast_vae: ClassVar[bool] = False

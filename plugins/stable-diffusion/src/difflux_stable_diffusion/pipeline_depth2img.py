@@ -35,6 +35,8 @@ class StableDiffusionDepth2ImgPipeline(ImagesOnly, _StableDiffusion):
 
     _optional_components = ("depth_estimator", "feature_extractor")
     depth_estimator: Any
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds", "depth_mask")
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ class StableDiffusionImageVariationPipeline(StableDiffusionBase):
 
     _optional_components = ("safety_checker", "feature_extractor")
 
+    model_cpu_offload_seq = "image_encoder->unet->vae"
     def __init__(
         self,
         vae: Any,

@@ -49,6 +49,7 @@ class _StableDiffusionXL(StableDiffusionBase):
 
     _upcast_vae = True
     _vae_latent_stats = True
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
     _optional_components = (
         "tokenizer",
         "tokenizer_2",

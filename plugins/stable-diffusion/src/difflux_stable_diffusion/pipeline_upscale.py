@@ -43,6 +43,7 @@ class StableDiffusionUpscalePipeline(_StableDiffusion):
 
     _optional_components = ("watermarker", "safety_checker", "feature_extractor")
     _upcast_vae = True
+    model_cpu_offload_seq = "text_encoder->unet->vae"
 
     def __init__(
         self,
@@ -164,6 +165,8 @@ class StableDiffusionLatentUpscalePipeline(ImagesOnly, StableDiffusionBase):
 
     def conditioning(self, embeds: PromptEmbeds) -> torch.Tensor:
         """The UNet's ``timestep_cond``: the embedding of noise level 0 (64 ones, 64 zeros) and the pooled text."""
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
         pooled = embeds.pooled_for_unet()
         pooled = pooled.to(self.device)
         level = torch.ones(pooled.shape[0], 64, dtype=pooled.dtype, device=self.device)
