@@ -297,11 +297,35 @@ def test_plugin_that_fails_to_import_is_skipped_with_one_log_line(
     assert "fake-ok" in registry.plugins  # the others still load
 
 
-def test_plugin_raising_something_else_on_import_surfaces(site: Site, env: pytest.MonkeyPatch) -> None:
-    site.module("difflux_fake_crash", "raise RuntimeError('plugin bug')\n")
-    site.distribution("difflux-fake-crash", "0.1", {"fake-crash": "difflux_fake_crash"})
-    with pytest.raises(RuntimeError, match="plugin bug"):
-        reset_registry(extra_plugins=[])
+IMPORT_FAILURES = {
+    "ImportError": "from os import no_such_name_for_tests\n",
+    "ModuleNotFoundError": "import difflux_no_such_dependency_for_tests\n",
+    "RuntimeError": "raise RuntimeError('plugin bug\\nsecond line')\n",
+    "SyntaxError": "def broken(:\n    pass\n",
+    "AttributeError": "import os\nos.no_such_attribute_for_tests\n",
+    "ZeroDivisionError": "1 / 0\n",
+    "NameError": "undefined_name_for_tests\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(IMPORT_FAILURES))
+def test_any_exception_at_plugin_import_isolates_that_plugin(
+    site: Site, env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    module = f"difflux_fake_crash_{kind.lower()}"
+    site.module(module, IMPORT_FAILURES[kind])
+    site.module("difflux_fake_fine", PIPELINE_PLUGIN.format(cls="Fine"))
+    site.distribution("difflux-fake-crash", "0.1", {"fake-crash": module})
+    site.distribution("difflux-fake-fine", "0.2", {"fake-fine": "difflux_fake_fine"})
+    with caplog.at_level(logging.DEBUG, logger="difflux"):
+        registry = reset_registry(extra_plugins=[])
+    assert registry is not None
+    lines = [r.getMessage() for r in caplog.records if "fake-crash" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "'fake-crash' (difflux-fake-crash 0.1)" in lines[0] and kind in lines[0] and module in lines[0]
+    assert "fake-crash" not in registry.plugins
+    assert registry.skipped["fake-crash"].startswith(f"failed to import: {kind}")
+    assert registry.pipeline_class("Fine").__name__ == "Fine"  # the others still load
 
 
 def test_two_distributions_with_one_entry_point_name_clash(site: Site, env: pytest.MonkeyPatch) -> None:
@@ -365,6 +389,14 @@ def test_trace_plugins_writes_to_stderr(isolated: pytest.MonkeyPatch, capsys: py
 # -- errors that say what to install --------------------------------------------------------
 
 
+def _as_if_nothing_else_installed(registry: Registry) -> Registry:
+    """Forget the installed plugins that autoload-off skipped, as in an environment with core only."""
+    registry.skipped.clear()
+    registry.skipped_distributions.clear()
+    registry.excluded.clear()
+    return registry
+
+
 @pytest.mark.parametrize(
     ("kind", "library", "name", "dist"),
     [
@@ -378,7 +410,7 @@ def test_trace_plugins_writes_to_stderr(isolated: pytest.MonkeyPatch, capsys: py
 def test_unknown_class_error_names_the_distribution(
     isolated: pytest.MonkeyPatch, kind: str, library: str, name: str, dist: str
 ) -> None:
-    registry = get_registry()
+    registry = _as_if_nothing_else_installed(get_registry())
     err = registry.unknown(kind, name, library=library, where="model_index.json")
     assert isinstance(err, LookupError)
     assert f"{kind} {library}.{name} (model_index.json)" in str(err)
@@ -386,7 +418,7 @@ def test_unknown_class_error_names_the_distribution(
 
 
 def test_lookups_of_unregistered_classes_raise_naming_the_distribution(isolated: pytest.MonkeyPatch) -> None:
-    registry = get_registry()
+    registry = _as_if_nothing_else_installed(get_registry())
     with pytest.raises(UnknownClassError, match="pip install difflux-stable-diffusion"):
         registry.pipeline_class("StableDiffusionPipeline")
     with pytest.raises(UnknownClassError, match="pip install difflux-schedulers"):
