@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
 from difflux import DiffusionPipeline
+from difflux.errors import ConfigError, LoadError
 from difflux_hub import RemoteCodeError
 from hubserver import LocalHub
 from hubtiny import TinyPipeline
@@ -80,7 +82,7 @@ def test_class_name_module_in_the_repo_needs_trust(hub: LocalHub, tmp_path: Path
     index = json.loads(hub.files(REPO)["model_index.json"])
     index["_class_name"] = ["pipeline", "MyPipe"]
     hub.commit(REPO, {"model_index.json": json.dumps(index).encode(), "pipeline.py": pipeline_code(marker)})
-    with pytest.raises(RemoteCodeError, match=r"pipeline.py \(named by '_class_name'"):
+    with pytest.raises(RemoteCodeError, match=r"'_class_name': \['pipeline', 'MyPipe'\].*trust_remote_code=True"):
         DiffusionPipeline.from_pretrained(REPO)
     assert not marker.exists()
     pipe = DiffusionPipeline.from_pretrained(REPO, trust_remote_code=True)
@@ -121,19 +123,68 @@ def test_disable_switch_refuses_even_with_trust(
     publish(hub, tmp_path)
     hub.commit("other/community", {"pipeline.py": pipeline_code(marker)})
     monkeypatch.setenv("DIFFLUX_DISABLE_REMOTE_CODE", "1")
-    with pytest.raises(RemoteCodeError, match=r"DIFFLUX_DISABLE_REMOTE_CODE=1 forbids"):
+    with pytest.raises(RemoteCodeError, match=r"DIFFLUX_DISABLE_REMOTE_CODE is set, which forbids"):
         DiffusionPipeline.from_pretrained(REPO, custom_pipeline="other/community", trust_remote_code=True)
     assert not marker.exists()
 
 
-def test_local_custom_pipeline_file_and_folder(hub: LocalHub, tmp_path: Path, marker: Path) -> None:
+@pytest.mark.parametrize("disabled", [False, True], ids=["no-trust", "disabled-with-trust"])
+@pytest.mark.parametrize("form", ["file", "folder"])
+def test_local_custom_pipeline_needs_trust_and_obeys_the_switch(
+    hub: LocalHub, tmp_path: Path, marker: Path, monkeypatch: pytest.MonkeyPatch, form: str, disabled: bool
+) -> None:
     pipe = publish(hub, tmp_path)
     pipe.save_pretrained(tmp_path / "local")
     code = tmp_path / "mine" / "pipeline.py"
     code.parent.mkdir()
     code.write_bytes(pipeline_code(marker, "LocalPipe"))
-    assert DiffusionPipeline.from_pretrained(tmp_path / "local", custom_pipeline=str(code))() == "LocalPipe ran"
-    assert DiffusionPipeline.from_pretrained(REPO, custom_pipeline=str(code.parent))() == "LocalPipe ran"
+    custom = str(code if form == "file" else code.parent)
+    before = remote_modules()
+    if disabled:
+        monkeypatch.setenv("DIFFLUX_DISABLE_REMOTE_CODE", "1")
+    with pytest.raises(RemoteCodeError, match="DIFFLUX_DISABLE_REMOTE_CODE" if disabled else "trust_remote_code=True"):
+        DiffusionPipeline.from_pretrained(tmp_path / "local", custom_pipeline=custom, trust_remote_code=disabled)
+    assert not marker.exists() and remote_modules() == before
+    monkeypatch.delenv("DIFFLUX_DISABLE_REMOTE_CODE", raising=False)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "local", custom_pipeline=custom, trust_remote_code=True)
+    assert loaded() == "LocalPipe ran" and marker.exists()
+
+
+@pytest.mark.parametrize("value", ["False", "no", 0, 1, None, [True]])
+def test_trust_remote_code_takes_only_a_bool(hub: LocalHub, tmp_path: Path, marker: Path, value: object) -> None:
+    publish(hub, tmp_path)
+    index = json.loads(hub.files(REPO)["model_index.json"])
+    index["_class_name"] = ["pipeline", "MyPipe"]
+    hub.commit(REPO, {"model_index.json": json.dumps(index).encode(), "pipeline.py": pipeline_code(marker)})
+    with pytest.raises(ConfigError, match=r"trust_remote_code=.*expected True or False"):
+        DiffusionPipeline.from_pretrained(REPO, trust_remote_code=value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("how", ["custom_pipeline", "class_name", "component"])
+def test_a_fifo_in_place_of_code_is_refused_without_hanging(
+    tmp_path: Path, marker: Path, how: str, hub: LocalHub
+) -> None:
+    """Code files are checked to be regular files before they are read (trust given)."""
+    pipe = publish(hub, tmp_path)
+    folder = tmp_path / "local"
+    pipe.save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    kwargs: dict[str, object] = {}
+    if how == "custom_pipeline":
+        fifo = tmp_path / "code" / "pipeline.py"
+        fifo.parent.mkdir()
+        kwargs["custom_pipeline"] = str(fifo)
+    elif how == "class_name":
+        fifo = folder / "pipeline.py"
+        index["_class_name"] = ["pipeline", "MyPipe"]
+    else:
+        fifo = folder / "model" / "my_model.py"
+        index["model"] = ["my_model", "MyModel"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    os.mkfifo(fifo)
+    with pytest.raises(LoadError, match="FIFO"):
+        DiffusionPipeline.from_pretrained(folder, trust_remote_code=True, **kwargs)
 
 
 def test_code_inside_the_hf_cache_counts_as_repo_code(hub: LocalHub, tmp_path: Path, marker: Path) -> None:

@@ -7,10 +7,12 @@ needed: recording is installed by ``__init_subclass__``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
 import logging
+import math
 import os
 import tempfile
 import types
@@ -21,10 +23,12 @@ from typing import Any, ClassVar, Self
 
 import pydantic
 
+from ._files import read_json
 from .errors import ConfigError
 
 __all__ = [
     "DIFFUSERS_FORMAT_VERSION",
+    "Bound",
     "ConfigMixin",
     "FrozenConfig",
     "read_json",
@@ -102,22 +106,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write a value of type {type(value).__name__} to JSON: {value!r}")
 
 
-def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a JSON object from ``path``; errors name the file and the position."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object at the top level, found {type(data).__name__}")
-    return data
-
-
 def write_json_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
     """Write ``data`` as sorted, indented JSON; the file is replaced only once fully written."""
     path = Path(path)
@@ -132,6 +120,122 @@ def write_json_atomic(path: str | os.PathLike[str], data: Mapping[str, Any]) -> 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# -- value ranges ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bound:
+    """The range a numeric config value must lie in, checked whenever a config is validated.
+
+    A class declares bounds in its ``config_bounds`` mapping (``{"layers_per_block": Bound(ge=1,
+    le=1024)}``; merged along the class hierarchy, a subclass entry replaces its base's and
+    ``None`` removes it) or in the ``__init__`` annotation (``Annotated[int, Bound(ge=1)]``;
+    ``annotated_types`` / ``pydantic.Field`` constraints there are honoured too).
+
+    A bound applies to a number and to every number inside a tuple or list (nested ones too);
+    ``None``, strings and booleans pass. ``±inf`` is refused unless ``allow_inf``; ``NaN`` is
+    refused in every config value, bounded or not. ``max_items`` limits the length of a
+    sequence (at each level).
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    allow_inf: bool = False
+    max_items: int | None = None
+
+    def describe(self) -> str:
+        """The range in words, for error messages: ``">= 1, <= 1024, finite"``."""
+        parts = [
+            f"{op} {v:g}"
+            for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+            if v is not None
+        ]
+        if not self.allow_inf:
+            parts.append("finite")
+        if self.max_items is not None:
+            parts.append(f"at most {self.max_items} items")
+        return ", ".join(parts)
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of range, or ``None`` when it is fine."""
+        if isinstance(value, (list, tuple)):
+            if self.max_items is not None and len(value) > self.max_items:
+                return f"{len(value)} items, more than the {self.max_items} allowed"
+            for i, item in enumerate(value):
+                why = self.problem(item)
+                if why is not None:
+                    return f"item {i}: {why}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if isinstance(value, float) and math.isnan(value):
+            return "NaN is not a number"
+        if isinstance(value, float) and math.isinf(value) and not self.allow_inf:
+            return f"{value} is not allowed here (must be finite)"
+        for ok, text in (
+            (self.ge is None or value >= self.ge, f"must be >= {self.ge}"),
+            (self.gt is None or value > self.gt, f"must be > {self.gt}"),
+            (self.le is None or value <= self.le, f"must be <= {self.le}"),
+            (self.lt is None or value < self.lt, f"must be < {self.lt}"),
+        ):
+            if not ok:
+                return text
+        return None
+
+
+def _metadata_bounds(meta: Any) -> Iterator[Bound]:
+    """``Bound``s for one piece of ``Annotated`` metadata (``Bound``, ``annotated_types``, ``Field``)."""
+    import annotated_types as at
+
+    if isinstance(meta, Bound):
+        yield meta
+    elif isinstance(meta, at.Interval):
+        yield Bound(ge=meta.ge, gt=meta.gt, le=meta.le, lt=meta.lt, allow_inf=True)  # type: ignore[arg-type]
+    elif isinstance(meta, at.Ge):
+        yield Bound(ge=meta.ge, allow_inf=True)  # type: ignore[arg-type]
+    elif isinstance(meta, at.Gt):
+        yield Bound(gt=meta.gt, allow_inf=True)  # type: ignore[arg-type]
+    elif isinstance(meta, at.Le):
+        yield Bound(le=meta.le, allow_inf=True)  # type: ignore[arg-type]
+    elif isinstance(meta, at.Lt):
+        yield Bound(lt=meta.lt, allow_inf=True)  # type: ignore[arg-type]
+    elif isinstance(meta, at.MaxLen):
+        yield Bound(max_items=meta.max_length, allow_inf=True)
+    elif isinstance(meta, pydantic.fields.FieldInfo):
+        for inner in meta.metadata:
+            yield from _metadata_bounds(inner)
+
+
+def _annotated_bounds(hint: Any) -> Iterator[Bound]:
+    """The bounds an annotation carries (``Annotated`` metadata, also inside unions)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        base, *metadata = typing.get_args(hint)
+        for meta in metadata:
+            yield from _metadata_bounds(meta)
+        yield from _annotated_bounds(base)
+    elif origin is typing.Union or origin is types.UnionType:
+        for member in typing.get_args(hint):
+            yield from _annotated_bounds(member)
+
+
+def _has_nan(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    if depth < 32 and isinstance(value, (list, tuple)):
+        return any(_has_nan(v, depth + 1) for v in value)
+    if depth < 32 and isinstance(value, dict):
+        return any(_has_nan(v, depth + 1) for v in value.values())
+    return False
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " ...)"
 
 
 # -- validation without building a pydantic model, when the values plainly fit -----------------
@@ -168,6 +272,9 @@ def _plain(hint: Any, value: Any, in_union: bool = False) -> Any:
             if out is not _MISS:
                 return out
         return _MISS
+    if origin is typing.Annotated:
+        base, *metadata = args
+        return _plain(base, value, in_union) if all(isinstance(m, Bound) for m in metadata) else _MISS
     if origin is typing.Literal:
         return value if any(type(value) is type(a) and value == a for a in args) else _MISS
     if origin is tuple and type(value) in (tuple, list):
@@ -217,11 +324,15 @@ class ConfigMixin:
     ignore_for_config: ClassVar[frozenset[str]] = frozenset()
     #: Diffusers class names whose configs this class also accepts.
     _compatibles: ClassVar[tuple[str, ...]] = ()
+    #: Ranges of numeric config values (see :class:`Bound`), merged along the class hierarchy;
+    #: a name that is not an ``__init__`` argument of the class is ignored.
+    config_bounds: ClassVar[Mapping[str, Bound | None]] = {}
 
     _internal_config: FrozenConfig
     # The pydantic model validating this class's ``__init__`` arguments, built on first need.
     _difflux_config_model: ClassVar[type[pydantic.BaseModel] | None] = None
     _difflux_config_fields: ClassVar[dict[str, tuple[Any, Any]] | None] = None
+    _difflux_config_bounds: ClassVar[dict[str, tuple[Bound, ...]] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -254,7 +365,7 @@ class ConfigMixin:
             return typing.cast(dict[str, tuple[Any, Any]], cached)
         init = inspect.unwrap(cls.__init__)
         try:
-            hints = typing.get_type_hints(init)
+            hints = typing.get_type_hints(init, include_extras=True)
         except Exception:  # unresolvable forward references: validate those fields as Any
             hints = {}
         fields: dict[str, tuple[Any, Any]] = {}
@@ -265,6 +376,45 @@ class ConfigMixin:
             fields[name] = (hints.get(name, Any), default)
         cls._difflux_config_fields = fields
         return fields
+
+    @classmethod
+    def _config_bounds(cls) -> dict[str, tuple[Bound, ...]]:
+        """``{name: bounds}`` from ``config_bounds`` along the MRO and from ``Annotated`` hints (cached)."""
+        cached = cls.__dict__.get("_difflux_config_bounds")
+        if cached is not None:
+            return typing.cast(dict[str, tuple[Bound, ...]], cached)
+        declared: dict[str, Bound | None] = {}
+        for klass in reversed(cls.__mro__):
+            table = klass.__dict__.get("config_bounds")
+            if isinstance(table, Mapping):
+                declared.update(table)
+        bounds: dict[str, tuple[Bound, ...]] = {}
+        for name, (hint, _) in cls._config_fields().items():
+            found = list(_annotated_bounds(hint))
+            extra = declared.get(name)
+            if extra is not None:
+                found.append(extra)
+            if found:
+                bounds[name] = tuple(found)
+        cls._difflux_config_bounds = bounds
+        return bounds
+
+    @classmethod
+    def _check_ranges(cls, values: Mapping[str, Any]) -> None:
+        """Refuse NaN anywhere and values outside their declared :class:`Bound`."""
+        bounds = cls._config_bounds()
+        for name, value in values.items():
+            if _has_nan(value):
+                raise ConfigError(
+                    f"invalid config for {cls.__name__}: {name}={_short(value)}: NaN is not a valid value"
+                )
+            for bound in bounds.get(name, ()):
+                why = bound.problem(value)
+                if why is not None:
+                    raise ConfigError(
+                        f"invalid config for {cls.__name__}: {name}={_short(value)}: {why} "
+                        f"(allowed: {bound.describe()})"
+                    )
 
     @classmethod
     def _config_model(cls) -> type[pydantic.BaseModel]:
@@ -322,6 +472,7 @@ class ConfigMixin:
                 )
                 raise ConfigError(f"invalid config for {cls.__name__}: {problems}") from None
             validated = {name: getattr(model, name) for name in values}
+        cls._check_ranges(validated)
         validated.update(extra)
         return validated, frozenset(values) - given
 
@@ -352,7 +503,13 @@ class ConfigMixin:
         """
         data = dict(config or {})
         # Diffusers' configs carry the names as an item; difflux's as FrozenConfig.used_defaults.
-        used_defaults = set(data.pop(USED_DEFAULTS_KEY, None) or ()) | set(getattr(config, "used_defaults", ()))
+        listed = data.pop(USED_DEFAULTS_KEY, None)
+        if listed is not None and not (isinstance(listed, (list, tuple)) and all(isinstance(k, str) for k in listed)):
+            raise ConfigError(
+                f"invalid config for {cls.__name__}: {USED_DEFAULTS_KEY}={_short(listed)}: expected a list "
+                "of config key names (the keys that took their defaults), or leave the key out"
+            )
+        used_defaults = set(listed or ()) | set(getattr(config, "used_defaults", ()))
         data = {k: v for k, v in data.items() if k not in used_defaults}
         data.update(overrides)
         names = cls.init_parameter_names()

@@ -8,6 +8,7 @@ __all__ = [
     "LoadError",
     "PluginConflictError",
     "PluginError",
+    "RemoteCodeError",
     "UnknownClassError",
 ]
 
@@ -34,3 +35,9 @@ class UnknownClassError(DiffluxError, LookupError):
 
 class LoadError(DiffluxError, OSError):
     """Weights or folders could not be read (names the file and the tensor key)."""
+
+
+class RemoteCodeError(LoadError, PermissionError):
+    """Code that does not come from an installed distribution was refused (a custom pipeline or
+    component without ``trust_remote_code=True``, or any of them while ``DIFFLUX_DISABLE_REMOTE_CODE``
+    is set)."""

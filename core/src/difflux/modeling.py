@@ -25,9 +25,9 @@ from typing import Any, ClassVar, Literal, Self, overload
 import torch
 
 from ._pushing import PushToHubMixin
-from .config import ConfigMixin
+from .config import Bound, ConfigMixin
 from .errors import ConfigError, LoadError
-from .options import LoadOptions
+from .options import LoadOptions, check_bool
 from .registry import get_registry
 from .serialization import (
     DEFAULT_MAX_SHARD_SIZE,
@@ -40,7 +40,7 @@ from .serialization import (
     save_state_dict,
 )
 
-__all__ = ["LoadingInfo", "ModelMixin", "parameters_on_meta", "resolve_device"]
+__all__ = ["MODEL_CONFIG_BOUNDS", "LoadingInfo", "ModelMixin", "parameters_on_meta", "resolve_device"]
 
 #: The backend name the ``difflux-attention-xformers`` plugin registers.
 XFORMERS_BACKEND = "xformers"
@@ -197,6 +197,16 @@ class _Placement:
         return model_dtype
 
 
+def _dtype_kind(dtype: torch.dtype) -> str:
+    """``"floating-point"``, ``"complex"`` or ``"integer"`` (booleans included): a tensor is
+    cast within its kind on load, never across kinds."""
+    if dtype.is_floating_point:
+        return "floating-point"
+    if dtype.is_complex:
+        return "complex"
+    return "integer"
+
+
 def _owner(model: torch.nn.Module, key: str) -> tuple[torch.nn.Module, str]:
     path, _, name = key.rpartition(".")
     return (model.get_submodule(path) if path else model), name
@@ -272,6 +282,63 @@ def _alias_groups(model: torch.nn.Module) -> list[list[str]]:
     return [names for names in by_id.values() if len(names) > 1]
 
 
+# -- config value ranges -------------------------------------------------------------------
+
+# Widths (channels, embedding sizes, heads, groups): a real model stays far below 2**16; a width in
+# the billions would try to allocate that much. Per-block tuples have at most 64 blocks.
+_WIDTH = Bound(ge=1, le=2**16, max_items=64)
+_LAYERS = Bound(ge=1, le=1024, max_items=64)
+_EMBEDDING_COUNT = Bound(ge=1, le=2**24)
+
+#: The ranges :class:`ModelMixin` declares for the config keys Diffusers models share.
+MODEL_CONFIG_BOUNDS: Mapping[str, Bound | None] = {
+    **dict.fromkeys(
+        (
+            "in_channels",
+            "out_channels",
+            "block_out_channels",
+            "latent_channels",
+            "cross_attention_dim",
+            "encoder_hid_dim",
+            "caption_channels",
+            "time_embedding_dim",
+            "addition_time_embed_dim",
+            "projection_class_embeddings_input_dim",
+            "time_cond_proj_dim",
+            "vq_embed_dim",
+            "attention_head_dim",
+            "num_attention_heads",
+            "addition_embed_type_num_heads",
+            "norm_num_groups",
+            "attn_norm_num_groups",
+        ),
+        _WIDTH,
+    ),
+    "extra_in_channels": Bound(ge=0, le=2**16),
+    **dict.fromkeys(("layers_per_block", "num_layers"), _LAYERS),
+    **dict.fromkeys(
+        ("transformer_layers_per_block", "reverse_transformer_layers_per_block"), Bound(ge=0, le=1024, max_items=64)
+    ),
+    **dict.fromkeys(("down_block_types", "up_block_types"), Bound(max_items=64)),
+    **dict.fromkeys(
+        ("num_class_embeds", "num_vq_embeddings", "num_embeds_ada_norm", "num_vector_embeds", "num_train_timesteps"),
+        _EMBEDDING_COUNT,
+    ),
+    "sample_size": Bound(ge=1, le=2**16, max_items=4),
+    "sample_rate": Bound(ge=1, le=10**7),
+    "patch_size": Bound(ge=1, le=1024),
+    **dict.fromkeys(("conv_in_kernel", "conv_out_kernel"), Bound(ge=1, le=63)),
+    "downsample_padding": Bound(ge=0, le=63),
+    "dropout": Bound(ge=0, le=1),
+    "norm_eps": Bound(gt=0, le=1),
+    "scaling_factor": Bound(gt=0),
+    "latents_std": Bound(gt=0, max_items=2**16),
+    **dict.fromkeys(("shift_factor", "mid_block_scale_factor", "resnet_out_scale_factor", "freq_shift"), Bound()),
+    "latents_mean": Bound(max_items=2**16),
+    "interpolation_scale": Bound(gt=0),
+}
+
+
 # -- the base class ------------------------------------------------------------------------
 
 
@@ -289,6 +356,9 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
     _no_split_modules: ClassVar[tuple[str, ...]] = ()
     #: Regular expressions of checkpoint keys to drop silently instead of reporting as unexpected.
     _keys_to_ignore_on_load_unexpected: ClassVar[tuple[str, ...]] = ()
+    #: Ranges of the Diffusers model config keys (sizes, counts, rates); see :class:`difflux.config.Bound`.
+    #: Subclasses add their own keys or replace these in their own ``config_bounds``.
+    config_bounds: ClassVar[Mapping[str, Bound | None]] = MODEL_CONFIG_BOUNDS
 
     @classmethod
     def _convert_checkpoint(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -418,7 +488,12 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
         )
 
         def build() -> ModelMixin:
-            return cls.from_config(config)
+            try:
+                return cls.from_config(config)
+            except ConfigError as exc:  # name the file the bad value came from
+                if len(exc.args) == 1 and isinstance(exc.args[0], str):
+                    exc.args = (f"{folder / cls.config_name}: {exc.args[0]}",)
+                raise
 
         model: ModelMixin
         if options.low_cpu_mem_usage:
@@ -452,6 +527,7 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
                     if not any(p.search(key) for p in ignore):
                         unexpected.append((key, path))
                     continue
+        wrong_kind: list[str] = []
                 if tensor.shape != ref.shape:
                     mismatched.append((key, path, _shape(tensor.shape), _shape(ref.shape)))
                     continue
@@ -465,10 +541,19 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
         for group in aliases:
             if covered.intersection(group):
                 covered.update(group)
+                if _dtype_kind(tensor.dtype) != _dtype_kind(ref.dtype):
+                    wrong_kind.append(
+                        f"{path}: key {key!r} is stored as {tensor.dtype} ({_dtype_kind(tensor.dtype)}), but "
+                        f"{type(self).__name__} holds {_dtype_kind(ref.dtype)} values there ({ref.dtype}); "
+                        "refusing to reinterpret it: the file is corrupt or belongs to another model"
+                    )
+                    mismatched.append((key, path, _shape(tensor.shape), _shape(ref.shape)))
+                    continue
         missing = [k for k in expected if k not in covered]
         mismatched_keys = {m[0] for m in mismatched}
         missing_only = [k for k in missing if k not in mismatched_keys]
-        errors = self._loading_errors(weights, missing_only, unexpected, mismatched)
+        errors = self._loading_errors(weights, missing_only, unexpected, [m for m in mismatched if m[2] != m[3]])
+        errors += wrong_kind
         if errors and strict:
             raise LoadError("\n".join(errors))
         on_meta = [k for k in missing if _get_tensor(self, k).device.type == "meta"]
@@ -575,6 +660,9 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
             return target
         parse_size(max_shard_size)
         state = self.state_dict()
+        where = f"{type(self).__name__}.save_pretrained"
+        check_bool("safe_serialization", safe_serialization, where=where)
+        check_bool("is_main_process", is_main_process, where=where)
         on_meta = [k for k, v in state.items() if v.device.type == "meta"]
         if on_meta:
             raise LoadError(f"{type(self).__name__}: cannot save tensors on the meta device: {_list_keys(on_meta)}")

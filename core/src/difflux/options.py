@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Self
 
-from .errors import ConfigError
+from .errors import ConfigError, RemoteCodeError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LoadOptions", "parse_dtype"]
+__all__ = [
+    "DISABLE_REMOTE_CODE_ENV",
+    "LoadOptions",
+    "check_bool",
+    "parse_dtype",
+    "remote_code_disabled",
+    "require_trust",
+]
+
+#: Set to ``1`` to refuse every custom pipeline and component, even with ``trust_remote_code=True``.
+DISABLE_REMOTE_CODE_ENV = "DIFFLUX_DISABLE_REMOTE_CODE"
 
 _DTYPE_ALIASES = {
     "fp32": "float32",
@@ -41,6 +53,59 @@ def parse_dtype(value: Any, where: str = "torch_dtype") -> torch.dtype:
         f"{where}={value!r} is not a floating-point torch dtype "
         "(use e.g. torch.float16, 'float16', 'bfloat16' or 'float32')"
     )
+
+
+def check_bool(name: str, value: Any, *, optional: bool = False, where: str = "") -> None:
+    """Refuse anything but ``True`` / ``False`` (and ``None`` when ``optional``) for a switch.
+
+    A switch that grants or denies something (``trust_remote_code``, ``safe_serialization`` ...)
+    must not treat the string ``"False"`` or the number ``2`` as a yes.
+
+    :raises ConfigError: naming the option and the value.
+    """
+    if value is True or value is False or (optional and value is None):
+        return
+    allowed = "True, False or None" if optional else "True or False"
+    place = f"{where}: " if where else ""
+    raise ConfigError(f"{place}{name}={value!r} ({type(value).__name__}): expected {allowed} (a bool)")
+
+
+def remote_code_disabled() -> bool:
+    """Whether ``DIFFLUX_DISABLE_REMOTE_CODE`` is set (anything but empty, ``0``, ``false``, ``no``)."""
+    return os.environ.get(DISABLE_REMOTE_CODE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_trust(what: str, options: LoadOptions) -> None:
+    """Refuse to run ``what`` (code not from an installed distribution) unless the user consented.
+
+    Called before such code is downloaded, read or imported: custom pipelines (a repo, a local
+    ``.py`` file or folder), ``[module, Class]`` entries, custom components.
+
+    :raises RemoteCodeError: ``DIFFLUX_DISABLE_REMOTE_CODE`` is set, or ``trust_remote_code`` is not ``True``.
+    """
+    if remote_code_disabled():
+        raise RemoteCodeError(
+            f"{what} is code from outside the installed packages, and {DISABLE_REMOTE_CODE_ENV} is set, "
+            "which forbids running such code (unset it to allow trust_remote_code=True)"
+        )
+    if options.trust_remote_code is not True:
+        raise RemoteCodeError(
+            f"{what} is code from outside the installed packages; difflux imports it only when you pass "
+            "trust_remote_code=True (read the code first: it runs with your permissions)"
+        )
+
+
+@functools.cache
+def _switches() -> dict[str, bool]:
+    """``{field: optional}`` of the ``LoadOptions`` fields annotated ``bool`` or ``bool | None``."""
+    hints = typing.get_type_hints(LoadOptions)
+    out: dict[str, bool] = {}
+    for name, hint in hints.items():
+        if hint is bool:
+            out[name] = False
+        elif set(typing.get_args(hint)) == {bool, type(None)}:
+            out[name] = True
+    return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -96,9 +161,11 @@ class LoadOptions:
                 parse_dtype(value, where=f"torch_dtype[{key!r}]")
         elif self.torch_dtype is not None and self.torch_dtype != "auto":
             parse_dtype(self.torch_dtype)
-        if self.use_safetensors not in (None, True, False):
-            raise ConfigError(f"use_safetensors={self.use_safetensors!r}: expected None, True or False")
 
+        for name, optional in _switches().items():
+            check_bool(name, getattr(self, name), optional=optional)
+        if self.token is not None and not isinstance(self.token, (str, bool)):
+            raise ConfigError(f"token={self.token!r}: expected a token string, True (the saved token) or False")
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from ._pushing import PushToHubMixin
-from .config import ConfigMixin
+from .config import Bound, ConfigMixin
+from .errors import ConfigError
 from .options import LoadOptions
 from .outputs import BaseOutput
 from .registry import get_registry
@@ -17,7 +18,20 @@ from .registry import get_registry
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["SchedulerMixin", "SchedulerOutput"]
+__all__ = ["SCHEDULER_CONFIG_BOUNDS", "SchedulerMixin", "SchedulerOutput"]
+
+
+
+#: The ranges :class:`SchedulerMixin` declares: a training schedule of 1 to 10**6 steps, betas
+#: (noise variances per step) in [0, 1], finite.
+SCHEDULER_CONFIG_BOUNDS: Mapping[str, Bound | None] = {
+    "num_train_timesteps": Bound(ge=1, le=10**6),
+    "beta_start": Bound(ge=0, le=1),
+    "beta_end": Bound(ge=0, le=1),
+    "trained_betas": Bound(ge=0, le=1, max_items=10**6),
+    "steps_offset": Bound(ge=0, le=10**6),
+    "original_inference_steps": Bound(ge=1, le=10**6),
+}
 
 
 @dataclasses.dataclass
@@ -34,6 +48,8 @@ class SchedulerMixin(ConfigMixin, PushToHubMixin):
     config_name: ClassVar[str] = "scheduler_config.json"
     #: How many model evaluations one ``step`` needs per timestep (2 for Heun).
     order: ClassVar[int] = 1
+    #: Ranges of the config keys Diffusers schedulers share; see :class:`difflux.config.Bound`.
+    config_bounds: ClassVar[Mapping[str, Bound | None]] = SCHEDULER_CONFIG_BOUNDS
 
     @classmethod
     def from_pretrained(
@@ -49,7 +65,13 @@ class SchedulerMixin(ConfigMixin, PushToHubMixin):
         """
         options, overrides = LoadOptions.split({**kwargs, "subfolder": subfolder})
         folder = get_registry().resolve_pretrained(pretrained_model_name_or_path, options)
-        return cls.from_config(cls.load_config(folder, subfolder), **overrides)
+        config = cls.load_config(folder, subfolder)
+        try:
+            return cls.from_config(config, **overrides)
+        except ConfigError as exc:  # name the file the bad value came from
+            if len(exc.args) == 1 and isinstance(exc.args[0], str):
+                exc.args = (f"{Path(folder, subfolder or '', cls.config_name)}: {exc.args[0]}",)
+            raise
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
         """Write ``scheduler_config.json`` into ``save_directory``."""

@@ -20,17 +20,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import torch
 
+from ._files import check_regular_file
 from .config import read_json
 from .errors import ConfigError, LoadError
 
@@ -40,6 +44,7 @@ __all__ = [
     "WeightFiles",
     "WeightsName",
     "atomic_folder",
+    "check_replaceable",
     "find_weight_files",
     "index_file_name",
     "iter_weight_shards",
@@ -50,6 +55,8 @@ __all__ = [
     "save_state_dict",
     "weights_file_name",
 ]
+
+logger = logging.getLogger("difflux")
 
 #: The file-name prefix of Diffusers model weights.
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -258,9 +265,7 @@ def save_state_dict(
     Call this inside :func:`atomic_folder` so a failure leaves the previous folder untouched.
     """
     folder = Path(folder)
-    plan = plan_shards(
-        state_dict, max_shard_size, prefix=prefix, variant=variant, safetensors=safe_serialization
-    )
+    plan = plan_shards(state_dict, max_shard_size, prefix=prefix, variant=variant, safetensors=safe_serialization)
     written: list[Path] = []
     for name, keys in plan.files.items():
         seen: set[tuple[Any, ...]] = set()
@@ -323,7 +328,7 @@ def _safe_entry(folder: Path, index: Path, entry: Any, key: str) -> Path:
 
 def _read_index(folder: Path, index: Path) -> list[Path]:
     try:
-        data = read_json(index)
+        data = read_json(index, "weights index")
     except ConfigError as exc:
         raise LoadError(str(exc)) from None
     weight_map = data.get("weight_map")
@@ -333,17 +338,17 @@ def _read_index(folder: Path, index: Path) -> list[Path]:
     for key, entry in weight_map.items():
         files[_safe_entry(folder, index, entry, key)] = None
     for path in files:
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise LoadError(f"{index}: names the shard {path.name}, which is not in {folder}")
     return list(files)
 
 
 def _find_format(folder: Path, prefix: str, variant: str | None, fmt: Format) -> WeightFiles | None:
     index = folder / index_file_name(prefix, variant=variant, safetensors=fmt == "safetensors")
-    if index.is_file():
+    if os.path.lexists(index):  # not is_file(): a FIFO or a folder in its place is refused, not skipped
         return WeightFiles(folder, _read_index(folder, index), fmt, index)
     single = folder / weights_file_name(prefix, variant=variant, safetensors=fmt == "safetensors")
-    if single.is_file():
+    if os.path.lexists(single):
         return WeightFiles(folder, [single], fmt)
     return None
 
@@ -396,10 +401,7 @@ def find_weight_files(
         else f"pass variant={sorted(v for v in variants if v is not None)[0]!r}"
     )
     what = "without a variant" if variant is None else f"for variant {variant!r}"
-    raise LoadError(
-        f"{folder}: no weights {what} (expected {wanted}); "
-        f"the folder has weights for: {listing}; {hint}"
-    )
+    raise LoadError(f"{folder}: no weights {what} (expected {wanted}); the folder has weights for: {listing}; {hint}")
 
 
 def load_weights_file(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -410,6 +412,7 @@ def load_weights_file(path: str | os.PathLike[str], device: str | torch.device =
     """
     path = Path(path)
     device = torch.device(device)
+    check_regular_file(path, "weights", error=LoadError)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -466,9 +469,7 @@ def _families(folder: Path) -> set[tuple[str, str | None, Format]]:
     return out
 
 
-def _carry_over(
-    old: Path, new: Path, rel: PurePosixPath, discard: Callable[[PurePosixPath], bool] | None
-) -> None:
+def _carry_over(old: Path, new: Path, rel: PurePosixPath, discard: Callable[[PurePosixPath], bool] | None) -> None:
     """Bring the old folder's files that the new save did not replace into ``new`` (as hard links)."""
     written = _families(new)
     for entry in os.scandir(old):
@@ -491,6 +492,78 @@ def _carry_over(
         _link_or_copy(entry.path, str(dst))
 
 
+def _remove_tree(folder: Path) -> list[str]:
+    """Remove ``folder``; return what could not be removed (``"path: error"``), never raising."""
+    problems: list[str] = []
+
+    def note(_func: Any, path: str, exc: Any) -> None:
+        err = exc[1] if isinstance(exc, tuple) else exc
+        problems.append(f"{path}: {getattr(err, 'strerror', None) or err}")
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(folder, onexc=note)
+    else:
+        shutil.rmtree(folder, onerror=note)
+    return problems
+
+
+def _report_leftover(folder: Path, problems: list[str], why: str) -> None:
+    shown = "; ".join(problems[:3]) + (f" … and {len(problems) - 3} more" if len(problems) > 3 else "")
+    message = f"{folder}: {why}, but it could not all be removed ({shown}); delete it by hand"
+    logger.warning("%s", message)
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _may_write(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_replaceable(target: Path) -> None:
+    """Refuse, before anything is written, to save a folder at ``target`` that the user may not replace.
+
+    :raises PermissionError: the nearest existing parent is not writable, ``target`` is a folder
+        the user may not write or read (it is replaced as a whole), or it sits in a sticky folder
+        (``/tmp``) and belongs to someone else.
+    :raises NotADirectoryError: ``target`` or a parent is a file.
+    """
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target}: exists and is not a folder; cannot save a folder there")
+    existing = target.parent
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing}: is not a folder, so {target} cannot be created under it")
+    if not _may_write(existing):
+        raise PermissionError(f"{target}: cannot save here: you may not write in {existing}")
+    if not target.is_dir():
+        return
+    if not _may_write(target) or not os.access(target, os.R_OK):
+        raise PermissionError(
+            f"{target}: this folder is not writable (or not readable) for you, and saving replaces it as a "
+            "whole; make it writable (chmod u+rwx) or save somewhere else"
+        )
+    parent = os.stat(target.parent)
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is not None and parent.st_mode & stat.S_ISVTX:
+        me = geteuid()
+        if me != 0 and me != parent.st_uid and me != os.stat(target).st_uid:
+            raise PermissionError(
+                f"{target}: belongs to another user in the sticky folder {target.parent}, so it cannot be "
+                "replaced; save somewhere else"
+            )
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, deepest first."""
+    missing: list[Path] = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+    return missing
+
+
 @contextlib.contextmanager
 def atomic_folder(
     path: str | os.PathLike[str],
@@ -508,13 +581,25 @@ def atomic_folder(
     same folder (so a model re-saved with fewer or no shards leaves no shards behind). ``discard``
     may drop more old entries; it gets paths relative to ``path``. Nested use is fine (a
     pipeline's components each save into a subfolder of the pipeline's temporary folder).
+
+    When ``path`` is a symlink, the folder it points to is the one replaced; the link stays.
+    A folder the user may not replace is refused with ``PermissionError`` before anything is
+    written (see :func:`check_replaceable`). If the old contents cannot all be removed after the
+    swap, the save stands and a ``RuntimeWarning`` (also logged) names what was left behind.
     """
     target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"{target}: exists and is not a folder; cannot save a folder there")
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    check_replaceable(target)
     parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    created = _make_parents(parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
     try:
         if target.is_dir():
             os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
@@ -534,9 +619,16 @@ def atomic_folder(
             except BaseException:
                 os.rename(backup, target)
                 raise
-            shutil.rmtree(backup, ignore_errors=True)
+            problems = _remove_tree(backup)
+            if problems:
+                _report_leftover(backup, problems, f"the previous contents of {target} were moved here after saving")
         else:
             os.rename(tmp, target)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        problems = _remove_tree(tmp) if os.path.lexists(tmp) else []
+        if problems:
+            _report_leftover(tmp, problems, "this half-written folder was to be removed after the save failed")
+        for folder in created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
         raise

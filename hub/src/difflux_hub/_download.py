@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import glob
-import json
 import logging
 import os
 import re
@@ -24,7 +23,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from difflux.errors import LoadError
+from difflux.config import read_json
+from difflux.errors import ConfigError, LoadError
 from difflux.options import LoadOptions
 
 from ._select import INDEX_FILE, Selection, select_folder, select_pipeline
@@ -129,15 +129,9 @@ def _listing(repo_id: str, snapshot: Path, commit: str, options: LoadOptions) ->
 
 def _read_index(snapshot: Path) -> dict[str, Any] | None:
     path = snapshot / INDEX_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LoadError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise LoadError(f"{path}: expected a JSON object")
-    return data
+    return read_json(path, INDEX_FILE)
 
 
 def select(repo_id: str, files: list[str], index: Mapping[str, Any] | None, options: LoadOptions) -> Selection:
@@ -171,7 +165,7 @@ def download(repo_id: str, options: LoadOptions) -> Path:
             rest = [_exact(p) for p in selection.files if p not in done]
             if rest:
                 snapshot_download(repo_id, revision=commit, allow_patterns=rest, **kwargs)
-        except LoadError:
+        except (LoadError, ConfigError):
             raise
         except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as exc:
             raise _hub_error(repo_id, options, exc) from exc

@@ -1,12 +1,10 @@
-"""Custom pipelines and components: code from a repo runs only with ``trust_remote_code=True``.
+"""Custom pipelines and components: code runs only with ``trust_remote_code=True``.
 
-Every path that imports code from a repo goes through :func:`check_allowed` first, before the
-code is downloaded or read: a pipeline ``_class_name`` of ``[module, Class]``, a custom component
-``<component>/<module>.py``, and ``custom_pipeline=`` naming a repo (any repo, not only the one
-being loaded). ``DIFFLUX_DISABLE_REMOTE_CODE=1`` refuses all of them, whatever the argument.
-
-A ``custom_pipeline`` that is a local ``.py`` file or folder outside the Hugging Face cache is
-the user's own code and is imported like any module.
+Every path that imports code goes through :func:`check_allowed` first, before the code is
+downloaded, read or imported: a pipeline ``_class_name`` of ``[module, Class]``, a custom
+component ``<component>/<module>.py``, and ``custom_pipeline=`` naming a repo, a local ``.py``
+file or a local folder. Only installed distributions run without consent.
+``DIFFLUX_DISABLE_REMOTE_CODE=1`` refuses all of them, whatever the argument.
 """
 
 from __future__ import annotations
@@ -21,8 +19,9 @@ import types
 from pathlib import Path
 from typing import Any
 
-from difflux.errors import LoadError
-from difflux.options import LoadOptions
+from difflux._files import check_regular_file
+from difflux.errors import LoadError, RemoteCodeError
+from difflux.options import DISABLE_REMOTE_CODE_ENV, LoadOptions, require_trust
 
 from ._download import looks_like_repo_id
 from ._select import check_plain_name
@@ -38,32 +37,19 @@ __all__ = [
 
 logger = logging.getLogger("difflux.hub")
 
-#: Set to ``1`` to refuse code from repos even with ``trust_remote_code=True``.
-DISABLE_ENV = "DIFFLUX_DISABLE_REMOTE_CODE"
+#: Set to ``1`` to refuse custom code even with ``trust_remote_code=True`` (defined by the core).
+DISABLE_ENV = DISABLE_REMOTE_CODE_ENV
 CUSTOM_PIPELINE_FILE = "pipeline.py"
 
 
-class RemoteCodeError(LoadError, PermissionError):
-    """Code from a repo was refused (no ``trust_remote_code=True``, or ``DIFFLUX_DISABLE_REMOTE_CODE`` is set)."""
-
-
-def _disabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
 def check_allowed(what: str, options: LoadOptions) -> None:
-    """Raise :class:`RemoteCodeError` unless code from a repo may run here."""
-    if _disabled():
-        raise RemoteCodeError(f"{what} is code from a repo, and {DISABLE_ENV}=1 forbids running code from repos")
-    if not options.trust_remote_code:
-        raise RemoteCodeError(
-            f"{what} is code from a repo; difflux runs it only when you pass trust_remote_code=True "
-            "(read the code first: it runs with your permissions)"
-        )
+    """Raise :class:`RemoteCodeError` unless custom code may run here (see :func:`difflux.options.require_trust`)."""
+    require_trust(what, options)
 
 
 def import_file(path: Path) -> types.ModuleType:
     """Import a ``.py`` file as a module of its own (named after its path and content hash)."""
+    check_regular_file(path, "Python code", error=LoadError)
     data = path.read_bytes()
     digest = hashlib.sha256(str(path.resolve()).encode() + b"\0" + data).hexdigest()[:16]
     name = f"_difflux_remote_{path.stem}_{digest}"
@@ -159,20 +145,20 @@ def load_pipeline_class(folder: Path, index: dict[str, Any], options: LoadOption
         assert isinstance(class_name, list)
         module = check_plain_name(f"{class_name[0]}.py", f"{folder / 'model_index.json'}: _class_name")
         code = folder / module
-        if not code.is_file():
+        if not os.path.lexists(code):
             raise LoadError(f"{folder / 'model_index.json'}: '_class_name' names {module}, which is not in {folder}")
         check_allowed(f"{code} (named by '_class_name' in model_index.json)", options)
         return _pick_class(import_file(code), wanted, code)
     path = Path(custom).expanduser()
     if path.is_dir():
         path = path / CUSTOM_PIPELINE_FILE
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise LoadError(f"custom_pipeline={custom!r}: the folder has no {CUSTOM_PIPELINE_FILE}")
-    if path.is_file():
+    if os.path.lexists(path):
         if path.suffix != ".py":
-            raise LoadError(f"custom_pipeline={custom!r}: not a .py file")
-        if _in_hf_cache(path, options):
-            check_allowed(f"custom_pipeline={custom!r} (a file in the Hugging Face cache)", options)
+            raise LoadError(f"custom_pipeline={custom!r}: not a .py file or a folder with {CUSTOM_PIPELINE_FILE}")
+        where = "a file in the Hugging Face cache" if _in_hf_cache(path, options) else "a local file"
+        check_allowed(f"custom_pipeline={custom!r} ({where})", options)
         return _pick_class(import_file(path), None, path)
     if not looks_like_repo_id(custom):
         raise LoadError(
@@ -187,7 +173,7 @@ def load_custom_component(library: str, class_name: str, folder: Path, options: 
     """Load a component whose class is defined in ``<component folder>/<library>.py``; ``None`` if absent."""
     module_file = check_plain_name(f"{library}.py", f"{folder}: component library")
     code = folder / module_file
-    if not code.is_file():
+    if not os.path.lexists(code):
         return None
     check_allowed(f"{code} (custom component {folder.name!r})", options)
     module = import_file(code)

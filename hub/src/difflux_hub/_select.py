@@ -107,9 +107,7 @@ def _choose_weights(
             variant = None
         elif variant is None:
             some = sorted(v for v in variants if v is not None)[0]
-            raise LoadError(
-                f"{repo}: {where} has no default weights, only variants {listing}; pass variant={some!r}"
-            )
+            raise LoadError(f"{repo}: {where} has no default weights, only variants {listing}; pass variant={some!r}")
         else:
             raise LoadError(f"{repo}: {where} has no weights for variant {variant!r}; it has: {listing}")
     if (variant, "safetensors") in families:

@@ -6,11 +6,12 @@ A scheduler class is a thin typed holder of config and state; it inherits the bo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from difflux.config import Bound
 from difflux.errors import DiffluxError
 from difflux.schedulers import SchedulerMixin, SchedulerOutput
 
@@ -54,6 +55,30 @@ KARRAS_COMPATIBLES: tuple[str, ...] = (
 )
 
 
+_POSITIVE = Bound(gt=0)
+_NON_NEGATIVE = Bound(ge=0)
+
+#: Ranges of this plugin's config keys, on top of those the core's ``SchedulerMixin`` declares
+#: (every value finite unless ``allow_inf``; NaN is refused everywhere).
+SCHEDULER_BOUNDS: Mapping[str, Bound | None] = {
+    "dynamic_thresholding_ratio": Bound(gt=0, le=1),
+    "shift_terminal": Bound(gt=0, lt=1),
+    **dict.fromkeys(
+        ("clip_sample_range", "sample_max_value", "sigma_max", "sigma_data", "rho", "shift", "flow_shift"), _POSITIVE
+    ),
+    "sampling_eps": Bound(gt=0, le=1),
+    **dict.fromkeys(("sigma_min", "eta", "s_churn", "s_noise", "s_min", "s_max", "snr"), _NON_NEGATIVE),
+    "s_tmax": Bound(ge=0, allow_inf=True),
+    "s_tmin": _NON_NEGATIVE,
+    **dict.fromkeys(("base_shift", "max_shift", "timestep_scaling"), Bound()),
+    "lambda_min_clipped": Bound(allow_inf=True),
+    **dict.fromkeys(("base_image_seq_len", "max_image_seq_len"), Bound(ge=1, le=2**24)),
+    "solver_order": Bound(ge=1, le=3),
+    "correct_steps": Bound(ge=0, le=1000),
+    "disable_corrector": Bound(ge=0, le=10**6, max_items=10**6),
+}
+
+
 class SchedulerNotReadyError(DiffluxError, RuntimeError):
     """A scheduler was used before ``set_timesteps`` gave it a schedule."""
 
@@ -64,6 +89,8 @@ class BaseScheduler(SchedulerMixin):
     Subclasses set ``self.timesteps`` (a tensor) in ``set_timesteps`` and call
     :meth:`_reset_step_state` there; ``step`` calls :meth:`_require_timesteps` first.
     """
+
+    config_bounds: ClassVar[Mapping[str, Bound | None]] = SCHEDULER_BOUNDS
 
     timesteps: torch.Tensor
     num_inference_steps: int | None = None
