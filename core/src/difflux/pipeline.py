@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from . import _providers
+from ._files import check_regular_file, max_json_bytes
 from ._pushing import PushToHubMixin
 from .config import DIFFUSERS_FORMAT_VERSION, ConfigMixin, FrozenConfig, read_json, write_json_atomic
-from ._files import check_regular_file, max_json_bytes
 from .errors import ConfigError, LoadError, UnknownClassError
 from .image import numpy_to_pil
 from .options import LoadOptions, check_bool, require_trust
@@ -55,7 +55,8 @@ class ImagePipelineOutput(BaseOutput):
 
 
 def _without_autograd(call: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a pipeline ``__call__`` so it runs under ``torch.no_grad()``."""
+    """Wrap a pipeline ``__call__`` so it runs under ``torch.no_grad()`` and, when the outermost
+    call ends, hands offloaded models back (:meth:`DiffusionPipeline.maybe_free_model_hooks`)."""
 
     @functools.wraps(call)
     def __call__(self: DiffusionPipeline, *args: Any, **kwargs: Any) -> Any:
@@ -183,10 +184,7 @@ def _unknown(
     """The unknown-class error, naming the distribution the folder was saved with when known."""
     dist = hint.get(name)
     if dist and name not in _providers.PROVIDERS and library != "transformers":
-        return UnknownClassError(
-            f"no installed difflux plugin provides the {kind} {library}.{name} ({where}); the folder "
-            f"was saved with it from the distribution {dist!r}: pip install {dist}"
-        )
+        return registry.unknown(kind, name, library=library, where=where, distribution=dist)
     return registry.unknown(kind, name, library=library, where=where)
 
 
@@ -226,7 +224,7 @@ def _load_registered(klass: Any, name: str, path: Path, options: LoadOptions) ->
         loaded: Any = klass._from_folder(path, options, component=name)
         return loaded if options.output_loading_info else (loaded, None)
     if isinstance(klass, type) and issubclass(klass, SchedulerMixin):
-        return klass.from_pretrained(path), None
+        return klass._from_folder(path), None  # not from_pretrained: the caller runs component_loaded
     component_options = _options_for(options, name)
     kwargs: dict[str, Any] = {}
     for field in ("torch_dtype", "variant", "use_safetensors", "device_map"):
@@ -277,11 +275,11 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
 
     config_name: ClassVar[str] = "model_index.json"
     #: Components that may be ``None`` or absent from ``model_index.json``.
+    _optional_components: ClassVar[tuple[str, ...]] = ()
     #: The order the model components run in (``"text_encoder->unet->vae"``), for model offload.
     model_cpu_offload_seq: ClassVar[str | None] = None
     #: Components that offload keeps whole on the execution device (``("safety_checker",)``).
     _exclude_from_cpu_offload: ClassVar[tuple[str, ...]] = ()
-    _optional_components: ClassVar[tuple[str, ...]] = ()
 
     _component_names: list[str]
     _progress_bar_config: dict[str, Any]
@@ -461,10 +459,10 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         for name in component_names:
             if name in rest:
                 pipeline_class._check_override(name, rest[name])
+
         from . import device_map
 
         plan = device_map.plan_pipeline(folder, index, [n for n in component_names if n not in rest], registry, options)
-
         loaded: dict[str, Any] = {}
         infos: dict[str, Any] = {}
         for name in component_names:
@@ -499,8 +497,8 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
                 )
             try:
                 component, info = cls._load_component(
-                registry, name, library, class_name, folder, device_map.options_for(options, plan, name), hint
-            )
+                    registry, name, library, class_name, folder, device_map.options_for(options, plan, name), hint
+                )
             except (LoadError, ConfigError) as exc:  # UnknownClassError names the entry already
                 _name_component(exc, name, library, class_name)
                 raise
@@ -513,6 +511,7 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         values = {k: index[k] for k in value_names if k in index}
         values.update({k: v for k, v in rest.items() if k in value_names})
         pipe = pipeline_class(**loaded, **values)
+        device_map.finish_pipeline(pipe, plan)
 
         known = set(component_names) | set(value_names)
         dropped = sorted(k for k, v in index.items() if not k.startswith("_") and k not in known and _is_entry(v))
@@ -525,7 +524,6 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
             )
         extras = {k: v for k, v in index.items() if not k.startswith("_") and k not in known and not _is_entry(v)}
         pipe.register_to_config(**extras, _name_or_path=str(pretrained_model_name_or_path))
-        device_map.finish_pipeline(pipe, plan)
         if extras:
             logger.warning(
                 "%s: %s does not take the config values %s; they are kept in .config and written back on save",
@@ -658,6 +656,7 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
                 device = arg
             else:
                 raise TypeError(f"to() takes devices and dtypes, got {type(arg).__name__}: {arg!r}")
+        reapply = self._offload_before_move(device, dtype)
         move: dict[str, Any] = {}
         if device is not None:
             move["device"] = torch.device(device)
@@ -672,12 +671,27 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
                 warnings.warn(
                     f"{type(self).__name__}: components {', '.join(half)} are float16 on the CPU, where "
                     "float16 is slow and some operations are missing; use torch.float32 (or bfloat16) on "
-        reapply = self._offload_before_move(device, dtype)
                     "the CPU, or pass silence_dtype_warnings=True",
                     UserWarning,
                     stacklevel=2,
                 )
+        if reapply is not None:
+            self.enable_offload(reapply.strategy, device=reapply.device, **reapply.options)
         return self
+
+    def _offload_before_move(self, device: str | torch.device | None, dtype: torch.dtype | None) -> Any:
+        """Offload and device maps against ``to()``: refuse a move to an accelerator, remove the hooks
+        on a move to the CPU, and for a dtype-only cast return the offload to enable again after it."""
+        from . import device_map, offload
+
+        if device is not None and getattr(self, "hf_device_map", None):
+            device_map.refuse_move(self, torch.device(device))
+        if offload.active(self) is None:
+            return None
+        if device is not None and torch.device(device).type != "cpu":
+            offload.refuse_move(self, torch.device(device))
+        removed = offload.remove(self)
+        return removed if device is None and dtype is not None else None
 
     @property
     def device(self) -> torch.device:
@@ -705,42 +719,12 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
     @property
     def dtype(self) -> torch.dtype:
         """The floating dtype of the first torch module component (float32 when there is none)."""
-        if reapply is not None:
-            self.enable_offload(reapply.strategy, device=reapply.device, **reapply.options)
         for _, module in self._torch_modules():
             found = _module_dtype(module)
-    def _offload_before_move(self, device: str | torch.device | None, dtype: torch.dtype | None) -> Any:
-        """Offload and device maps against ``to()``: refuse a move to an accelerator, remove the hooks
-        on a move to the CPU, and for a dtype-only cast return the offload to enable again after it."""
-        from . import device_map, offload
-
-        if device is not None and getattr(self, "hf_device_map", None):
-            device_map.refuse_move(self, torch.device(device))
-        if offload.active(self) is None:
-            return None
-        if device is not None and torch.device(device).type != "cpu":
-            offload.refuse_move(self, torch.device(device))
-        removed = offload.remove(self)
-        return removed if device is None and dtype is not None else None
-
             if found is not None:
                 return found
         return torch.float32
 
-    # -- running ------------------------------------------------------------------------------
-
-    def set_progress_bar_config(self, **kwargs: Any) -> None:
-        """Keyword arguments for the ``tqdm`` bar of the denoising loop (``disable=True`` hides it)."""
-        self._progress_bar_config = dict(kwargs)
-
-    def progress_bar(self, iterable: Iterable[Any] | None = None, total: int | None = None) -> Tqdm:
-        """A ``tqdm`` bar over ``iterable`` or for ``total`` steps, with the configured options."""
-        from tqdm.auto import tqdm
-
-        config = self.__dict__.get("_progress_bar_config", {})
-        if iterable is not None:
-            return tqdm(iterable, **config)
-        if total is not None:
     # -- memory: offload, device maps, VAE switches (the work is in difflux.offload / device_map) ----
 
     def enable_offload(
@@ -842,10 +826,46 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         """Decode whole images again."""
         self._vae_switch("disable_tiling")
 
+    # -- running ------------------------------------------------------------------------------
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Keyword arguments for the ``tqdm`` bar of the denoising loop (``disable=True`` hides it)."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, iterable: Iterable[Any] | None = None, total: int | None = None) -> Tqdm:
+        """A ``tqdm`` bar over ``iterable`` or for ``total`` steps, with the configured options."""
+        from tqdm.auto import tqdm
+
+        config = self.__dict__.get("_progress_bar_config", {})
+        if iterable is not None:
+            return tqdm(iterable, **config)
+        if total is not None:
             return tqdm(total=total, **config)
         raise ValueError("progress_bar() needs iterable= or total=")
 
     numpy_to_pil = staticmethod(numpy_to_pil)
+
+    def optimize(
+        self,
+        mode: str = "default",
+        *,
+        components: Iterable[str] | None = None,
+        skip: Iterable[str] = (),
+        only: Iterable[str] | None = None,
+        **options: Any,
+    ) -> Any:
+        """Apply the registered fast-path optimisations to the model components, in place.
+
+        ``mode="default"`` keeps outputs within fp16 tolerance of eager; ``"max"`` adds CUDA graphs
+        (static shapes) and, on the CPU, bf16 autocast. Pieces that cannot apply are skipped with
+        one log line; see ``docs/optimize.md`` for the optimisations and their ``options``.
+
+        :raises ConfigError: unknown mode, optimisation or component name.
+        :return: a :class:`difflux.optimize.OptimizeReport` (what applied, what was skipped, why).
+        """
+        from .optimize import optimize_pipeline
+
+        return optimize_pipeline(self, mode, components=components, skip=skip, only=only, **options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the pipeline; every concrete pipeline defines this (under ``torch.no_grad()``)."""
