@@ -452,10 +452,15 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
         changes.update({k: v for k, v in kwargs.items() if k in option_names})
         overrides = {k: v for k, v in kwargs.items() if k not in option_names}
         opts = (options or defaults).replace(**changes) if changes else (options or defaults)
-        root = get_registry().resolve_pretrained(pretrained_model_name_or_path, opts)
+        registry = get_registry()
+        root = registry.resolve_pretrained(pretrained_model_name_or_path, opts)
         folder = root / opts.subfolder if opts.subfolder else root
         loaded: Self | tuple[Self, LoadingInfo] = cls._from_folder(folder, opts, overrides=overrides)
-        return loaded
+        # A model loaded on its own goes through difflux_component_loaded with name="" (pipelines,
+        # which call _from_folder, pass the component's name themselves).
+        if isinstance(loaded, tuple):
+            return (registry.component_loaded("", loaded[0], opts), loaded[1])
+        return typing.cast(Self, registry.component_loaded("", loaded, opts))
 
     @classmethod
     def _from_folder(

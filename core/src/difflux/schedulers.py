@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["SCHEDULER_CONFIG_BOUNDS", "SchedulerMixin", "SchedulerOutput"]
-
 
 
 #: The ranges :class:`SchedulerMixin` declares: a training schedule of 1 to 10**6 steps, betas
@@ -64,7 +64,16 @@ class SchedulerMixin(ConfigMixin, PushToHubMixin):
         resolver; the others override config entries.
         """
         options, overrides = LoadOptions.split({**kwargs, "subfolder": subfolder})
-        folder = get_registry().resolve_pretrained(pretrained_model_name_or_path, options)
+        registry = get_registry()
+        folder = registry.resolve_pretrained(pretrained_model_name_or_path, options)
+        scheduler = cls._from_folder(folder, subfolder, **overrides)
+        # Loaded on its own: difflux_component_loaded sees it with name="" (pipelines call _from_folder
+        # and pass the component's name themselves).
+        return typing.cast(Self, registry.component_loaded("", scheduler, options))
+
+    @classmethod
+    def _from_folder(cls, folder: str | os.PathLike[str], subfolder: str | None = None, **overrides: Any) -> Self:
+        """Build from ``folder/[subfolder/]scheduler_config.json`` (no resolving, no hooks)."""
         config = cls.load_config(folder, subfolder)
         try:
             return cls.from_config(config, **overrides)
