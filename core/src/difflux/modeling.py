@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self, overload
 
@@ -481,6 +481,11 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
         folder = Path(folder)
         config = cls.load_config(folder)
         config.update(overrides or {})
+        from . import device_map as _device_map
+
+        if _device_map.is_dispatch(options.device_map):  # per-module placement, maybe partly on disk
+            dispatched, dispatch_info = _device_map.load_dispatched(cls, folder, options, config, component)
+            return (dispatched, dispatch_info) if options.output_loading_info else dispatched
         dtype = options.dtype_for(component)
         raw = options.torch_dtype
         if isinstance(raw, Mapping):
@@ -522,6 +527,7 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
         loaded: set[str] = set()
         unexpected: list[tuple[str, Path]] = []
         mismatched: list[tuple[str, Path, tuple[int, ...], tuple[int, ...]]] = []
+        wrong_kind: list[str] = []
         for path, tensors in iter_weight_shards(weights, placement.device):
             tensors = type(self)._convert_checkpoint(tensors)
             batch: dict[str, torch.Tensor] = {}
@@ -532,8 +538,15 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
                     if not any(p.search(key) for p in ignore):
                         unexpected.append((key, path))
                     continue
-        wrong_kind: list[str] = []
                 if tensor.shape != ref.shape:
+                    mismatched.append((key, path, _shape(tensor.shape), _shape(ref.shape)))
+                    continue
+                if _dtype_kind(tensor.dtype) != _dtype_kind(ref.dtype):
+                    wrong_kind.append(
+                        f"{path}: key {key!r} is stored as {tensor.dtype} ({_dtype_kind(tensor.dtype)}), but "
+                        f"{type(self).__name__} holds {_dtype_kind(ref.dtype)} values there ({ref.dtype}); "
+                        "refusing to reinterpret it: the file is corrupt or belongs to another model"
+                    )
                     mismatched.append((key, path, _shape(tensor.shape), _shape(ref.shape)))
                     continue
                 if placement.file_dtype is None and tensor.is_floating_point():
@@ -546,14 +559,6 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
         for group in aliases:
             if covered.intersection(group):
                 covered.update(group)
-                if _dtype_kind(tensor.dtype) != _dtype_kind(ref.dtype):
-                    wrong_kind.append(
-                        f"{path}: key {key!r} is stored as {tensor.dtype} ({_dtype_kind(tensor.dtype)}), but "
-                        f"{type(self).__name__} holds {_dtype_kind(ref.dtype)} values there ({ref.dtype}); "
-                        "refusing to reinterpret it: the file is corrupt or belongs to another model"
-                    )
-                    mismatched.append((key, path, _shape(tensor.shape), _shape(ref.shape)))
-                    continue
         missing = [k for k in expected if k not in covered]
         mismatched_keys = {m[0] for m in mismatched}
         missing_only = [k for k in missing if k not in mismatched_keys]
@@ -571,11 +576,6 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
                 if key != source:
                     _set_tensor(self, key, tensor)
         self._place(placement, loaded)
-        from . import device_map as _device_map
-
-        if _device_map.is_dispatch(options.device_map):  # per-module placement, maybe partly on disk
-            dispatched, dispatch_info = _device_map.load_dispatched(cls, folder, options, config, component)
-            return (dispatched, dispatch_info) if options.output_loading_info else dispatched
         return {
             "missing_keys": missing_only,
             "unexpected_keys": [k for k, _ in unexpected],
@@ -660,14 +660,14 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
         The folder is written into a temporary sibling and swapped in when complete; other files
         already in it are kept, stale weights of the same variant and format are removed.
         """
+        where = f"{type(self).__name__}.save_pretrained"
+        check_bool("safe_serialization", safe_serialization, where=where)
+        check_bool("is_main_process", is_main_process, where=where)
         target = Path(save_directory)
         if not is_main_process:
             return target
         parse_size(max_shard_size)
         state = self.state_dict()
-        where = f"{type(self).__name__}.save_pretrained"
-        check_bool("safe_serialization", safe_serialization, where=where)
-        check_bool("is_main_process", is_main_process, where=where)
         on_meta = [k for k, v in state.items() if v.device.type == "meta"]
         if on_meta:
             raise LoadError(f"{type(self).__name__}: cannot save tensors on the meta device: {_list_keys(on_meta)}")
@@ -707,6 +707,20 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
         for t in (*self.parameters(), *self.buffers()):
             return t.device
         return torch.device("cpu")
+
+    def optimize(
+        self, mode: str = "default", *, skip: Iterable[str] = (), only: Iterable[str] | None = None, **options: Any
+    ) -> Any:
+        """Apply the registered fast-path optimisations to this model, in place.
+
+        The same as ``DiffusionPipeline.optimize`` for one model (see ``docs/optimize.md``).
+
+        :raises ConfigError: unknown mode or optimisation name.
+        :return: a :class:`difflux.optimize.OptimizeReport`.
+        """
+        from .optimize import optimize_model
+
+        return optimize_model(self, mode, skip=skip, only=only, **options)
 
     def num_parameters(self, only_trainable: bool = False) -> int:
         """Number of parameter elements (tied parameters counted once)."""
