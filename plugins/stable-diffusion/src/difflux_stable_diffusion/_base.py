@@ -15,7 +15,15 @@ from typing import Any, ClassVar
 import torch
 from difflux import DiffusionPipeline, ImagePipelineOutput
 from difflux.image import postprocess
-from difflux.pipeline_utils import StepCallback, check_batch, check_callback_inputs, step_callback
+from difflux.pipeline_utils import (
+    DenoisingState,
+    LegacyCallback,
+    StepCallback,
+    call_legacy,
+    cut_schedule,
+    legacy_callback,
+    step_callback,
+)
 from difflux.torch_utils import randn_tensor
 
 from ._common import (
@@ -24,10 +32,9 @@ from ._common import (
     guidance_scale_embedding,
     rescale_noise_cfg,
     set_schedule,
-    strength_schedule,
 )
+from .checks import Inputs, check_inputs
 from .images import preprocess_image
-from .prompts import Prompt, prompt_batch_size
 
 __all__ = ["Denoise", "Sampling", "StableDiffusionBase", "say_once", "spread"]
 
@@ -35,8 +42,8 @@ logger = logging.getLogger("difflux")
 _told: set[str] = set()
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
-#: ``blend(step_index, latents) -> latents`` runs after each scheduler step (4-channel inpainting).
-Blend = Callable[[int, torch.Tensor], torch.Tensor]
+#: ``blend(step_index, latents, mask) -> latents`` runs after each scheduler step (4-channel inpainting).
+Blend = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``predict(step_index, timestep, latents (doubled when guiding), embeds) -> noise prediction``
 Predict = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -55,6 +62,21 @@ def spread(tensor: torch.Tensor, total: int, what: str = "images") -> torch.Tens
     return tensor.repeat(total // tensor.shape[0], *([1] * (tensor.ndim - 1)))
 
 
+def fit(tensor: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    """A conditioning tensor for a UNet batch of ``batch``: its conditional half once guidance stopped mid-run."""
+    if tensor is None or tensor.shape[0] <= batch:
+        return tensor
+    return tensor[-batch:]
+
+
+#: callback tensors that are the negative half of another tensor the UNet sees
+_NEGATIVE_HALF = {
+    "negative_prompt_embeds": "prompt_embeds",
+    "negative_pooled_prompt_embeds": "add_text_embeds",
+    "negative_add_time_ids": "add_time_ids",
+}
+
+
 @dataclasses.dataclass
 class Sampling:
     """The user's options for one run of the loop: guidance, scheduler noise, step callback."""
@@ -67,6 +89,7 @@ class Sampling:
     cross_attention_kwargs: dict[str, Any] | None = None
     callback: StepCallback | None = None
     callback_names: Sequence[str] = ("latents",)
+    legacy: LegacyCallback | None = None  # the deprecated callback(step, timestep, latents)
 
 
 @dataclasses.dataclass
@@ -79,13 +102,21 @@ class Denoise:
     timestep_cond: torch.Tensor | None = None
     added_cond_kwargs: dict[str, torch.Tensor] | None = None
     class_labels: torch.Tensor | None = None
-    extra_channels: torch.Tensor | None = None  # concatenated to the UNet input (inpainting, depth, upscaling)
+    #: named tensors the UNet input or the blend uses (``mask``, ``masked_image_latents``, ``depth_mask``,
+    #: ``image``); a step callback may read and replace them
+    extra: dict[str, torch.Tensor | None] = dataclasses.field(default_factory=dict)
+    channels: tuple[str, ...] = ()  # names in ``extra`` concatenated to the UNet input, in this order
     blend: Blend | None = None
     predict: Predict | None = None  # replaces the UNet call (pipelines whose UNet takes other inputs)
 
 
-class StableDiffusionBase(DiffusionPipeline):
-    """Shared steps of the Stable Diffusion family (not registered; the concrete pipelines are)."""
+class StableDiffusionBase(DenoisingState, DiffusionPipeline):
+    """Shared steps of the Stable Diffusion family (not registered; the concrete pipelines are).
+
+    During a run the pipeline exposes what a step callback reads (:class:`~difflux.pipeline_utils.DenoisingState`):
+    ``guidance_scale``, ``do_classifier_free_guidance``, ``cross_attention_kwargs``, ``num_timesteps``,
+    ``interrupt``; setting ``pipe._guidance_scale = 0.0`` in a callback turns guidance off from the next step.
+    """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
     _exclude_from_cpu_offload = ("safety_checker",)
@@ -144,6 +175,15 @@ class StableDiffusionBase(DiffusionPipeline):
         """Classifier-free guidance runs when ``guidance_scale > 1`` and the UNet is not guidance-distilled."""
         return guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
 
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the current step guides (``guidance_scale > 1`` and a UNet that is not guidance-distilled)."""
+        return self.uses_guidance(self._guidance_scale)
+
+    def check_inputs(self, args: Inputs, *, image_minimum: int | None = None) -> int:
+        """Check every input before any model runs (:func:`~.checks.check_inputs`); returns the prompt count."""
+        return check_inputs(self, args, image_minimum=image_minimum)
+
     def sampling(
         self,
         guidance_scale: float,
@@ -153,28 +193,34 @@ class StableDiffusionBase(DiffusionPipeline):
         cross_attention_kwargs: dict[str, Any] | None = None,
         callback: StepCallback | None = None,
         callback_names: Sequence[str] = ("latents",),
+        *,
+        legacy: LegacyCallback | None = None,
+        legacy_steps: int | None = None,
+        clip_skip: int | None = None,
     ) -> Sampling:
-        """The loop options, with the step callback's tensor names checked."""
-        if callback is not None:
-            check_callback_inputs(callback_names, self._callback_tensor_inputs, type(self).__name__)
-        guidance = self.uses_guidance(guidance_scale)
-        return Sampling(
-            guidance_scale, guidance, guidance_rescale, eta, generator, cross_attention_kwargs, callback, callback_names
-        )
+        """The loop options; sets the run state a step callback reads (``pipe.guidance_scale`` ...).
 
-    def check_batch(
-        self,
-        prompt: Prompt | None,
-        prompt_embeds: torch.Tensor | None,
-        num_images_per_prompt: int,
-        generator: Generator,
-    ) -> int:
-        """The number of prompts, after checking it against ``num_images_per_prompt`` and the generators."""
-        batch = prompt_batch_size(prompt, prompt_embeds)
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
-        check_batch(batch * num_images_per_prompt, generator)
-        return batch
+        ``legacy`` / ``legacy_steps``: the deprecated ``callback=`` / ``callback_steps=`` (a ``FutureWarning``).
+        """
+        self._guidance_scale = guidance_scale
+        self._guidance_rescale = guidance_rescale
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._clip_skip = clip_skip
+        self._interrupt = False
+        self._num_timesteps = 0
+        guidance = self.uses_guidance(guidance_scale)
+        old = legacy_callback(legacy, legacy_steps, type(self).__name__)
+        return Sampling(
+            guidance_scale,
+            guidance,
+            guidance_rescale,
+            eta,
+            generator,
+            cross_attention_kwargs,
+            callback,
+            callback_names,
+            old,
+        )
 
     def guidance_embedding(self, guidance_scale: float, batch: int, dtype: torch.dtype) -> torch.Tensor | None:
         """The ``timestep_cond`` of guidance-distilled UNets (``time_cond_proj_dim`` set), else ``None``."""
@@ -186,23 +232,33 @@ class StableDiffusionBase(DiffusionPipeline):
 
     # -- schedules -------------------------------------------------------------------------
 
-    def strength_timesteps(
+    def schedule(
         self,
-        num_inference_steps: int,
-        strength: float,
+        num_inference_steps: int | None,
         timesteps: Sequence[int] | None = None,
         sigmas: Sequence[float] | None = None,
+        *,
+        strength: float | None = None,
         denoising_start: float | None = None,
+        denoising_end: float | None = None,
     ) -> torch.Tensor:
-        """The schedule image-to-image runs: its last ``strength`` (or below ``denoising_start``)."""
-        scheduler = self.scheduler
-        steps, count = set_schedule(scheduler, num_inference_steps, self.device, timesteps=timesteps, sigmas=sigmas)
-        steps, count = strength_schedule(scheduler, steps, count, strength, denoising_start=denoising_start)
-        if count < 1:
-            raise ValueError(
-                f"strength={strength} leaves no denoising steps out of {num_inference_steps}; raise either"
-            )
-        return steps
+        """Set the scheduler's schedule and cut it at whole steps (:func:`difflux.pipeline_utils.cut_schedule`).
+
+        ``strength`` (image-to-image), ``denoising_start`` (a refiner) and ``denoising_end`` (a base
+        handing over) pick the part of the schedule this run takes; the scheduler's begin index is set.
+        Returns the timesteps of the run.
+
+        :raises ValueError: when the cut leaves no denoising step.
+        """
+        set_schedule(self.scheduler, num_inference_steps, self.device, timesteps=timesteps, sigmas=sigmas)
+        cut = cut_schedule(
+            self.scheduler,
+            strength=strength,
+            denoising_start=denoising_start,
+            denoising_end=denoising_end,
+            pipeline=type(self).__name__,
+        )
+        return cut.timesteps
 
     # -- latents ---------------------------------------------------------------------------
 
@@ -271,14 +327,14 @@ class StableDiffusionBase(DiffusionPipeline):
     ) -> torch.Tensor:
         """Scaled latents of ``image`` (latents pass through), spread to ``total`` samples.
 
-        ``per_output`` (image-to-image): with a list of generators the image is repeated before
-        encoding, so that each output draws its posterior sample with its own generator; SDXL's
+        With a list of generators the image is repeated before encoding, so that each output draws
+        its posterior sample with its own generator. ``per_output`` (image-to-image): SDXL's
         ``latents_mean`` / ``latents_std`` normalisation applies.
         """
         image = image.to(device=self.device, dtype=dtype)
         if image.shape[1] == self.vae.config.latent_channels:
             return spread(image, total)
-        if per_output and isinstance(generator, Sequence) and image.shape[0] < total:
+        if isinstance(generator, Sequence) and image.shape[0] < total:
             image = spread(image, total)
         return spread(self.encode_vae(image, generator, stats=per_output), total)
 
@@ -357,18 +413,19 @@ class StableDiffusionBase(DiffusionPipeline):
         blending: bool,
     ) -> Denoise:
         """Condition the loop on the mask: blend the known region back, or feed mask and masked latents to the UNet."""
+        run.extra.update(mask=mask, masked_image_latents=masked_latents)
         if not blending:
             assert masked_latents is not None
-            run.extra_channels = torch.cat([mask, masked_latents], dim=1)
+            run.channels = ("mask", "masked_image_latents")
             return run
         assert image_latents is not None
-        keep = mask.chunk(2)[0] if run.sampling.guidance else mask
         steps, known = run.timesteps, image_latents
 
-        def blend(i: int, current: torch.Tensor) -> torch.Tensor:
+        def blend(i: int, current: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
             proper = known
             if i < len(steps) - 1:
                 proper = self.scheduler.add_noise(known, noise, steps[i + 1 : i + 2])
+            keep = keep[-current.shape[0] :]
             return (1 - keep) * proper + keep * current
 
         run.blend = blend
@@ -376,47 +433,124 @@ class StableDiffusionBase(DiffusionPipeline):
 
     # -- the loop --------------------------------------------------------------------------
 
+    def loop_tensors(
+        self, latents: torch.Tensor, run: Denoise, negative: torch.Tensor | None
+    ) -> dict[str, torch.Tensor | None]:
+        """The tensors of the loop by their callback names (``prompt_embeds`` as the UNet sees them)."""
+        tensors: dict[str, torch.Tensor | None] = {
+            "latents": latents,
+            "prompt_embeds": run.embeds,
+            "negative_prompt_embeds": negative,
+        }
+        if run.added_cond_kwargs is not None:
+            text, ids = run.added_cond_kwargs["text_embeds"], run.added_cond_kwargs["time_ids"]
+            guided = run.sampling.guidance
+            tensors.update(
+                add_text_embeds=text,
+                add_time_ids=ids,
+                negative_pooled_prompt_embeds=text[: text.shape[0] // 2] if guided else None,
+                negative_add_time_ids=ids[: ids.shape[0] // 2] if guided else None,
+            )
+        tensors.update(run.extra)
+        return tensors
+
     def denoise(self, latents: torch.Tensor, run: Denoise, negative: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the UNet and the scheduler over ``run.timesteps``; returns the final latents."""
+        """Run the UNet and the scheduler over ``run.timesteps``; returns the final latents.
+
+        Each step reads the run state anew: ``pipe._guidance_scale`` (guidance stops once it is at
+        most 1: the UNet then sees the conditional half of every doubled tensor), ``pipe._interrupt``
+        (stop), and the tensors a step callback replaced.
+        """
         scheduler, opts = self.scheduler, run.sampling
-        embeds = run.embeds
-        with self.progress_bar(total=len(run.timesteps)) as bar:
+        tensors = self.loop_tensors(latents, run, negative)
+        order = max(int(getattr(scheduler, "order", 1) or 1), 1)
+        length = len(run.timesteps)
+        self._num_timesteps = length
+        with self.progress_bar(total=length) as bar:
             for i, t in enumerate(run.timesteps):
-                model_input = torch.cat([latents] * 2) if opts.guidance else latents
+                if self._interrupt:
+                    break
+                current = tensors["latents"]
+                assert current is not None
+                latents = current
+                guiding = opts.guidance and self.do_classifier_free_guidance
+                model_input = torch.cat([latents] * 2) if guiding else latents
+                embeds = fit(tensors["prompt_embeds"], model_input.shape[0])
+                assert embeds is not None
                 if run.predict is not None:
                     noise_pred = run.predict(i, t, model_input, embeds)
                 else:
-                    noise_pred = self.predict_noise(run, t, model_input, embeds)
-                if opts.guidance:
+                    noise_pred = self.predict_noise(run, t, model_input, embeds, tensors)
+                if guiding:
                     uncond, text = noise_pred.chunk(2)
-                    noise_pred = uncond + opts.guidance_scale * (text - uncond)
-                    if opts.guidance_rescale > 0.0:
-                        noise_pred = rescale_noise_cfg(noise_pred, text, opts.guidance_rescale)
+                    noise_pred = uncond + self._guidance_scale * (text - uncond)
+                    if self._guidance_rescale > 0.0:
+                        noise_pred = rescale_noise_cfg(noise_pred, text, self._guidance_rescale)
                 latents = scheduler.step(
                     noise_pred, t, latents, eta=opts.eta, generator=opts.generator, return_dict=False
                 )[0]
                 if run.blend is not None:
-                    latents = run.blend(i, latents)
+                    mask = tensors["mask"]
+                    assert mask is not None
+                    latents = run.blend(i, latents, mask)
+                tensors["latents"] = latents
                 if opts.callback is not None:
-                    tensors = {"latents": latents, "prompt_embeds": embeds, "negative_prompt_embeds": negative}
-                    out = step_callback(self, opts.callback, i, t, tensors, opts.callback_names)
-                    latents, embeds, negative = out["latents"], out["prompt_embeds"], out["negative_prompt_embeds"]
+                    tensors = self.after_step(opts, i, t, tensors)
+                call_legacy(opts.legacy, i, length, order, t, latents)
                 bar.update()
-        return latents
+        final = tensors["latents"]
+        assert final is not None
+        return final
 
-    def predict_noise(self, run: Denoise, t: torch.Tensor, model_input: torch.Tensor, embeds: torch.Tensor) -> Any:
-        """The UNet's prediction for the (scaled) ``model_input`` with ``run``'s extra channels and conditioning."""
+    def after_step(
+        self, opts: Sampling, i: int, t: torch.Tensor, tensors: dict[str, torch.Tensor | None]
+    ) -> dict[str, torch.Tensor | None]:
+        """Run ``callback_on_step_end``; what it returns is used from the next step on.
+
+        A returned negative part (``negative_prompt_embeds``, ``negative_pooled_prompt_embeds``,
+        ``negative_add_time_ids``) replaces the negative half of the stacked tensor the UNet sees.
+        """
+        assert opts.callback is not None
+        out = step_callback(self, opts.callback, i, t, tensors, opts.callback_names)
+        for negative, whole_name in _NEGATIVE_HALF.items():
+            new, whole = out.get(negative), out.get(whole_name)
+            if new is None or new is tensors.get(negative) or whole is None:
+                continue
+            if whole.shape[0] == 2 * new.shape[0]:
+                out[whole_name] = torch.cat([new.to(whole), whole[new.shape[0] :]])
+        return out
+
+    def predict_noise(
+        self,
+        run: Denoise,
+        t: torch.Tensor,
+        model_input: torch.Tensor,
+        embeds: torch.Tensor,
+        tensors: dict[str, torch.Tensor | None] | None = None,
+    ) -> Any:
+        """The UNet's prediction for the (scaled) ``model_input`` with ``run``'s extra channels and conditioning.
+
+        ``tensors``: the loop's current tensors by callback name (default: those ``run`` started with).
+        """
+        source = run.extra if tensors is None else tensors
+        batch = model_input.shape[0]
         model_input = self.scheduler.scale_model_input(model_input, t)
-        if run.extra_channels is not None:
-            model_input = torch.cat([model_input, run.extra_channels], dim=1)
+        if run.channels:
+            parts = [fit(source[name], batch) for name in run.channels]
+            model_input = torch.cat([model_input, *(p for p in parts if p is not None)], dim=1)
+        added: dict[str, Any] | None = None
+        if run.added_cond_kwargs is not None:
+            text = source.get("add_text_embeds", run.added_cond_kwargs["text_embeds"])
+            ids = source.get("add_time_ids", run.added_cond_kwargs["time_ids"])
+            added = {"text_embeds": fit(text, batch), "time_ids": fit(ids, batch)}
         return self.unet(
             model_input,
             t,
             encoder_hidden_states=embeds,
-            timestep_cond=run.timestep_cond,
-            class_labels=run.class_labels,
-            cross_attention_kwargs=run.sampling.cross_attention_kwargs,
-            added_cond_kwargs=run.added_cond_kwargs,
+            timestep_cond=fit(run.timestep_cond, batch),
+            class_labels=fit(run.class_labels, batch),
+            cross_attention_kwargs=self._cross_attention_kwargs,
+            added_cond_kwargs=added,
             return_dict=False,
         )[0]
 

@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from difflux.pipeline_utils import StepCallback
+from difflux.pipeline_utils import LegacyCallback, StepCallback, check_finite
 from difflux.protocols import Scheduler
 
 from ._base import ImagesOnly, StableDiffusionBase
+from .checks import Inputs
 from .images import ImageInput
 from .pipeline_stable_diffusion import Generator, _StableDiffusion
 from .prompts import Prompt
@@ -34,9 +35,9 @@ class StableDiffusionDepth2ImgPipeline(ImagesOnly, _StableDiffusion):
     concatenated to the latents, so the result keeps the image's layout."""
 
     _optional_components = ("depth_estimator", "feature_extractor")
-    depth_estimator: Any
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds", "depth_mask")
+    depth_estimator: Any
 
     def __init__(
         self,
@@ -102,22 +103,31 @@ class StableDiffusionDepth2ImgPipeline(ImagesOnly, _StableDiffusion):
         clip_skip: int | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
     ) -> Any:
         """Transform ``image`` guided by ``prompt`` while keeping its depth."""
-        if image is None:
-            raise ValueError(f"{type(self).__name__} needs image=")
-        total = self.check_batch(prompt, prompt_embeds, num_images_per_prompt, generator) * num_images_per_prompt
+        total = self.check_inputs(Inputs(
+            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, image=image, needs_image=True, strength=strength,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type,
+            num_images_per_prompt=num_images_per_prompt, generator=generator, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )) * num_images_per_prompt
+        if depth_map is not None:
+            check_finite(depth_map, "depth_map", type(self).__name__)
         opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+                             callback_on_step_end, callback_on_step_end_tensor_inputs,
+                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
         embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
                                     negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
                                     negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
         dtype = embeds.embeds.dtype
         depth = self.depth_conditioning(image, depth_map, total, dtype, opts.guidance)
-        steps = self.strength_timesteps(num_inference_steps, strength)
+        steps = self.schedule(num_inference_steps, strength=strength)
         latents = self.image_latents(self.image_input(image), total, dtype, generator, per_output=True)
         latents = self.add_noise(latents, steps, generator)
         run = self.run(steps, embeds, opts, total)
-        run.extra_channels = depth
+        run.extra["depth_mask"], run.channels = depth, ("depth_mask",)
         latents = self.denoise(latents, run, embeds.negative)
         return self.output(latents, output_type, return_dict, generator)

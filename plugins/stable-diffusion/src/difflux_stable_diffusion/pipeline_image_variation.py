@@ -7,10 +7,11 @@ from typing import Any
 
 import PIL.Image
 import torch
-from difflux.pipeline_utils import StepCallback, check_batch
+from difflux.pipeline_utils import LegacyCallback, StepCallback, check_batch
 from difflux.protocols import Scheduler
 
 from ._base import Denoise, StableDiffusionBase
+from .checks import Inputs
 from .prompts import PromptEmbeds, repeat_per_image
 
 __all__ = ["StableDiffusionImageVariationPipeline"]
@@ -24,8 +25,8 @@ class StableDiffusionImageVariationPipeline(StableDiffusionBase):
     the unconditional half of guidance is a zero embedding."""
 
     _optional_components = ("safety_checker", "feature_extractor")
-
     model_cpu_offload_seq = "image_encoder->unet->vae"
+
     def __init__(
         self,
         vae: Any,
@@ -74,22 +75,31 @@ class StableDiffusionImageVariationPipeline(StableDiffusionBase):
         return_dict: bool = True,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
     ) -> Any:
         """Generate variations of ``image``."""
         if not isinstance(image, (PIL.Image.Image, list, tuple, torch.Tensor)):
             raise TypeError(f"image must be a PIL image, a list of them or a tensor, got {type(image).__name__}")
-        height, width = self.default_size(height, width)
         if isinstance(image, torch.Tensor):
             batch = image.shape[0] if image.ndim == 4 else 1
         else:
             batch = 1 if isinstance(image, PIL.Image.Image) else len(image)
+        self.check_inputs(Inputs(
+            takes_prompt=False, image=image, needs_image=True, height=height, width=width, latents=latents,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type,
+            num_images_per_prompt=num_images_per_prompt, generator=None, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        ), image_minimum=1)
+        check_batch(batch * num_images_per_prompt, generator)
+        height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
-        check_batch(total, generator)
         opts = self.sampling(guidance_scale, 0.0, eta, generator, None,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+                             callback_on_step_end, callback_on_step_end_tensor_inputs,
+                             legacy=callback, legacy_steps=callback_steps)
         embeds = self.encode_image(image, num_images_per_prompt, opts.guidance)
-        self.scheduler.set_timesteps(num_inference_steps, self.device)
+        steps = self.schedule(num_inference_steps)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
-        run = Denoise(self.scheduler.timesteps, embeds.for_unet(), opts)
+        run = Denoise(steps, embeds.for_unet(), opts)
         latents = self.denoise(latents, run, embeds.negative)
         return self.output(latents, output_type, return_dict, generator)

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from difflux.pipeline_utils import StepCallback
+from difflux.pipeline_utils import LegacyCallback, StepCallback
 from difflux.protocols import Scheduler
 
 from ._base import Denoise, Sampling, StableDiffusionBase
 from ._base import _told as _told  # the once-only messages said so far (tests reset it)
-from ._common import set_schedule
+from .checks import Inputs
 from .images import ImageInput, preprocess_image, preprocess_mask
 from .prompts import Prompt, PromptEmbeds, encode_prompt
 
@@ -138,16 +138,27 @@ class StableDiffusionPipeline(_StableDiffusion):
         clip_skip: int | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
     ) -> Any:
         """Generate images for ``prompt``: check → encode → prepare latents → denoise → decode."""
+        batch = self.check_inputs(Inputs(
+            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, height=height, width=width, latents=latents,
+            num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
+            guidance_scale=guidance_scale, output_type=output_type, num_images_per_prompt=num_images_per_prompt,
+            generator=generator, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        ))
         height, width = self.default_size(height, width)
-        total = self.check_batch(prompt, prompt_embeds, num_images_per_prompt, generator) * num_images_per_prompt
+        total = batch * num_images_per_prompt
         opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+                             callback_on_step_end, callback_on_step_end_tensor_inputs,
+                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
         embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
                                     negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
                                     negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
-        steps, _ = set_schedule(self.scheduler, num_inference_steps, self.device, timesteps=timesteps, sigmas=sigmas)
+        steps = self.schedule(num_inference_steps, timesteps, sigmas)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         latents = self.denoise(latents, self.run(steps, embeds, opts, total), embeds.negative)
         return self.output(latents, output_type, return_dict, generator)
@@ -178,18 +189,26 @@ class StableDiffusionImg2ImgPipeline(_StableDiffusion):
         clip_skip: int | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
     ) -> Any:
         """Transform ``image`` guided by ``prompt``."""
-        if image is None:
-            raise ValueError(f"{type(self).__name__} needs image=")
-        total = self.check_batch(prompt, prompt_embeds, num_images_per_prompt, generator) * num_images_per_prompt
+        total = self.check_inputs(Inputs(
+            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, image=image, needs_image=True, strength=strength,
+            num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
+            guidance_scale=guidance_scale, output_type=output_type, num_images_per_prompt=num_images_per_prompt,
+            generator=generator, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )) * num_images_per_prompt
         opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+                             callback_on_step_end, callback_on_step_end_tensor_inputs,
+                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
         embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
                                     negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
                                     negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
         pixels = self.image_input(image)
-        steps = self.strength_timesteps(num_inference_steps, strength, timesteps, sigmas)
+        steps = self.schedule(num_inference_steps, timesteps, sigmas, strength=strength)
         latents = self.image_latents(pixels, total, embeds.embeds.dtype, generator, per_output=True)
         latents = self.add_noise(latents, steps, generator)
         latents = self.denoise(latents, self.run(steps, embeds, opts, total), embeds.negative)
@@ -204,6 +223,7 @@ class StableDiffusionInpaintPipeline(_StableDiffusion):
     """
 
     _scheduler_fixes = ("skip_prk_steps",)
+    _callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds", "mask", "masked_image_latents")
 
     def __call__(
         self,
@@ -231,20 +251,31 @@ class StableDiffusionInpaintPipeline(_StableDiffusion):
         clip_skip: int | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
     ) -> Any:
         """Repaint the masked part of ``image`` guided by ``prompt``."""
-        if image is None or mask_image is None:
-            raise ValueError(f"{type(self).__name__} needs image= and mask_image=")
+        total = self.check_inputs(Inputs(
+            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, height=height, width=width, image=image,
+            mask_image=mask_image, masked_image_latents=masked_image_latents, needs_image=True, needs_mask=True,
+            latents=latents, strength=strength, num_inference_steps=num_inference_steps, timesteps=timesteps,
+            sigmas=sigmas, guidance_scale=guidance_scale, output_type=output_type,
+            num_images_per_prompt=num_images_per_prompt, generator=generator,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )) * num_images_per_prompt
         height, width = self.default_size(height, width)
-        total = self.check_batch(prompt, prompt_embeds, num_images_per_prompt, generator) * num_images_per_prompt
         blending = self.inpaint_blending()
         opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+                             callback_on_step_end, callback_on_step_end_tensor_inputs,
+                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
         embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
                                     negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
                                     negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
-        steps = self.strength_timesteps(num_inference_steps, strength, timesteps, sigmas)
+        steps = self.schedule(num_inference_steps, timesteps, sigmas, strength=strength)
         dtype = embeds.embeds.dtype
+        assert image is not None and mask_image is not None
         pixels = preprocess_image(image, height, width, multiple=self.vae_scale_factor).to(dtype)
         shape = self.latent_shape(total, height, width, self.vae.config.latent_channels)
         latents, noise, image_latents = self.inpaint_latents(

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from difflux.pipeline_utils import StepCallback
+from difflux.pipeline_utils import LegacyCallback, StepCallback
 from difflux.protocols import Scheduler
 
 from ._base import Denoise, Sampling, StableDiffusionBase
-from ._common import StableDiffusionXLPipelineOutput, set_schedule
+from ._common import StableDiffusionXLPipelineOutput
+from .checks import Inputs
 from .images import ImageInput, preprocess_image, preprocess_mask
 from .prompts import Prompt, PromptEmbeds, encode_prompt_sdxl
 
@@ -26,30 +27,21 @@ Generator = torch.Generator | Sequence[torch.Generator] | None
 Size = tuple[int, int]
 
 
-def _fraction(value: float | None, name: str) -> float | None:
-    """``value`` when it is a fraction strictly between 0 and 1; ``None`` otherwise (as Diffusers ignores it)."""
-    if value is None:
-        return None
-    if not isinstance(value, float) or not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be a float strictly between 0 and 1, got {value!r}")
-    return value
-
-
-def cut_at_denoising_end(scheduler: Scheduler, timesteps: torch.Tensor, denoising_end: float | None) -> torch.Tensor:
-    """The leading part of the schedule a base model runs before handing off at ``denoising_end``."""
-    if denoising_end is None:
-        return timesteps
-    total = scheduler.config["num_train_timesteps"]
-    cutoff = round(total - denoising_end * total)
-    return timesteps[: int((timesteps >= cutoff).sum().item())]
-
-
 class _StableDiffusionXL(StableDiffusionBase):
     """Components, prompt encoding and micro-conditioning of the SDXL pipelines."""
 
     _upcast_vae = True
     _vae_latent_stats = True
     model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
+    _callback_tensor_inputs: tuple[str, ...] = (
+        "latents",
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "add_text_embeds",
+        "add_time_ids",
+        "negative_pooled_prompt_embeds",
+        "negative_add_time_ids",
+    )
     _optional_components = (
         "tokenizer",
         "tokenizer_2",
@@ -140,18 +132,21 @@ class _StableDiffusionXL(StableDiffusionBase):
             ids = torch.cat([negative_time_ids.repeat(total, 1), ids])
         return {"text_embeds": pooled, "time_ids": ids.to(self.device)}
 
+    def inputs(self, **values: Any) -> Inputs:
+        """The validator's view of an SDXL call (pooled embeddings required with embeddings)."""
+        return Inputs(pooled=True, **values)
+
     def run(
         self,
         timesteps: torch.Tensor,
         embeds: PromptEmbeds,
         opts: Sampling,
         time_ids: tuple[torch.Tensor, torch.Tensor],
-        denoising_end: float | None,
     ) -> Denoise:
-        """The loop up to ``denoising_end``, conditioned on the prompt, pooled embeddings and time ids."""
+        """The loop over ``timesteps``, conditioned on the prompt, pooled embeddings and time ids."""
         total = embeds.embeds.shape[0]
         return Denoise(
-            cut_at_denoising_end(self.scheduler, timesteps, denoising_end),
+            timesteps,
             embeds.for_unet(),
             opts,
             timestep_cond=self.guidance_embedding(opts.guidance_scale, total, embeds.embeds.dtype),
@@ -199,21 +194,32 @@ class StableDiffusionXLPipeline(_StableDiffusionXL):
         clip_skip: int | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
     ) -> Any:
         """Generate images for ``prompt`` (``prompt_2`` for the second text encoder)."""
+        total = self.check_inputs(self.inputs(
+            prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
+            denoising_end=denoising_end, guidance_scale=guidance_scale, output_type=output_type,
+            num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            height=height, width=width,
+        )) * num_images_per_prompt
         height, width = self.default_size(height, width)
-        total = self.check_batch(prompt, prompt_embeds, num_images_per_prompt, generator) * num_images_per_prompt
-        denoising_end = _fraction(denoising_end, "denoising_end")
         opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+                             callback_on_step_end, callback_on_step_end_tensor_inputs,
+                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
         embeds = self.encode_prompt(prompt, guidance=opts.guidance, num_images_per_prompt=num_images_per_prompt,
                                     prompt_2=prompt_2, negative_prompt=negative_prompt,
                                     negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
                                     negative_prompt_embeds=negative_prompt_embeds,
                                     pooled_prompt_embeds=pooled_prompt_embeds,
                                     negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip)
-        steps, _ = set_schedule(self.scheduler, num_inference_steps, self.device, timesteps=timesteps, sigmas=sigmas)
-        self.scheduler.set_begin_index(0)
+        steps = self.schedule(num_inference_steps, timesteps, sigmas, denoising_end=denoising_end)
         dtype = embeds.embeds.dtype
         latents = self.prepare_latents(self.latent_shape(total, height, width), dtype, generator, latents)
         proj = self._projection_dim(embeds)
@@ -224,7 +230,7 @@ class StableDiffusionXLPipeline(_StableDiffusionXL):
             neg_ids = self.time_ids(
                 [*negative_original_size, *negative_crops_coords_top_left, *negative_target_size], proj, dtype
             )
-        latents = self.denoise(latents, self.run(steps, embeds, opts, (ids, neg_ids), denoising_end), embeds.negative)
+        latents = self.denoise(latents, self.run(steps, embeds, opts, (ids, neg_ids)), embeds.negative)
         return self.output(latents, output_type, return_dict)
 
 
@@ -278,13 +284,6 @@ class StableDiffusionXLImg2ImgPipeline(_StableDiffusionXL):
         proj, dtype = self._projection_dim(embeds), embeds.embeds.dtype
         return self.time_ids(pos, proj, dtype), self.time_ids(neg, proj, dtype)
 
-    def handoff(self, denoising_start: float | None, denoising_end: float | None) -> tuple[float | None, float | None]:
-        """``denoising_start`` / ``denoising_end`` checked: fractions, the start below the end."""
-        start, end = _fraction(denoising_start, "denoising_start"), _fraction(denoising_end, "denoising_end")
-        if start is not None and end is not None and start >= end:
-            raise ValueError(f"denoising_start={start} must be below denoising_end={end}")
-        return start, end
-
     def __call__(
         self,
         prompt: Prompt | None = None,
@@ -322,14 +321,24 @@ class StableDiffusionXLImg2ImgPipeline(_StableDiffusionXL):
         clip_skip: int | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
     ) -> Any:
         """Transform ``image`` (pixels, or a base model's latents when refining) guided by ``prompt``."""
-        if image is None:
-            raise ValueError(f"{type(self).__name__} needs image=")
-        total = self.check_batch(prompt, prompt_embeds, num_images_per_prompt, generator) * num_images_per_prompt
-        denoising_start, denoising_end = self.handoff(denoising_start, denoising_end)
+        total = self.check_inputs(self.inputs(
+            prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
+            denoising_end=denoising_end, guidance_scale=guidance_scale, output_type=output_type,
+            num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            image=image, needs_image=True, strength=strength, denoising_start=denoising_start,
+        )) * num_images_per_prompt
         opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+                             callback_on_step_end, callback_on_step_end_tensor_inputs,
+                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
         embeds = self.encode_prompt(prompt, guidance=opts.guidance, num_images_per_prompt=num_images_per_prompt,
                                     prompt_2=prompt_2, negative_prompt=negative_prompt,
                                     negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
@@ -337,7 +346,8 @@ class StableDiffusionXLImg2ImgPipeline(_StableDiffusionXL):
                                     pooled_prompt_embeds=pooled_prompt_embeds,
                                     negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip)
         pixels = self.image_input(image)
-        steps = self.strength_timesteps(num_inference_steps, strength, timesteps, sigmas, denoising_start)
+        steps = self.schedule(num_inference_steps, timesteps, sigmas, strength=strength,
+                              denoising_start=denoising_start, denoising_end=denoising_end)
         if latents is None:
             latents = self.image_latents(pixels, total, embeds.embeds.dtype, generator, per_output=True)
             if denoising_start is None:  # a refiner gets latents that are already noisy
@@ -346,12 +356,14 @@ class StableDiffusionXLImg2ImgPipeline(_StableDiffusionXL):
         ids = self.micro_conditioning(embeds, (height, width), original_size, crops_coords_top_left, target_size,
                                       aesthetic_score, negative_aesthetic_score, negative_original_size,
                                       negative_crops_coords_top_left, negative_target_size)
-        latents = self.denoise(latents, self.run(steps, embeds, opts, ids, denoising_end), embeds.negative)
+        latents = self.denoise(latents, self.run(steps, embeds, opts, ids), embeds.negative)
         return self.output(latents, output_type, return_dict)
 
 
 class StableDiffusionXLInpaintPipeline(StableDiffusionXLImg2ImgPipeline):
     """Inpainting with SDXL: a 9-channel inpainting UNet, or a 4-channel UNet with the known region blended back."""
+
+    _callback_tensor_inputs = (*_StableDiffusionXL._callback_tensor_inputs, "mask", "masked_image_latents")
 
     def __call__(  # type: ignore[override]
         self,
@@ -394,24 +406,37 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImg2ImgPipeline):
         clip_skip: int | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
     ) -> Any:
         """Repaint where ``mask_image`` is white."""
-        if image is None or mask_image is None:
-            raise ValueError(f"{type(self).__name__} needs image= and mask_image=")
+        total = self.check_inputs(self.inputs(
+            prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
+            denoising_end=denoising_end, guidance_scale=guidance_scale, output_type=output_type,
+            num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            height=height, width=width, image=image, mask_image=mask_image, needs_image=True, needs_mask=True,
+            masked_image_latents=masked_image_latents, strength=strength, denoising_start=denoising_start,
+        )) * num_images_per_prompt
         height, width = self.default_size(height, width)
-        total = self.check_batch(prompt, prompt_embeds, num_images_per_prompt, generator) * num_images_per_prompt
-        denoising_start, denoising_end = self.handoff(denoising_start, denoising_end)
         blending = self.inpaint_blending()
         opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+                             callback_on_step_end, callback_on_step_end_tensor_inputs,
+                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
         embeds = self.encode_prompt(prompt, guidance=opts.guidance, num_images_per_prompt=num_images_per_prompt,
                                     prompt_2=prompt_2, negative_prompt=negative_prompt,
                                     negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
                                     negative_prompt_embeds=negative_prompt_embeds,
                                     pooled_prompt_embeds=pooled_prompt_embeds,
                                     negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip)
-        steps = self.strength_timesteps(num_inference_steps, strength, timesteps, sigmas, denoising_start)
+        steps = self.schedule(num_inference_steps, timesteps, sigmas, strength=strength,
+                              denoising_start=denoising_start, denoising_end=denoising_end)
         dtype = embeds.embeds.dtype
+        assert image is not None and mask_image is not None
         pixels = preprocess_image(image, height, width, multiple=self.vae_scale_factor).to(dtype)
         shape = self.latent_shape(total, height, width, self.vae.config.latent_channels)
         latents, noise, image_latents = self.inpaint_latents(
@@ -423,7 +448,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImg2ImgPipeline):
         ids = self.micro_conditioning(embeds, (height, width), original_size, crops_coords_top_left, target_size,
                                       aesthetic_score, negative_aesthetic_score, negative_original_size,
                                       negative_crops_coords_top_left, negative_target_size)
-        run = self.run(steps, embeds, opts, ids, denoising_end)
+        run = self.run(steps, embeds, opts, ids)
         run = self.inpaint_run(run, mask, masked_latents, image_latents, noise, blending=blending)
         latents = self.denoise(latents, run, embeds.negative)
         return self.output(latents, output_type, return_dict)

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from difflux.pipeline_utils import StepCallback
+from difflux.pipeline_utils import LegacyCallback, StepCallback
 from difflux.protocols import Scheduler
 from difflux.torch_utils import randn_tensor
 
-from ._base import Denoise, ImagesOnly, StableDiffusionBase, say_once
-from ._common import set_schedule
+from ._base import Denoise, ImagesOnly, StableDiffusionBase, fit, say_once, spread
+from .checks import Inputs
 from .images import ImageInput, preprocess_image
 from .pipeline_stable_diffusion import Generator, _StableDiffusion
 from .prompts import Prompt, PromptEmbeds, encode_prompt_pooled
@@ -89,16 +89,22 @@ class StableDiffusionUpscalePipeline(_StableDiffusion):
     watermarker: Any
 
     def noised_image(
-        self, image: Any, noise_level: int, copies: int, dtype: torch.dtype, generator: Generator
+        self, image: Any, noise_level: int, total: int, guidance: bool, dtype: torch.dtype, generator: Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(image noised to noise_level, repeated copies times; the noise levels as class labels)``."""
+        """``(image noised to noise_level for total outputs, doubled when guiding; the noise levels as class labels)``.
+
+        With a list of generators each output's image gets its own noise from its own generator.
+        """
         if noise_level > self.config["max_noise_level"]:
             raise ValueError(f"noise_level must be at most max_noise_level={self.config['max_noise_level']}")
         pixels = preprocess_image(image, multiple=self.vae_scale_factor, resample="bicubic")
         pixels = pixels.to(device=self.device, dtype=dtype)
+        if isinstance(generator, Sequence) and pixels.shape[0] < total:
+            pixels = spread(pixels, total)
         level = torch.tensor([noise_level], dtype=torch.long, device=self.device)
         noise = randn_tensor(pixels.shape, generator=generator, device=self.device, dtype=dtype)
-        noised = torch.cat([self.low_res_scheduler.add_noise(pixels, noise, level)] * copies)
+        noised = spread(self.low_res_scheduler.add_noise(pixels, noise, level), total)
+        noised = torch.cat([noised] * 2) if guidance else noised
         return noised, level.repeat(noised.shape[0])
 
     def wrap_output(self, images: Any, flags: list[bool] | None, return_dict: bool) -> Any:
@@ -126,26 +132,32 @@ class StableDiffusionUpscalePipeline(_StableDiffusion):
         clip_skip: int | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
     ) -> Any:
         """Upscale ``image`` four times, guided by ``prompt``."""
-        if image is None:
-            raise ValueError(f"{type(self).__name__} needs image=")
-        total = self.check_batch(prompt, prompt_embeds, num_images_per_prompt, generator) * num_images_per_prompt
+        total = self.check_inputs(Inputs(
+            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, image=image, needs_image=True, latents=latents,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type,
+            num_images_per_prompt=num_images_per_prompt, generator=generator, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        ), image_minimum=1) * num_images_per_prompt
         opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs)
+                             callback_on_step_end, callback_on_step_end_tensor_inputs,
+                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
         embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
                                     negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
                                     negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
         dtype = embeds.embeds.dtype
-        steps, _ = set_schedule(self.scheduler, num_inference_steps, self.device)
-        copies = (2 if opts.guidance else 1) * num_images_per_prompt
-        noised, levels = self.noised_image(image, noise_level, copies, dtype, generator)
+        steps = self.schedule(num_inference_steps)
+        noised, levels = self.noised_image(image, noise_level, total, opts.guidance, dtype, generator)
         channels = self.vae.config.latent_channels
         _check_unet_channels(self.unet, channels, noised.shape[1])
         shape = (total, channels, *noised.shape[-2:])
         latents = self.prepare_latents(shape, dtype, generator, latents)
         run = self.run(steps, embeds, opts, total)
-        run.extra_channels, run.class_labels = noised, levels
+        run.extra["image"], run.channels, run.class_labels = noised, ("image",), levels
         latents = self.denoise(latents, run, embeds.negative)
         return self.output(latents, output_type, return_dict, generator)
 
@@ -153,9 +165,15 @@ class StableDiffusionUpscalePipeline(_StableDiffusion):
 class StableDiffusionLatentUpscalePipeline(ImagesOnly, StableDiffusionBase):
     """Text-guided x2 upscaling of Stable Diffusion latents (or images, encoded first)."""
 
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
     def __init__(self, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, scheduler: Scheduler) -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+    def uses_guidance(self, guidance_scale: float) -> bool:
+        """Guidance runs when ``guidance_scale > 1`` (the UNet's ``timestep_cond`` is the noise level)."""
+        return guidance_scale > 1
 
     def encode_prompt(self, prompt: Prompt | None, *, guidance: bool = False, **embeds: Any) -> PromptEmbeds:
         """Last hidden states and pooled outputs; see :func:`~.prompts.encode_prompt_pooled`."""
@@ -165,8 +183,6 @@ class StableDiffusionLatentUpscalePipeline(ImagesOnly, StableDiffusionBase):
 
     def conditioning(self, embeds: PromptEmbeds) -> torch.Tensor:
         """The UNet's ``timestep_cond``: the embedding of noise level 0 (64 ones, 64 zeros) and the pooled text."""
-    model_cpu_offload_seq = "text_encoder->unet->vae"
-
         pooled = embeds.pooled_for_unet()
         pooled = pooled.to(self.device)
         level = torch.ones(pooled.shape[0], 64, dtype=pooled.dtype, device=self.device)
@@ -183,19 +199,25 @@ class StableDiffusionLatentUpscalePipeline(ImagesOnly, StableDiffusionBase):
 
         def predict(i: int, t: torch.Tensor, model_input: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
             sigma = scheduler.sigmas[i]
-            scaled = torch.cat([scheduler.scale_model_input(model_input, t), image_cond], dim=1)
+            batch = model_input.shape[0]
+            scaled = torch.cat([scheduler.scale_model_input(model_input, t), image_cond[-batch:]], dim=1)
             out = self.unet(
-                scaled, torch.log(sigma) * 0.25, encoder_hidden_states=embeds, timestep_cond=timestep_cond,
+                scaled, torch.log(sigma) * 0.25, encoder_hidden_states=embeds, timestep_cond=fit(timestep_cond, batch),
                 return_dict=False,
             )[0][:, :-1]
             return model_input / (sigma**2 + 1) + scheduler.scale_model_input(sigma, t) * out  # type: ignore[no-any-return]
 
         return predict
 
-    def image_condition(self, image: Any, copies: int, dtype: torch.dtype, generator: Generator) -> torch.Tensor:
-        """Latents of ``image`` (encoded when pixels), doubled in size (nearest), ``copies`` times."""
+    def image_condition(
+        self, image: Any, total: int, copies: int, dtype: torch.dtype, generator: Generator
+    ) -> torch.Tensor:
+        """Latents of ``image`` (encoded when pixels; per output with a list of generators), doubled in size
+        (nearest), ``copies`` times."""
         image = preprocess_image(image, multiple=self.vae_scale_factor, latent_channels=4, resample="bicubic")
         image = image.to(device=self.device, dtype=dtype)
+        if isinstance(generator, Sequence) and image.shape[0] < total:
+            image = spread(image, total)
         if image.shape[1] == 3:
             image = self.encode_vae(image, generator)
         image = torch.cat([image] * copies)
@@ -218,15 +240,21 @@ class StableDiffusionLatentUpscalePipeline(ImagesOnly, StableDiffusionBase):
         return_dict: bool = True,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
     ) -> Any:
         """Upscale ``image`` (latents or pixels) twice, guided by ``prompt``."""
-        if image is None:
-            raise ValueError(f"{type(self).__name__} needs image=")
-        batch = self.check_batch(prompt, prompt_embeds, 1, generator)
+        batch = self.check_inputs(Inputs(
+            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, image=image, needs_image=True, latents=latents,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type,
+            generator=generator, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        ), image_minimum=1)
         opts = self.sampling(
-            guidance_scale, callback=callback_on_step_end, callback_names=callback_on_step_end_tensor_inputs
+            guidance_scale, callback=callback_on_step_end, callback_names=callback_on_step_end_tensor_inputs,
+            legacy=callback, legacy_steps=callback_steps,
         )
-        opts.guidance = guidance_scale > 1  # the UNet's timestep_cond is the noise level, not a distilled guidance
         text = [""] * batch if guidance_scale == 0 and prompt_embeds is None else prompt
         embeds = self.encode_prompt(
             text, guidance=opts.guidance, negative_prompt=negative_prompt,
@@ -234,8 +262,8 @@ class StableDiffusionLatentUpscalePipeline(ImagesOnly, StableDiffusionBase):
             pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
         )
         dtype = embeds.embeds.dtype
-        image_cond = self.image_condition(image, 2 if opts.guidance else 1, dtype, generator)
-        steps, _ = set_schedule(self.scheduler, num_inference_steps, self.device)
+        image_cond = self.image_condition(image, batch, 2 if opts.guidance else 1, dtype, generator)
+        steps = self.schedule(num_inference_steps)
         channels = self.vae.config.latent_channels
         _check_unet_channels(self.unet, channels, image_cond.shape[1])
         latents = self.prepare_latents((batch, channels, *image_cond.shape[-2:]), dtype, generator, latents)
