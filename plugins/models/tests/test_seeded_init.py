@@ -133,6 +133,33 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         "UNet2DModel",
         {**UNET2D, "time_embedding_type": "learned", "num_train_timesteps": 50, "class_embed_type": "timestep"},
     ),
+    "consistency_models": (
+        "UNet2DModel",
+        {
+            **UNET2D,
+            "block_out_channels": (8, 16, 16),
+            "down_block_types": ("ResnetDownsampleBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+            "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+            "downsample_type": "resnet",
+            "upsample_type": "resnet",
+            "layers_per_block": 2,
+            "num_class_embeds": 10,
+            "resnet_time_scale_shift": "scale_shift",
+        },
+    ),
+    "ncsnpp": (
+        "UNet2DModel",
+        {
+            "sample_size": 8,
+            "block_out_channels": (32, 64, 64),
+            "down_block_types": ("SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D"),
+            "up_block_types": ("SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"),
+            "time_embedding_type": "fourier",
+            "norm_num_groups": None,
+            "attention_head_dim": None,
+            "layers_per_block": 2,
+        },
+    ),
     # autoencoders
     "vae_sd": ("AutoencoderKL", VAE),
     "vae_sdxl_like": (

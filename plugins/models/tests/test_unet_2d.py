@@ -38,6 +38,39 @@ CASES: dict[str, dict[str, Any]] = {
     "no_mid_attention": {"add_attention": False, "mid_block_scale_factor": 1.414, "time_embedding_dim": 24},
     "no_mid": {"mid_block_type": None},
     "learned_time": {"time_embedding_type": "learned", "num_train_timesteps": 100},
+    # openai/diffusers-cd_imagenet64_* (consistency models), scaled down
+    "consistency_models": {
+        "block_out_channels": (8, 16, 16),
+        "down_block_types": ("ResnetDownsampleBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        "downsample_type": "resnet",
+        "upsample_type": "resnet",
+        "layers_per_block": 2,
+        "num_class_embeds": 10,
+        "resnet_time_scale_shift": "scale_shift",
+    },
+    # google/ncsnpp-* (score SDE VE, NCSN++), scaled down: skip blocks, FIR resampling, no norm groups
+    "ncsnpp": {
+        "block_out_channels": (32, 64, 64),
+        "down_block_types": ("SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D"),
+        "up_block_types": ("SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"),
+        "time_embedding_type": "fourier",
+        "norm_num_groups": None,
+        "norm_eps": 1e-6,
+        "attention_head_dim": None,
+        "mid_block_scale_factor": 1.41421356237,
+        "freq_shift": 1,
+    },
+    "ncsnpp_two_layers_scale_shift": {
+        "block_out_channels": (32, 64),
+        "down_block_types": ("AttnSkipDownBlock2D", "SkipDownBlock2D"),
+        "up_block_types": ("SkipUpBlock2D", "AttnSkipUpBlock2D"),
+        "time_embedding_type": "fourier",
+        "norm_num_groups": None,
+        "layers_per_block": 2,
+        "attention_head_dim": 16,
+        "resnet_time_scale_shift": "scale_shift",
+    },
 }
 
 

@@ -54,7 +54,7 @@ class UNet2DModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin):
         dropout: float = 0.0,
         act_fn: str = "silu",
         attention_head_dim: int | None = 8,
-        norm_num_groups: int = 32,
+        norm_num_groups: int | None = 32,
         attn_norm_num_groups: int | None = None,
         norm_eps: float = 1e-5,
         resnet_time_scale_shift: str = "default",
@@ -100,7 +100,8 @@ class UNet2DModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin):
             dropout=dropout,
             resnet_eps=norm_eps,
             resnet_act_fn=act_fn,
-            resnet_groups=norm_num_groups,
+            # ``None`` (score-SDE UNets): the skip blocks pick their own groups, the mid block min(C/4, 32)
+            resnet_groups=norm_num_groups if norm_num_groups is not None else min(block_out_channels[-1] // 4, 32),
             resnet_time_scale_shift=resnet_time_scale_shift,
             downsample_padding=downsample_padding,
         )
@@ -137,7 +138,8 @@ class UNet2DModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin):
             )
         )
         # Diffusers ends this UNet with SiLU whatever act_fn says
-        self._init_output_head(block_out_channels[0], out_channels, groups=norm_num_groups, eps=norm_eps, act_fn="silu")
+        out_groups = norm_num_groups if norm_num_groups is not None else min(block_out_channels[0] // 4, 32)
+        self._init_output_head(block_out_channels[0], out_channels, groups=out_groups, eps=norm_eps, act_fn="silu")
 
     def forward(
         self,
@@ -164,18 +166,29 @@ class UNet2DModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin):
         elif class_labels is not None:
             raise ValueError("class_labels were given but this UNet has no class embedding")
 
+        # NCSN++ skip blocks carry an image-resolution skip path beside the features
+        skip_sample: torch.Tensor | None = sample
         sample = self.conv_in(sample)
         skips: tuple[torch.Tensor, ...] = (sample,)
         for block in self.down_blocks:
-            sample, states = block(sample, emb)
+            if getattr(block, "uses_skip_sample", False):
+                sample, states, skip_sample = block(sample, emb, skip_sample)
+            else:
+                sample, states = block(sample, emb)
             skips += states
         if self.mid_block is not None:
             sample = self.mid_block(sample, emb)
+        skip_sample = None
         for block in self.up_blocks:
             n_res = len(block.resnets)  # type: ignore[arg-type]
             res, skips = skips[-n_res:], skips[:-n_res]
-            sample = block(sample, res, emb)
+            if getattr(block, "uses_skip_sample", False):
+                sample, skip_sample = block(sample, res, emb, skip_sample)
+            else:
+                sample = block(sample, res, emb)
         sample = self._output_head(sample)
+        if skip_sample is not None:
+            sample = sample + skip_sample
         if self.config.time_embedding_type == "fourier":
             sample = sample / timesteps.reshape(sample.shape[0], *([1] * (sample.ndim - 1)))
         if not return_dict:

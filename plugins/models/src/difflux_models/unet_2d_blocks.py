@@ -31,6 +31,8 @@ __all__ = [
     "DownBlock2D",
     "DownEncoderBlock2D",
     "OutputHeadMixin",
+    "ResnetDownsampleBlock2D",
+    "ResnetUpsampleBlock2D",
     "UNetMidBlock2D",
     "UNetMidBlock2DCrossAttn",
     "UpBlock2D",
@@ -67,6 +69,17 @@ class BlockOptions:
     only_cross_attention: bool = False
     upcast_attention: bool = False
     attn_groups: int | None = None
+    skip_time_act: bool = False
+    #: what ``resnet_skip_time_act`` / ``resnet_out_scale_factor`` set in the blocks that read them
+    #: (``ResnetDownsampleBlock2D``, ``ResnetUpsampleBlock2D``, the simple-cross-attention blocks)
+    resnet_skip_time_act: bool = False
+    resnet_out_scale_factor: float = 1.0
+
+    def with_resnet_options(self) -> BlockOptions:
+        """These options with ``resnet_skip_time_act`` and ``resnet_out_scale_factor`` in effect."""
+        return dataclasses.replace(
+            self, skip_time_act=self.resnet_skip_time_act, output_scale_factor=self.resnet_out_scale_factor
+        )
 
     def resnet(self, in_channels: int, out_channels: int, **extra: Any) -> ResnetBlock2D:
         return ResnetBlock2D(
@@ -79,6 +92,7 @@ class BlockOptions:
             time_embedding_norm=self.resnet_time_scale_shift,
             non_linearity=self.resnet_act_fn,
             output_scale_factor=self.output_scale_factor,
+            skip_time_act=self.skip_time_act,
             **extra,
         )
 
@@ -361,6 +375,14 @@ class AttnDownBlock2D(DownBlock2D):
         )
 
 
+class ResnetDownsampleBlock2D(DownBlock2D):
+    """Down block whose downsampler is a residual block with ``down=True`` (consistency models,
+    unCLIP / IF UNets)."""
+
+    def __init__(self, in_channels: int, out_channels: int, options: BlockOptions, add_downsample: bool = True) -> None:
+        super().__init__(in_channels, out_channels, options, add_downsample, downsample_type="resnet")
+
+
 class DownEncoderBlock2D(DownBlock2D):
     """The VAE encoder's down block: no timestep embedding; returns the hidden states only."""
 
@@ -543,6 +565,20 @@ class AttnUpBlock2D(UpBlock2D):
         )
 
 
+class ResnetUpsampleBlock2D(UpBlock2D):
+    """Up block whose upsampler is a residual block with ``up=True`` (consistency models, unCLIP / IF UNets)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        prev_output_channel: int,
+        out_channels: int,
+        options: BlockOptions,
+        add_upsample: bool = True,
+    ) -> None:
+        super().__init__(in_channels, prev_output_channel, out_channels, options, add_upsample, upsample_type="resnet")
+
+
 class UpDecoderBlock2D(UpBlock2D):
     """The VAE decoder's up block: no skip connections, no timestep embedding by default."""
 
@@ -577,6 +613,11 @@ def get_down_block(
         return AttnDownBlock2D(in_channels, out_channels, options, add_downsample, downsample_type or "conv")
     if block_type == "DownEncoderBlock2D":
         return DownEncoderBlock2D(in_channels, out_channels, options, add_downsample)
+    if block_type == "ResnetDownsampleBlock2D":
+        return ResnetDownsampleBlock2D(in_channels, out_channels, options.with_resnet_options(), add_downsample)
+    extra = _extra_block(block_type, "down")
+    if extra is not None:
+        return extra(in_channels=in_channels, out_channels=out_channels, add_downsample=add_downsample, options=options)
     raise ValueError(f"unknown down block type {block_type!r}; difflux has {', '.join(DOWN_BLOCK_TYPES)}")
 
 
@@ -604,6 +645,19 @@ def get_up_block(
         )
     if block_type == "UpDecoderBlock2D":
         return UpDecoderBlock2D(in_channels, out_channels, options, add_upsample)
+    if block_type == "ResnetUpsampleBlock2D":
+        return ResnetUpsampleBlock2D(
+            in_channels, prev_output_channel, out_channels, options.with_resnet_options(), add_upsample
+        )
+    extra = _extra_block(block_type, "up")
+    if extra is not None:
+        return extra(
+            in_channels=in_channels,
+            prev_output_channel=prev_output_channel,
+            out_channels=out_channels,
+            add_upsample=add_upsample,
+            options=options,
+        )
     raise ValueError(f"unknown up block type {block_type!r}; difflux has {', '.join(UP_BLOCK_TYPES)}")
 
 
@@ -620,5 +674,40 @@ def get_mid_block(block_type: str | None, *, in_channels: int, options: BlockOpt
     )
 
 
-DOWN_BLOCK_TYPES = ("DownBlock2D", "CrossAttnDownBlock2D", "AttnDownBlock2D", "DownEncoderBlock2D")
-UP_BLOCK_TYPES = ("UpBlock2D", "CrossAttnUpBlock2D", "AttnUpBlock2D", "UpDecoderBlock2D")
+#: Block types built in other modules: ``type name -> (module, builder)``; each builder takes the
+#: keyword arguments of :func:`get_down_block` / :func:`get_up_block` (imported on first use).
+_EXTRA_BLOCKS: dict[str, tuple[str, str]] = {
+    "SkipDownBlock2D": ("difflux_models.unet_2d_skip_blocks", "SkipDownBlock2D"),
+    "AttnSkipDownBlock2D": ("difflux_models.unet_2d_skip_blocks", "AttnSkipDownBlock2D"),
+    "SkipUpBlock2D": ("difflux_models.unet_2d_skip_blocks", "SkipUpBlock2D"),
+    "AttnSkipUpBlock2D": ("difflux_models.unet_2d_skip_blocks", "AttnSkipUpBlock2D"),
+}
+
+
+def _extra_block(block_type: str, kind: str) -> Callable[..., nn.Module] | None:
+    import importlib
+
+    found = _EXTRA_BLOCKS.get(block_type)
+    if found is None or ("Down" in block_type) != (kind == "down"):
+        return None
+    module, name = found
+    builder: Callable[..., nn.Module] = getattr(importlib.import_module(module), name).build
+    return builder
+
+
+DOWN_BLOCK_TYPES = (
+    "DownBlock2D",
+    "CrossAttnDownBlock2D",
+    "AttnDownBlock2D",
+    "DownEncoderBlock2D",
+    "ResnetDownsampleBlock2D",
+    *(t for t in _EXTRA_BLOCKS if "Down" in t),
+)
+UP_BLOCK_TYPES = (
+    "UpBlock2D",
+    "CrossAttnUpBlock2D",
+    "AttnUpBlock2D",
+    "UpDecoderBlock2D",
+    "ResnetUpsampleBlock2D",
+    *(t for t in _EXTRA_BLOCKS if "Up" in t),
+)
