@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from difflux.attention import AttentionBackendError
+from difflux.attention_plugins import cuda_reason
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .kernel import sdpa_attention
@@ -90,24 +91,12 @@ sdpa_math = _pinned("sdpa-math", SDPBackend.MATH)
 
 def cuda_probe() -> str | None:
     """``None`` when this process sees a CUDA device, else why not."""
-    if not torch.cuda.is_available():
-        return "needs a CUDA device; torch.cuda.is_available() is False in this process"
-    return None
-
-
-def _capability_probe(major: int) -> str | None:
-    why = cuda_probe()
-    if why is not None:
-        return why
-    cap = torch.cuda.get_device_capability()
-    if cap[0] < major:
-        return f"needs a CUDA device of compute capability {major}.0 or newer; this one is {cap[0]}.{cap[1]}"
-    return None
+    return cuda_reason()
 
 
 def cudnn_probe() -> str | None:
     """``None`` with a CUDA device of compute capability 8.0+ and cuDNN, else why not."""
-    why = _capability_probe(8)
+    why = cuda_reason((8, 0))
     if why is None and not torch.backends.cudnn.is_available():
         why = "needs cuDNN, which this torch build does not have"
     return why
