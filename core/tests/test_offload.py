@@ -272,7 +272,7 @@ def test_dtype_cast_keeps_the_offload() -> None:
 
 
 def test_excluded_components_stay_on_the_execution_device() -> None:
-    pipe, record = _toy()
+    pipe, _ = _toy()
     pipe._exclude_from_cpu_offload = ("decoder",)  # type: ignore[misc]
     pipe.enable_model_cpu_offload(device="cpu")
     assert not hasattr(pipe.decoder, "_hf_hook")
@@ -288,7 +288,7 @@ def test_bad_arguments_are_refused() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no cuda device is available"):
             pipe.enable_model_cpu_offload()
-    with pytest.raises(ConfigError, match="unknown offload strategy 'nope'.*group, model"):
+    with pytest.raises(ConfigError, match=r"unknown offload strategy 'nope'.*group, model"):
         pipe.enable_offload("nope", device="cpu")
     with pytest.raises(ConfigError, match="offload_type"):
         pipe.enable_group_offload("cpu", offload_type="row_level")

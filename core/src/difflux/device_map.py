@@ -101,14 +101,34 @@ def _max_memory(max_memory: Mapping[Any, Any] | None) -> dict[int | str, int]:
 
 
 def _device_for(key: str, device_map: Mapping[str, int | str]) -> int | str:
+    """The device of the longest ``device_map`` prefix of ``key``; tensors no entry covers (top-level
+    buffers) go to the main device."""
     best, found = -1, None
     for prefix, device in device_map.items():
-        if prefix == "" or key == prefix or key.startswith(prefix + "."):
-            if len(prefix) > best:
-                best, found = len(prefix), device
+        if (prefix == "" or key == prefix or key.startswith(prefix + ".")) and len(prefix) > best:
+            best, found = len(prefix), device
     if found is None:
-        raise ConfigError(f"device_map places no module that holds {key!r}; add its module (or '') to the map")
+        main = main_device_of(device_map)
+        return main.index if main.type == "cuda" and main.index is not None else str(main)
     return found
+
+
+def _expand(model: torch.nn.Module, plan: dict[str, int | str]) -> dict[str, int | str]:
+    """Split every entry that has more specific entries under it into its children (accelerate wants
+    disjoint entries: ``{"": "cpu", "blocks.3": "disk"}`` becomes ``{"inp": "cpu", ..., "blocks.3": "disk"}``)."""
+    while True:
+        outer = next(
+            (k for k in plan if any(o != k and (k == "" or o.startswith(k + ".")) for o in plan)), None
+        )
+        if outer is None:
+            return plan
+        device = plan.pop(outer)
+        module = model.get_submodule(outer) if outer else model
+        prefix = f"{outer}." if outer else ""
+        names = [n for n, _ in module.named_children()]
+        names += [n for n, t in (*module._parameters.items(), *module._buffers.items()) if t is not None]
+        for name in names:
+            plan.setdefault(prefix + name, device)
 
 
 def plan_model(
@@ -127,8 +147,19 @@ def plan_model(
                 f"device_map names {', '.join(unknown)}, which {type(model).__name__} has no module called; "
                 "keys are module paths such as 'down_blocks.0' (or '' for the whole model)"
             )
-        for key, _ in model.state_dict(keep_vars=True).items():
-            _device_for(key, plan)
+        uncovered = [
+            n for n, _ in model.named_parameters()
+            if not any(p == "" or n == p or n.startswith(p + ".") for p in plan)
+        ]
+        if uncovered:
+            raise ConfigError(
+                f"device_map places no module holding the parameters {', '.join(uncovered[:5])}"
+                f"{' ...' if len(uncovered) > 5 else ''}; add their modules (or '') to the map"
+            )
+        plan = _expand(model, plan)
+        for key in model.state_dict(keep_vars=True):  # buffers no entry covers: on the main device
+            if not any(p == "" or key == p or key.startswith(p + ".") for p in plan):
+                plan[key] = _device_for(key, plan)
         return plan
     assert isinstance(value, str)
     budget = _max_memory(options.max_memory)
@@ -198,7 +229,7 @@ def load_dispatched(
         memory: dict[str, torch.Tensor] = {}
         if not as_is or not per_tensor:
             memory = cls._convert_checkpoint(load_weights_file(path, "cpu"))
-        keys = list(header) if as_is else list(memory)
+        keys = list(header) if as_is and header is not None else list(memory)
         to_write: dict[str, torch.Tensor] = {}
         handle = safe_open(str(path), framework="pt", device="cpu") if as_is and per_tensor else None
         for key in keys:
@@ -220,8 +251,8 @@ def load_dispatched(
                 loaded.add(key)
                 continue
             tensor = handle.get_tensor(key) if handle is not None else memory.pop(key)
-            target = "cpu" if device == "disk" else (f"cuda:{device}" if isinstance(device, int) else device)
-            _set_tensor(model, key, tensor.to(device=target, dtype=ref.dtype if ref.is_floating_point() else None))
+            tensor = tensor.to(_torch_device(device))
+            _set_tensor(model, key, tensor.to(ref.dtype) if ref.is_floating_point() else tensor)
             loaded.add(key)
         if to_write:
             if folder_out is None:
@@ -246,10 +277,9 @@ def load_dispatched(
             _set_tensor(model, key, fresh[key].detach().clone().to(expected[key].dtype))
     # buffers and tensors not in the files go where their module runs
     for key, tensor in model.state_dict(keep_vars=True).items():
-        device = _device_for(key, plan)
-        target = "cpu" if device == "disk" else (f"cuda:{device}" if isinstance(device, int) else device)
-        if tensor.device.type != "meta" and str(tensor.device) != str(torch.device(target)):
-            _set_tensor(model, key, tensor.detach().to(target))
+        where = _torch_device(_device_for(key, plan))
+        if tensor.device.type != "meta" and tensor.device != where:
+            _set_tensor(model, key, tensor.detach().to(where))
     if disk and folder_out is None:
         raise ConfigError(
             f"{folder}: device_map {plan!r} sends weights to 'disk'; pass offload_folder= (a folder for "
@@ -376,7 +406,8 @@ def options_for(options: LoadOptions, plan: Mapping[str, int | str], name: str) 
         return options.replace(device_map=None, max_memory=None, offload_folder=None)
     if device == "disk":
         assert options.offload_folder is not None
-        return options.replace(device_map={"": "disk"}, max_memory=None, offload_folder=Path(options.offload_folder) / name)
+        folder = Path(options.offload_folder) / name
+        return options.replace(device_map={"": "disk"}, max_memory=None, offload_folder=folder)
     return options.replace(device_map={"": str(_torch_device(device))}, max_memory=None, offload_folder=None)
 
 

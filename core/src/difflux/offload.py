@@ -108,7 +108,9 @@ def execution_device(gpu_id: int | None = None, device: str | torch.device = "cu
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"device={device!r} is not a torch device name (use 'cuda', 'xpu', 'mps', 'cuda:1')") from None
+        raise ConfigError(
+            f"device={device!r} is not a torch device name (use 'cuda', 'xpu', 'mps', 'cuda:1')"
+        ) from None
     if gpu_id is not None and dev.index is not None and dev.index != gpu_id:
         raise ConfigError(f"device={device!r} names index {dev.index}, but gpu_id={gpu_id}; pass only one of them")
     if dev.type in ("cpu", "meta"):
@@ -272,7 +274,8 @@ def _remove_hooks(module: torch.nn.Module) -> None:
 def _hook_base() -> type[ModelHook]:
     from accelerate.hooks import ModelHook
 
-    return ModelHook
+    base: type[ModelHook] = ModelHook
+    return base
 
 
 F = TypeVar("F", bound=Callable[..., Any])
