@@ -131,6 +131,9 @@ def reference_attention(
 
 _UNSET: Any = object()
 _context: ContextVar[str | None] = ContextVar("difflux_attention_backend", default=None)
+# Whether attention_backend() was ever entered: until then attention() skips the context variable,
+# which torch.compile cannot trace (difflux-optimize compiles regions that call attention()).
+_context_used = False
 
 
 class _State:
@@ -239,7 +242,7 @@ def attention(
     """
     if _registry_mod._registry is not _state.registry:
         _state.sync()
-    name = _context.get() or backend or _state.default
+    name = (_context.get() if _context_used else None) or backend or _state.default
     if name is None:
         for spec in _state.auto:
             if spec.name in _state.unconstrained or spec.check(q, attn_mask, is_causal) is None:
@@ -307,6 +310,8 @@ def attention_backend(name: str | None) -> Iterator[None]:
     """
     if name is not None:
         attention_backend_spec(name)
+    global _context_used
+    _context_used = True
     token = _context.set(name)
     try:
         yield

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .optimize import RegisterOptimization
     from .options import LoadOptions
     from .registry import (
         RegisterAttentionBackend,
@@ -69,6 +70,21 @@ def difflux_register_attention_backends(register: RegisterAttentionBackend) -> N
         ``ref`` is a function (or ``"module:function"``) with the signature of
         :func:`difflux.attention.attention` minus ``backend``; ``requires`` names modules
         that must be importable for the backend to be usable.
+    """
+
+
+@hookspec
+def difflux_register_optimizations(register: RegisterOptimization) -> None:
+    """Register fast-path optimisations that ``optimize()`` applies (compile, CUDA graphs, TensorRT ...).
+
+    Collected on the first ``optimize()`` call, not when the registry is built.
+
+    :param register: ``register(name, ref, *, order=500, modes=("default", "max"), devices=None,
+        group=None, requires=())``. ``ref`` is ``apply(ctx) -> str | None`` (or ``"module:function"``):
+        it optimises ``ctx.model`` in place (a :class:`difflux.optimize.OptimizeContext`) and returns
+        ``None``, or the reason it does not apply. ``order`` sorts application (compilers 500, graph
+        capture 900); ``devices`` limits the device types; of a ``group`` (``"compiler"``) only the
+        first optimisation that applies runs; ``requires`` names modules that must be importable.
     """
 
 
