@@ -66,7 +66,8 @@ def check_regular_file(
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise error(f"{path}: {what} file not found") from None
+        dangling = f" (a link to {os.readlink(path)}, which leads nowhere)" if os.path.islink(path) else ""
+        raise error(f"{path}: {what} file not found{dangling}") from None
     except OSError as exc:
         raise error(f"{path}: the {what} file cannot be read: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):

@@ -537,10 +537,10 @@ class ConfigMixin:
         if subfolder:
             path = path / subfolder
         file = path if path.suffix == ".json" and not path.is_dir() else path / cls.config_name
-        if not file.exists():
+        if not os.path.lexists(file):
             where = "folder does not exist" if not file.parent.exists() else "no such file"
             raise ConfigError(f"{file}: {where}; expected the {cls.__name__} config file {cls.config_name}")
-        return read_json(file)
+        return read_json(file, cls.config_name)
 
     def config_for_save(self) -> dict[str, Any]:
         """The dict written to the JSON file: the config plus ``_class_name`` and ``_diffusers_version``."""
@@ -552,6 +552,8 @@ class ConfigMixin:
     def save_config(self, save_directory: str | os.PathLike[str]) -> Path:
         """Write the config JSON into ``save_directory`` (created if needed); returns the file path."""
         folder = Path(save_directory)
+        if folder.is_symlink():  # write where the link points; the link stays
+            folder = Path(os.path.realpath(folder))
         if folder.is_file():
             raise ConfigError(f"{folder}: is a file; save_config needs a folder")
         return write_json_atomic(folder / self.config_name, self.config_for_save())
