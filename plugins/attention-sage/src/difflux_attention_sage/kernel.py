@@ -1,0 +1,70 @@
+"""The ``sage`` backend: ``sageattention.sageattn`` behind difflux's attention API.
+
+SageAttention: Zhang et al., "SageAttention: Accurate 8-Bit Attention for Plug-and-play
+Inference Acceleration" (ICLR 2025): q and k quantised to INT8 (k smoothed by its mean), the
+softmax-times-v product in fp16. An approximation: expect errors of about 1e-2 against exact
+attention, more than fp16 kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from difflux.attention import AttentionBackendError
+from difflux.attention_plugins import cuda_reason, missing_module_reason
+
+from . import BACKEND_NAME, HEAD_DIMS, INSTALL
+
+__all__ = ["accepts", "sage_attention", "unavailable_reason"]
+
+
+def unavailable_reason() -> str | None:
+    """Why the backend cannot run here (sageattention missing, no CUDA device of sm80+), or ``None``."""
+    return missing_module_reason("sageattention", INSTALL) or cuda_reason((8, 0))
+
+
+def accepts(q: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> str | None:
+    """SageAttention's kernels exist for head dims 64, 96 and 128 only."""
+    if q.shape[-1] not in HEAD_DIMS:
+        return f"takes head dims {list(HEAD_DIMS)}, not {q.shape[-1]}"
+    return None
+
+
+def _sageattn() -> Any:
+    try:
+        from sageattention import sageattn
+    except ImportError as exc:
+        raise AttentionBackendError(
+            f"attention backend {BACKEND_NAME!r} needs sageattention: pip install {INSTALL!r} ({exc})"
+        ) from exc
+    return sageattn
+
+
+def sage_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """Attention with ``sageattn`` in its ``"HND"`` layout (difflux's own: no transposes).
+
+    :param q: ``(batch, heads, seq_q, head_dim)`` fp16/bf16 on CUDA, head dim 64/96/128; ``k``,
+        ``v`` ``(batch, heads, seq_k, head_dim)``.
+    :param attn_mask: must be ``None`` (SageAttention takes no mask).
+    :param scale: ``sm_scale`` (``1 / sqrt(head_dim)`` when ``None``).
+    :param is_causal: top-left causal; only with ``seq_q == seq_k``.
+    :return: ``(batch, heads, seq_q, head_dim)`` in the dtype of ``q`` (approximate; see the module).
+    :raises AttentionBackendError: a mask, causal with unequal lengths, or sageattention missing.
+    """
+    if attn_mask is not None:
+        raise AttentionBackendError(f"attention backend {BACKEND_NAME!r} takes no attention mask")
+    if is_causal and q.shape[-2] != k.shape[-2]:
+        raise AttentionBackendError(
+            f"attention backend {BACKEND_NAME!r} does causal attention only with seq_q == seq_k "
+            f"(got {q.shape[-2]} and {k.shape[-2]})"
+        )
+    out = _sageattn()(q, k, v, tensor_layout="HND", is_causal=is_causal, sm_scale=scale)
+    return out  # type: ignore[no-any-return]
