@@ -6,6 +6,7 @@ off, so these tests do not depend on which plugins are installed.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from difflux.attention import (
     attention_backend,
     attention_backend_spec,
     available_attention_backends,
+    broken_attention_backends,
     get_attention_backend,
     reference_attention,
     resolve_attention_backend,
@@ -321,6 +323,7 @@ def test_explicit_backend_rejecting_inputs_names_backend_and_constraint(
     calls: Calls, name: str, head_dim: int, dtype: torch.dtype, mask: torch.Tensor | None, message: str
 ) -> None:
     q, k, v = _qkv(head_dim, dtype)
+
     def in_context() -> None:
         with attention_backend(name):
             attention(q, k, v, mask)
@@ -381,15 +384,110 @@ def test_lazy_reference_is_imported_once_and_cache_follows_registry_resets(clean
     assert resolve_attention_backend(q) == "reference"
 
 
-def test_backend_whose_reference_does_not_import_raises_naming_plugin(clean_env: pytest.MonkeyPatch) -> None:
-    class Broken:
-        @hookimpl
-        def difflux_register_attention_backends(self, register: Any) -> None:
-            register("broken", "difflux_no_such_module_for_tests.kernels:attn", priority=500)
+# -- a backend that fails: automatic selection falls back, an explicit choice raises -------------
 
-    reset_registry(extra_plugins=[("broken-plugin", Broken())])
+BROKEN_REFS = {
+    "missing module": "difflux_no_such_module_for_tests.kernels:attn",
+    "missing attribute": "difflux.attention:no_such_kernel_for_tests",
+    "not a function": "difflux.attention:ENV_VAR",
+}
+
+
+def _raising(exc: BaseException) -> Callable[..., torch.Tensor]:
+    def kernel(*args: Any) -> torch.Tensor:
+        raise exc
+
+    return kernel
+
+
+class _Failing:
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    @hookimpl
+    def difflux_register_attention_backends(self, register: Any) -> None:
+        register("shaky", self.ref, priority=500)
+        register("steady", reference_attention, priority=400)
+
+
+def _failures(ref_id: str) -> Any:
+    return BROKEN_REFS[ref_id] if ref_id in BROKEN_REFS else _raising(RuntimeError("kernel exploded\non two lines"))
+
+
+@pytest.mark.parametrize("how", [*BROKEN_REFS, "raises on first call"])
+def test_automatic_selection_drops_a_failing_backend_with_one_log_line_and_falls_back(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    reset_registry(extra_plugins=[("shaky-plugin", _Failing(_failures(how)))])
     q, k, v = _qkv()
-    with pytest.raises(AttentionBackendError, match="'broken' \\(plugin 'broken-plugin'\\) cannot be imported"):
+    with caplog.at_level(logging.WARNING, logger="difflux"):
+        out = attention(q, k, v)
+        again = attention(q, k, v)
+    torch.testing.assert_close(out, reference_attention(q, k, v))
+    torch.testing.assert_close(again, out)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "'shaky' (plugin 'shaky-plugin')" in lines[0] and "falls back" in lines[0]
+    assert list(broken_attention_backends()) == ["shaky"]
+    assert "shaky" not in available_attention_backends()
+    assert resolve_attention_backend(q) == "steady"
+
+
+@pytest.mark.parametrize("how", [*BROKEN_REFS, "raises on first call"])
+def test_an_explicitly_chosen_backend_that_fails_raises_naming_it(clean_env: pytest.MonkeyPatch, how: str) -> None:
+    reset_registry(extra_plugins=[("shaky-plugin", _Failing(_failures(how)))])
+    q, k, v = _qkv()
+    with pytest.raises(AttentionBackendError, match=r"'shaky' \(plugin 'shaky-plugin'\)"), attention_backend("shaky"):
         attention(q, k, v)
+    with pytest.raises(AttentionBackendError, match=r"'shaky' \(plugin 'shaky-plugin'\)") as info:
+        attention(q, k, v, backend="shaky")
+    assert "\n" not in str(info.value)
+    if how == "raises on first call":
+        assert "failed on its first call: RuntimeError: kernel exploded on two lines" in str(info.value)
+        assert isinstance(info.value.__cause__, RuntimeError)
+    assert broken_attention_backends() == {}  # an explicit choice never drops a backend
 
 
+def test_inputs_every_backend_refuses_raise_the_first_error_and_drop_nothing(clean_env: pytest.MonkeyPatch) -> None:
+    reset_registry(extra_plugins=[("shaky-plugin", _Failing(_raising(RuntimeError("first"))))])
+    q, k, v = _qkv()
+    with pytest.raises(RuntimeError, match="first"):
+        attention(q, k[..., :3], v)  # mismatched head dims: the reference fails too
+    assert broken_attention_backends() == {}
+    assert available_attention_backends()[:2] == ["shaky", "steady"]
+
+
+def test_a_backend_that_worked_once_keeps_its_own_errors(clean_env: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def flaky(*args: Any) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) > 1:
+            raise ValueError("second call fails")
+        return reference_attention(*args)
+
+    reset_registry(extra_plugins=[("flaky-plugin", _Failing(flaky))])
+    q, k, v = _qkv()
+    attention(q, k, v)
+    with pytest.raises(ValueError, match="second call fails"):
+        attention(q, k, v)
+    assert broken_attention_backends() == {}
+
+
+def test_running_out_of_memory_does_not_drop_a_backend(clean_env: pytest.MonkeyPatch) -> None:
+    reset_registry(extra_plugins=[("oom-plugin", _Failing(_raising(torch.OutOfMemoryError("out of memory"))))])
+    q, k, v = _qkv()
+    with pytest.raises(torch.OutOfMemoryError):
+        attention(q, k, v)
+    assert broken_attention_backends() == {}
+
+
+def test_dropped_backends_come_back_with_a_new_registry(clean_env: pytest.MonkeyPatch) -> None:
+    plugin = _Failing(BROKEN_REFS["missing module"])
+    reset_registry(extra_plugins=[("shaky-plugin", plugin)])
+    q, k, v = _qkv()
+    attention(q, k, v)
+    assert "shaky" in broken_attention_backends()
+    reset_registry(extra_plugins=[("shaky-plugin", plugin)])
+    assert broken_attention_backends() == {}
+    assert available_attention_backends()[0] == "shaky"

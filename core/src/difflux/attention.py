@@ -13,10 +13,17 @@ A backend chosen by name (1-3) whose constraints reject the inputs raises
 :class:`AttentionBackendError` naming the backend and the constraint; it never silently falls
 back.  Backend functions are resolved once per name and cached, so a call costs a few dict
 look-ups on top of the kernel.
+
+The first call of each backend is its proof: a backend picked automatically that fails to import,
+or raises on its first call while a lower-priority backend then succeeds on the same inputs, is
+dropped for the rest of the process with one logged line naming it (:func:`broken_attention_backends`
+lists them); a backend chosen by name that fails either way raises :class:`AttentionBackendError`
+naming it.  Once a backend has worked, its errors reach the caller unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -30,6 +37,8 @@ from . import registry as _registry_mod
 from .errors import DiffluxError
 from .registry import AttentionBackendSpec, get_registry
 
+logger = logging.getLogger("difflux")
+
 __all__ = [
     "ENV_VAR",
     "AttentionBackendChoice",
@@ -39,6 +48,7 @@ __all__ = [
     "attention_backend",
     "attention_backend_spec",
     "available_attention_backends",
+    "broken_attention_backends",
     "get_attention_backend",
     "reference_attention",
     "resolve_attention_backend",
@@ -147,12 +157,14 @@ class _State:
         self.unconstrained: frozenset[str] = frozenset()
         self.explicit_default: str | None = None  # set_attention_backend
         self.default: str | None = None  # explicit_default, else the env var
+        self.broken: dict[str, str] = {}  # backends automatic selection dropped: name -> why
 
     def sync(self) -> None:
         registry = get_registry()
         if registry is self.registry:
             return
         self.fns = {}
+        self.broken = {}
         self.specs = dict(registry.attention_backends)
         self.auto = tuple(
             sorted(
@@ -194,19 +206,93 @@ def _spec(name: str, where: str = "") -> AttentionBackendSpec:
 
 
 def _load(name: str) -> AttentionFn:
-    """Resolve a backend by name (checked available), cache and return its function."""
+    """Resolve a backend by name (checked available) and return its function (cached by :func:`_first_call`)."""
     spec = _spec(name)
     why = spec.available()
     if why is not None:
         raise AttentionBackendError(f"attention backend {name!r} (plugin {spec.plugin!r}) is not usable here: {why}")
     try:
         fn = spec.load()
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # ImportError, or anything the kernel module raises while importing
+        text = " ".join(str(exc).split())
         raise AttentionBackendError(
-            f"attention backend {name!r} (plugin {spec.plugin!r}) cannot be imported from {spec.ref!r}: {exc}"
+            f"attention backend {name!r} (plugin {spec.plugin!r}) cannot be imported from {spec.ref!r}: "
+            f"{type(exc).__name__}: {text}"
         ) from exc
-    _state.fns[name] = fn
+    if not callable(fn):
+        raise AttentionBackendError(
+            f"attention backend {name!r} (plugin {spec.plugin!r}) is registered as {spec.ref!r}, "
+            f"which is {type(fn).__name__}, not a function"
+        )
     return fn
+
+
+#: Errors that say the machine is out of something, not that a backend is broken: never a reason to drop one.
+_RESOURCE_ERRORS: tuple[type[BaseException], ...] = (MemoryError, torch.OutOfMemoryError)
+
+
+def _first_call(name: str, fn: AttentionFn, args: tuple[Any, ...], options: dict[str, Any]) -> torch.Tensor:
+    """Run the first call of the explicitly chosen backend ``name``; cache it once it has worked.
+
+    :raises AttentionBackendError: the call raised (chained to the backend's error).
+    """
+    try:
+        out = fn(*args, **options)
+    except _RESOURCE_ERRORS:
+        raise
+    except Exception as exc:
+        raise _first_call_error(name, exc) from exc
+    _state.fns[name] = fn
+    return out  # type: ignore[no-any-return]
+
+
+def _drop(name: str, why: str) -> None:
+    """Automatic selection stops offering ``name`` in this process; one log line says so."""
+    _state.broken[name] = why
+    _state.auto = tuple(s for s in _state.auto if s.name != name)
+    logger.warning("difflux: %s; automatic selection falls back to the next available attention backend", why)
+
+
+def _first_call_error(name: str, exc: Exception) -> AttentionBackendError:
+    spec = _state.specs[name]
+    text = " ".join(str(exc).split())
+    error = AttentionBackendError(
+        f"attention backend {name!r} (plugin {spec.plugin!r}) failed on its first call: {type(exc).__name__}: {text}"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _automatic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Any, scale: Any, is_causal: bool) -> Any:
+    """Automatic selection, the first call of each backend included (see the module docstring)."""
+    failed: list[tuple[str, Exception]] = []
+    args = (q, k, v, attn_mask, scale, is_causal)
+    for spec in _state.auto:
+        if spec.name not in _state.unconstrained and spec.check(q, attn_mask, is_causal) is not None:
+            continue
+        fn = _state.fns.get(spec.name)
+        if fn is not None:
+            out = fn(*args)
+        else:
+            try:
+                fn = _load(spec.name)
+            except AttentionBackendError as exc:  # an import failure says nothing about the inputs
+                _drop(spec.name, str(exc))
+                continue
+            try:
+                out = fn(*args)
+            except _RESOURCE_ERRORS:
+                raise
+            except Exception as exc:
+                failed.append((spec.name, exc))
+                continue
+            _state.fns[spec.name] = fn
+        for name, error in failed:  # a later backend took these inputs: the earlier ones are broken
+            _drop(name, str(_first_call_error(name, error)))
+        return out
+    if failed:  # every candidate raised on these inputs: they, not the backends, are the likelier culprit
+        raise failed[0][1]
+    raise AttentionBackendError(_no_backend_message(q, attn_mask, is_causal))
 
 
 def _current() -> None:
@@ -244,12 +330,16 @@ def attention(
         _state.sync()
     name = (_context.get() if _context_used else None) or backend or _state.default
     if name is None:
-        for spec in _state.auto:
-            if spec.name in _state.unconstrained or spec.check(q, attn_mask, is_causal) is None:
-                fn = _state.fns.get(spec.name) or _load(spec.name)
+        spec = _state.auto[0] if _state.auto else None
+        if spec is not None and spec.name in _state.unconstrained:  # the common case: one dict look-up
+            fn = _state.fns.get(spec.name)
+            if fn is not None:
                 return fn(q, k, v, attn_mask, scale, is_causal)  # type: ignore[no-any-return]
-        raise AttentionBackendError(_no_backend_message(q, attn_mask, is_causal))
-    fn = _state.fns.get(name) or _load(name)
+        return _automatic(q, k, v, attn_mask, scale, is_causal)  # type: ignore[no-any-return]
+    fn = _state.fns.get(name)  # type: ignore[assignment]
+    proven = fn is not None
+    if fn is None:
+        fn = _load(name)  # unknown, unusable here, or not importable: AttentionBackendError naming it
     if name not in _state.unconstrained:
         spec = _state.specs[name]
         why = spec.check(q, attn_mask, is_causal)
@@ -258,8 +348,11 @@ def attention(
                 f"attention backend {name!r} (plugin {spec.plugin!r}) rejects these inputs: it {why}; "
                 "choose another backend or let difflux choose automatically"
             )
-    if type(name) is AttentionBackendChoice:
-        return fn(q, k, v, attn_mask, scale, is_causal, **name.options)  # type: ignore[no-any-return]
+    options = name.options if type(name) is AttentionBackendChoice else {}
+    if not proven:
+        return _first_call(name, fn, (q, k, v, attn_mask, scale, is_causal), options)
+    if options:
+        return fn(q, k, v, attn_mask, scale, is_causal, **options)  # type: ignore[no-any-return]
     return fn(q, k, v, attn_mask, scale, is_causal)  # type: ignore[no-any-return]
 
 
@@ -338,6 +431,12 @@ def get_attention_backend() -> str | None:
     default; ``None`` means automatic selection per call (and per module setting)."""
     _current()
     return _context.get() or _state.default
+
+
+def broken_attention_backends() -> dict[str, str]:
+    """Backends that automatic selection dropped in this process (failed import or first call): name -> why."""
+    _current()
+    return dict(_state.broken)
 
 
 def available_attention_backends() -> list[str]:
