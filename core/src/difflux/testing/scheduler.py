@@ -7,8 +7,10 @@
         configs = [{}, {"prediction_type": "v_prediction"}]
 
 Every test runs once per entry of ``configs`` (config overrides on top of the defaults). The
-kit checks the :class:`difflux.protocols.Scheduler` contract only; numerical parity with a
-reference implementation belongs in the plugin's own tests.
+kit checks the documented scheduler contract only (docs/schedulers.md, "The scheduler contract":
+``order``, ``timesteps``, ``set_timesteps``, ``set_begin_index``, ``step_index``, ``step``,
+``scale_model_input``, ``add_noise``, the config round trip, and the errors it names); numerical
+parity with a reference implementation belongs in the plugin's own tests.
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ class SchedulerConformance:
     def expected_num_timesteps(self, scheduler: Any, num_inference_steps: int) -> int:
         """Length of ``timesteps`` after ``set_timesteps(n)``: ``n`` steps of ``order`` evaluations."""
         return 1 + (num_inference_steps - 1) * int(scheduler.order)
+
+    def begin_index_for(self, scheduler: Any, num_inference_steps: int) -> int:
+        """A step boundary half-way (the first call of a step): ``order * (n // 2)`` in an interleaved
+        schedule of ``1 + (n - 1) * order`` entries, else ``n // 2``."""
+        order = int(scheduler.order)
+        interleaved = len(scheduler.timesteps) >= 1 + (num_inference_steps - 1) * order
+        return order * (num_inference_steps // 2) if interleaved else num_inference_steps // 2
 
     def initial_sample(self, scheduler: Any, seed: int = 0) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
@@ -124,11 +133,20 @@ class SchedulerConformance:
         assert scheduler.timesteps.ndim == 1
         assert len(scheduler.timesteps) == self.expected_num_timesteps(scheduler, n)
 
-    def test_step_before_set_timesteps_raises(self, scheduler: Any) -> None:
-        sample = torch.zeros(self.sample_shape)
-        t = torch.tensor(1)
-        with pytest.raises((RuntimeError, ValueError), match="set_timesteps"):
-            scheduler.step(self.model_output(sample, t), t, sample)
+    def test_step_before_set_timesteps(self, scheduler: Any) -> None:
+        # A fresh scheduler either steps on the training schedule it holds in ``timesteps``, or raises an
+        # error that names set_timesteps.
+        sample = self.initial_sample(scheduler)
+        fresh = scheduler.timesteps
+        assert isinstance(fresh, torch.Tensor) and fresh.ndim == 1
+        t = fresh[0] if len(fresh) else torch.tensor(1)
+        try:
+            out = scheduler.step(self.model_output(sample, t), t, sample)
+        except (RuntimeError, ValueError) as exc:
+            assert "set_timesteps" in str(exc), f"unclear error before set_timesteps: {exc}"
+            return
+        assert out.prev_sample.shape == sample.shape
+        assert torch.isfinite(out.prev_sample).all()
 
     @pytest.mark.parametrize("steps", [0, -1])
     def test_too_few_steps_raises(self, scheduler: Any, steps: int) -> None:
@@ -201,11 +219,44 @@ class SchedulerConformance:
         assert not torch.equal(noisy, original)
 
     def test_set_begin_index(self, scheduler: Any) -> None:
+        # The step index counts from the begin index, one per ``step`` call, whatever the timestep values.
+        n = self.num_inference_steps
+        scheduler.set_timesteps(n)
+        total = len(scheduler.timesteps)
+        begin = self.begin_index_for(scheduler, n)
+        scheduler.set_begin_index(begin)
+        assert scheduler.begin_index == begin
+        sample = self.initial_sample(scheduler)
+        gen = torch.Generator().manual_seed(0)
+        for k, t in enumerate(scheduler.timesteps[begin:]):
+            model_in = scheduler.scale_model_input(sample, t)
+            sample = scheduler.step(self.model_output(model_in, t), t, sample, generator=gen).prev_sample
+            assert scheduler.step_index == begin + k + 1
+        assert scheduler.step_index == total
+        assert torch.isfinite(sample).all()
+
+    def test_set_begin_index_out_of_range_raises(self, scheduler: Any) -> None:
+        scheduler.set_timesteps(self.num_inference_steps)
+        with pytest.raises(ValueError, match="begin_index"):
+            scheduler.set_begin_index(len(scheduler.timesteps))
+        with pytest.raises(ValueError, match="begin_index"):
+            scheduler.set_begin_index(-1)
+
+    def test_step_index_counts_positions(self, scheduler: Any) -> None:
+        # A plain loop: the step index is the loop position (never a look-up of a repeated value).
+        scheduler.set_timesteps(self.num_inference_steps)
+        assert scheduler.step_index is None
+        sample = self.initial_sample(scheduler)
+        gen = torch.Generator().manual_seed(0)
+        for k, t in enumerate(scheduler.timesteps):
+            model_in = scheduler.scale_model_input(sample, t)
+            sample = scheduler.step(self.model_output(model_in, t), t, sample, generator=gen).prev_sample
+            assert scheduler.step_index == k + 1
+
+    def test_set_timesteps_resets_step_state(self, scheduler: Any) -> None:
+        first = self.run_loop(copy.deepcopy(scheduler), seed=7)
         scheduler.set_timesteps(self.num_inference_steps)
         scheduler.set_begin_index(0)
-        sample = self.initial_sample(scheduler)
-        t = scheduler.timesteps[0]
-        model_in = scheduler.scale_model_input(sample, t)
-        out = scheduler.step(self.model_output(model_in, t), t, sample)
-        assert out.prev_sample.shape == sample.shape
-        assert scheduler.begin_index == 0
+        again = self.run_loop(scheduler, seed=7)  # run_loop calls set_timesteps: begin index and history reset
+        assert scheduler.begin_index is None or scheduler.begin_index == 0
+        assert torch.equal(first, again)

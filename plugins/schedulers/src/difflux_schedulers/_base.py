@@ -26,6 +26,7 @@ __all__ = [
     "SigmaScheduler",
     "TrainedBetas",
     "VPScheduler",
+    "custom_array",
 ]
 
 #: A list of betas in a config (``trained_betas``).
@@ -81,6 +82,25 @@ SCHEDULER_BOUNDS: Mapping[str, Bound | None] = {
 
 class SchedulerNotReadyError(DiffluxError, RuntimeError):
     """A scheduler was used before ``set_timesteps`` gave it a schedule."""
+
+
+def custom_array(values: Sequence[Any] | torch.Tensor | np.ndarray, what: str, owner: str) -> np.ndarray:
+    """Custom ``timesteps=`` / ``sigmas=`` (a list, numpy array or tensor on any device) as a 1-D float64 array.
+
+    :raises ValueError: if the values are empty, not one-dimensional, or not finite.
+    """
+    if isinstance(values, torch.Tensor):
+        array = values.detach().to("cpu", torch.float64).numpy()
+    else:
+        try:
+            array = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{owner}.set_timesteps: {what}= must be a list of numbers, got {values!r}") from None
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{owner}.set_timesteps: {what}= must be a non-empty 1-D list, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{owner}.set_timesteps: {what}= must be finite, got {array.tolist()}")
+    return array
 
 
 class BaseScheduler(SchedulerMixin):
@@ -141,26 +161,58 @@ class BaseScheduler(SchedulerMixin):
 
     @property
     def begin_index(self) -> int | None:
-        """The index of the first step, when a pipeline set it (img2img starts part-way)."""
+        """The schedule index of the first ``step`` when a pipeline set it (image-to-image starts part-way)."""
         return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start stepping at ``begin_index`` of the schedule (call before the first step)."""
-        self._begin_index = begin_index
+        """Start stepping at ``self.timesteps[begin_index]`` (call after ``set_timesteps``, before the first step).
+
+        The step index then counts from ``begin_index``, one per ``step`` call, whatever the
+        timestep values are (they may repeat). For a second-order scheduler (``order == 2``),
+        ``begin_index`` must be the first call of a step (an even offset into the interleaved part).
+
+        :raises ValueError: if ``begin_index`` is not an int in ``[0, len(self.timesteps))``.
+        """
+        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)):
+            raise ValueError(f"{type(self).__name__}.set_begin_index: begin_index must be an int, got {begin_index!r}")
+        size = len(self.timesteps)
+        if not 0 <= begin_index < max(size, 1):
+            raise ValueError(
+                f"{type(self).__name__}.set_begin_index: begin_index={begin_index} is outside the schedule of "
+                f"{size} timesteps; pass an index into scheduler.timesteps"
+            )
+        self._begin_index = int(begin_index)
 
     def _reset_step_state(self) -> None:
         self._step_index = None
         self._begin_index = None
 
+    #: whether ``step`` works before ``set_timesteps``, on the training schedule held since ``__init__``
+    #: (the schedulers whose Diffusers counterparts allow it)
+    _steps_on_training_schedule: ClassVar[bool] = False
+
+    def _prepare_training_schedule(self) -> None:
+        """Build the per-step tables of the training schedule held since ``__init__`` (first ``step``)."""
+
     def _require_timesteps(self) -> None:
-        if self.num_inference_steps is None:
-            raise SchedulerNotReadyError(
-                f"{type(self).__name__}: no schedule yet; call set_timesteps(num_inference_steps) before "
-                "step() or scale_model_input()"
-            )
+        if self.num_inference_steps is not None:
+            return
+        if self._steps_on_training_schedule:
+            self._prepare_training_schedule()
+            return
+        raise SchedulerNotReadyError(
+            f"{type(self).__name__}: no schedule yet; call set_timesteps(num_inference_steps) before "
+            "step() or scale_model_input()"
+        )
 
     def index_for_timestep(self, timestep: float | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
-        """Position of ``timestep`` in the schedule (the second match when it appears twice)."""
+        """Position of ``timestep`` in the schedule (the second match when it appears more than once).
+
+        Taking the second match means a loop started part-way through an interleaved second-order
+        schedule (``[t0, t1, t1, t2, t2, ...]``) starts at the first call of a step.
+
+        :raises ValueError: if ``timestep`` is not in the schedule.
+        """
         schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
         if isinstance(timestep, torch.Tensor):
             timestep = timestep.to(schedule.device)
@@ -175,16 +227,45 @@ class BaseScheduler(SchedulerMixin):
         return int(indices[pos].item())
 
     def _init_step_index(self, timestep: float | torch.Tensor) -> None:
-        if self._begin_index is None:
-            self._step_index = self.index_for_timestep(timestep)
-        else:
+        """The index of the first step: the begin index when set, else 0 for ``timesteps[0]`` (values can
+        repeat at the start, e.g. Karras sigmas on a cosine schedule), else the look-up."""
+        if self._begin_index is not None:
             self._step_index = self._begin_index
+            return
+        schedule = self.timesteps
+        first = schedule[0] if len(schedule) else None
+        if first is not None and bool(
+            first == (timestep.to(schedule.device) if isinstance(timestep, torch.Tensor) else timestep)
+        ):
+            self._step_index = 0
+        else:
+            self._step_index = self.index_for_timestep(timestep)
 
     def _ensure_step_index(self, timestep: float | torch.Tensor) -> int:
+        """The index of this ``step``: counted from the first step (see :meth:`_init_step_index`).
+
+        :raises IndexError: when called more often than the schedule has steps.
+        """
         if self._step_index is None:
             self._init_step_index(timestep)
-        assert self._step_index is not None
-        return self._step_index
+        index = self._step_index
+        if index is None or index >= len(self.timesteps):
+            raise IndexError(
+                f"{type(self).__name__}: step {index} is past the end of the schedule of {len(self.timesteps)} "
+                "timesteps; call set_timesteps again before another loop"
+            )
+        return index
+
+    def _count_step(self, timestep: float | torch.Tensor) -> None:
+        """Advance the step index of a scheduler whose maths do not use it (DDIM, DDPM): it counts too
+        (without an end, since such a ``step`` may be called any number of times)."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        self._step_index = (self._step_index or 0) + 1
+
+    def _steps(self) -> int:
+        """``num_inference_steps`` (the number of training timesteps before ``set_timesteps``)."""
+        return int(self.num_inference_steps or self.config.num_train_timesteps)
 
     def _check_in_schedule(self, timestep: float | torch.Tensor) -> None:
         """Raise a clear ``ValueError`` unless ``timestep`` is one of ``self.timesteps``."""
@@ -218,12 +299,17 @@ class BaseScheduler(SchedulerMixin):
     def _check_set_timesteps_args(
         self,
         num_inference_steps: int | None,
-        timesteps: Sequence[Any] | None,
-        sigmas: Sequence[Any] | None,
+        timesteps: Sequence[Any] | torch.Tensor | np.ndarray | None,
+        sigmas: Sequence[Any] | torch.Tensor | np.ndarray | None,
         *,
         accepts_timesteps: bool = True,
         accepts_sigmas: bool = True,
     ) -> None:
+        """Check the arguments of ``set_timesteps`` (custom lists may be lists, arrays or tensors).
+
+        :raises ValueError: on a missing / doubled argument, an unsupported custom list, a wrong step
+            count, or a custom list that is empty, not 1-D, or not finite.
+        """
         name = type(self).__name__
         if timesteps is not None and not accepts_timesteps:
             raise ValueError(f"{name}.set_timesteps does not take custom timesteps=; pass num_inference_steps")
@@ -234,10 +320,17 @@ class BaseScheduler(SchedulerMixin):
             raise ValueError(f"{name}.set_timesteps: pass exactly one of num_inference_steps, timesteps= or sigmas=")
         if num_inference_steps is not None:
             schedules.check_num_inference_steps(num_inference_steps, self.config.get("num_train_timesteps"))
-        if timesteps is not None and len(timesteps) < 1:
-            raise ValueError(f"{name}.set_timesteps: timesteps= is empty")
-        if sigmas is not None and len(sigmas) < 2:
+        if timesteps is not None:
+            custom_array(timesteps, "timesteps", name)
+        if sigmas is not None and len(custom_array(sigmas, "sigmas", name)) < 2:
             raise ValueError(f"{name}.set_timesteps: sigmas= needs at least two values (the last is the final sigma)")
+
+    @staticmethod
+    def _required_steps(name: str, num_inference_steps: int | None) -> int:
+        """``num_inference_steps`` once the arguments were checked (a clear error if it is missing)."""
+        if num_inference_steps is None:
+            raise ValueError(f"{name}.set_timesteps: pass num_inference_steps")
+        return int(num_inference_steps)
 
     # -- output -------------------------------------------------------------------------------
 
@@ -290,8 +383,7 @@ class VPScheduler(BaseScheduler):
 
     def _step_pairs(self) -> list[tuple[int, int]]:
         """``(t, t_prev)`` of every step of the schedule (default: a stride of ``T // n`` down)."""
-        assert self.num_inference_steps is not None
-        stride = self.config.num_train_timesteps // self.num_inference_steps
+        stride = self.config.num_train_timesteps // (self.num_inference_steps or self.config.num_train_timesteps)
         return [(t, t - stride) for t in self._positions]
 
     def _position(self, timestep: int | torch.Tensor) -> int:
@@ -338,6 +430,13 @@ class SigmaScheduler(BaseScheduler):
 
     sigmas: torch.Tensor
     alphas_cumprod: torch.Tensor
+    _steps_on_training_schedule: ClassVar[bool] = True
+    _training_tables: bool = False
+
+    def _prepare_training_schedule(self) -> None:
+        if not self._training_tables:
+            self._on_new_schedule()
+            self._training_tables = True
 
     def _training_sigmas(self) -> np.ndarray:
         return schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod).numpy()
@@ -356,14 +455,14 @@ class SigmaScheduler(BaseScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[float] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[float] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """Space ``num_inference_steps`` timesteps per config (custom lists are not supported)."""
         self._check_set_timesteps_args(
             num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
         )
-        assert num_inference_steps is not None
+        num_inference_steps = self._required_steps(type(self).__name__, num_inference_steps)
         self.num_inference_steps = num_inference_steps
         ts, sig, _ = self._spaced_sigmas(num_inference_steps)
         self.sigmas = schedules.with_final_sigma(sig)

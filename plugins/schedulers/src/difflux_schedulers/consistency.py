@@ -76,8 +76,8 @@ class CMStochasticIterativeScheduler(BaseScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """Evenly strided training steps (``num_inference_steps``) or custom ``timesteps=``, mapped to
         Karras noise levels; the final level is ``sigma_min``."""
@@ -100,7 +100,7 @@ class CMStochasticIterativeScheduler(BaseScheduler):
             steps = np.array(ts, dtype=np.int64)
             self.custom_timesteps = True
         else:
-            assert num_inference_steps is not None
+            num_inference_steps = self._required_steps(type(self).__name__, num_inference_steps)
             schedules.check_num_inference_steps(num_inference_steps, n_train)
             stride = n_train // num_inference_steps
             steps = (np.arange(0, num_inference_steps) * stride).round()[::-1].copy().astype(np.int64)
@@ -131,10 +131,10 @@ class CMStochasticIterativeScheduler(BaseScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        *,
-        eta: float = 0.0,
         generator: Generator = None,
         return_dict: bool = True,
+        *,
+        eta: float = 0.0,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """Consistency estimate at this level, then noise to the next level (``eta`` is unused)."""
         self._require_timesteps()
@@ -157,8 +157,6 @@ class CMStochasticIterativeScheduler(BaseScheduler):
         self._step_index = i + 1
         return self._output(prev_sample, None, return_dict)
 
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x0 + sigma(t) * noise`` for ``timesteps`` taken from ``self.timesteps``."""
         return add_noise_sigma(original_samples, noise, self._sigmas_at(timesteps, original_samples))

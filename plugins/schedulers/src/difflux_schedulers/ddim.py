@@ -55,14 +55,14 @@ class DDIMScheduler(VPScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """Space ``num_inference_steps`` timesteps per ``timestep_spacing`` (custom lists are not supported)."""
         self._check_set_timesteps_args(
             num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
         )
-        assert num_inference_steps is not None
+        num_inference_steps = self._required_steps(type(self).__name__, num_inference_steps)
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.from_numpy(self._spaced_timesteps(num_inference_steps)).to(device)
         self._reset_step_state()
@@ -72,20 +72,19 @@ class DDIMScheduler(VPScheduler):
         model_output: torch.Tensor,
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
-        *,
         eta: float = 0.0,
-        generator: Generator = None,
-        return_dict: bool = True,
         use_clipped_model_output: bool = False,
+        generator: Generator = None,
         variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One DDIM step (Song et al. 2021, eq. 12) from ``timestep`` to ``timestep - T // n``."""
         self._require_timesteps()
         self._position(timestep)
-        assert self.num_inference_steps is not None
+        self._count_step(timestep)
         cfg = self.config
         t = int(timestep)
-        prev_t = t - cfg.num_train_timesteps // self.num_inference_steps
+        prev_t = t - cfg.num_train_timesteps // self._steps()
         alpha_prod_t, sqrt_alpha, sqrt_one_minus_alpha = self._roots(t)
         alpha_prod_t_prev, sqrt_alpha_prev, sqrt_one_minus_alpha_prev = self._roots(prev_t)
         x0 = sampling.x0_from_roots_vp(model_output, sample, sqrt_alpha, sqrt_one_minus_alpha, cfg.prediction_type)
@@ -144,22 +143,21 @@ class DDIMInverseScheduler(VPScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """Ascending timesteps: the DDIM schedule reversed."""
         self._check_set_timesteps_args(
             num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
         )
-        assert num_inference_steps is not None
+        num_inference_steps = self._required_steps(type(self).__name__, num_inference_steps)
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.from_numpy(self._spaced_timesteps(num_inference_steps)[::-1].copy()).to(device)
         self._reset_step_state()
 
     def _step_pairs(self) -> list[tuple[int, int]]:
         cfg = self.config
-        assert self.num_inference_steps is not None
-        stride = cfg.num_train_timesteps // self.num_inference_steps
+        stride = cfg.num_train_timesteps // self._steps()
         return [(t, min(t - stride, cfg.num_train_timesteps - 1)) for t in self._positions]
 
     def step(
@@ -167,18 +165,18 @@ class DDIMInverseScheduler(VPScheduler):
         model_output: torch.Tensor,
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
+        return_dict: bool = True,
         *,
         eta: float = 0.0,
         generator: Generator = None,
-        return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One inverted DDIM step, from ``timestep - T // n`` up to ``timestep`` (deterministic: ``eta`` unused)."""
         self._require_timesteps()
         self._position(timestep)
-        assert self.num_inference_steps is not None
+        self._count_step(timestep)
         cfg = self.config
         next_t = int(timestep)
-        t = min(next_t - cfg.num_train_timesteps // self.num_inference_steps, cfg.num_train_timesteps - 1)
+        t = min(next_t - cfg.num_train_timesteps // self._steps(), cfg.num_train_timesteps - 1)
         _, sqrt_alpha, sqrt_one_minus_alpha = self._roots(t)
         _, sqrt_alpha_next, sqrt_one_minus_alpha_next = self._roots(next_t)
         x0 = sampling.x0_from_roots_vp(model_output, sample, sqrt_alpha, sqrt_one_minus_alpha, cfg.prediction_type)

@@ -20,7 +20,13 @@ VarianceType = Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_l
 
 
 class DDPMScheduler(VPScheduler):
-    """Denoising diffusion probabilistic models: sample x_{t-1} ~ q(x_{t-1} | x_t, x0_hat)."""
+    """Denoising diffusion probabilistic models: sample x_{t-1} ~ q(x_{t-1} | x_t, x0_hat).
+
+    A fresh scheduler holds all training timesteps, so ``step`` works before ``set_timesteps``
+    (training loops, as in Diffusers).
+    """
+
+    _steps_on_training_schedule = True
 
     _compatibles: ClassVar[tuple[str, ...]] = KARRAS_COMPATIBLES
     order: ClassVar[int] = 1
@@ -60,8 +66,8 @@ class DDPMScheduler(VPScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """Choose the inference timesteps: ``num_inference_steps`` spaced per config, or explicit ``timesteps``."""
         self._check_set_timesteps_args(num_inference_steps, timesteps, sigmas, accepts_sigmas=False)
@@ -78,7 +84,7 @@ class DDPMScheduler(VPScheduler):
             self.custom_timesteps = True
             self.num_inference_steps = len(ts)
         else:
-            assert num_inference_steps is not None
+            num_inference_steps = self._required_steps(type(self).__name__, num_inference_steps)
             ts = self._spaced_timesteps(num_inference_steps)
             self.custom_timesteps = False
             self.num_inference_steps = num_inference_steps
@@ -142,16 +148,17 @@ class DDPMScheduler(VPScheduler):
         model_output: torch.Tensor,
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
-        *,
-        eta: float = 0.0,
         generator: Generator = None,
         return_dict: bool = True,
+        *,
+        eta: float = 0.0,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One ancestral step from ``timestep`` to the previous timestep of the schedule (``eta`` is unused)."""
         self._require_timesteps()
         cfg = self.config
         t = int(timestep)
         prev_t = self._previous_t(timestep)  # type: ignore[arg-type]
+        self._count_step(timestep)
         predicted_variance = None
         if model_output.shape[1] == sample.shape[1] * 2 and self.variance_type in ("learned", "learned_range"):
             model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)

@@ -105,8 +105,8 @@ class DEISMultistepScheduler(LambdaSolverScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
         mu: float | None = None,
     ) -> None:
         """Build the inference schedule (``mu`` with ``use_dynamic_shifting`` sets ``flow_shift = exp(mu)``)."""
@@ -131,10 +131,10 @@ class DEISMultistepScheduler(LambdaSolverScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
+        return_dict: bool = True,
         *,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One DEIS step; lower orders while the history fills up and (if configured) at the end."""
         self._require_timesteps()

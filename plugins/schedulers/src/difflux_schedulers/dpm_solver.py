@@ -335,9 +335,7 @@ class LambdaSolverScheduler(BaseScheduler):
             return sig * config.num_train_timesteps, sig
         return steps, np.interp(steps, np.arange(0, len(train_sigmas)), train_sigmas)
 
-    def _ramp_schedule(
-        self, ramp: np.ndarray, log_sigmas: np.ndarray, rounding: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _ramp_schedule(self, ramp: np.ndarray, log_sigmas: np.ndarray, rounding: bool) -> tuple[np.ndarray, np.ndarray]:
         """Timesteps of ramp sigmas, by interpolation in log-sigma (rounded when ``rounding``)."""
         steps = np.array([sigma_to_t(s, log_sigmas) for s in ramp])
         return (steps.round() if rounding else steps), ramp
@@ -514,8 +512,8 @@ class DPMSolverMultistepScheduler(LambdaSolverScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
         mu: float | None = None,
     ) -> None:
         """Build the inference schedule: ``num_inference_steps`` spaced steps, or custom ``timesteps``.
@@ -559,11 +557,11 @@ class DPMSolverMultistepScheduler(LambdaSolverScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        variance_noise: torch.Tensor | None = None,
+        return_dict: bool = True,
         *,
         eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        return_dict: bool = True,
-        variance_noise: torch.Tensor | None = None,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One multistep DPM-Solver step from ``timestep`` to the next (``eta`` is unused).
 
@@ -666,8 +664,8 @@ class DPMSolverSinglestepScheduler(LambdaSolverScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
         mu: float | None = None,
     ) -> None:
         """Build the inference schedule (linspace over the unclipped range), or use custom ``timesteps``."""
@@ -702,10 +700,10 @@ class DPMSolverSinglestepScheduler(LambdaSolverScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        *,
-        eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
+        *,
+        eta: float = 0.0,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One singlestep DPM-Solver step; the update of order k starts from the sample k-1 steps back."""
         self._require_timesteps()
@@ -724,7 +722,11 @@ class DPMSolverSinglestepScheduler(LambdaSolverScheduler):
             order -= 1
         if order == 1:
             self._start_sample = sample
-        assert self._start_sample is not None
+        if self._start_sample is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: a order-{order} update needs the sample of its first step; step through "
+                "scheduler.timesteps from the start (or a step boundary set with set_begin_index)"
+            )
         outputs, levels = self._recent(order, i, device)
         t = self._level(i + 1, device)
         derivatives = singlestep_differences(outputs, levels, t, str(config.solver_type))

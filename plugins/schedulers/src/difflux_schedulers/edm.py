@@ -114,7 +114,7 @@ class EDMEulerScheduler(BaseScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[float] | None = None,
+        timesteps: Sequence[float] | torch.Tensor | None = None,
         sigmas: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """``num_inference_steps`` noise levels from ``sigma_max`` to ``sigma_min``, or the levels at the given
@@ -145,15 +145,15 @@ class EDMEulerScheduler(BaseScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        *,
-        eta: float = 0.0,
-        generator: Generator = None,
-        return_dict: bool = True,
         s_churn: float = 0.0,
         s_tmin: float = 0.0,
         s_tmax: float = float("inf"),
         s_noise: float = 1.0,
+        generator: Generator = None,
+        return_dict: bool = True,
         pred_original_sample: torch.Tensor | None = None,
+        *,
+        eta: float = 0.0,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """Euler step to the next noise level; with ``s_churn > 0`` noise is first added to raise the level
         (Algorithm 2, lines 4-6). ``pred_original_sample=`` skips the output preconditioning. ``eta`` is unused."""
@@ -181,8 +181,6 @@ class EDMEulerScheduler(BaseScheduler):
         self._step_index = i + 1
         return self._output(prev_sample, pred_original_sample, return_dict)
 
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x0 + sigma(t) * noise`` for ``timesteps`` taken from ``self.timesteps``."""
         return add_noise_sigma(original_samples, noise, self._sigmas_at(timesteps, original_samples))

@@ -10,7 +10,7 @@ import torch
 from difflux.schedulers import SchedulerOutput
 
 from . import sampling, schedules
-from ._base import KARRAS_COMPATIBLES, Generator, SigmaScheduler, TrainedBetas
+from ._base import KARRAS_COMPATIBLES, Generator, SigmaScheduler, TrainedBetas, custom_array
 from .sampling import PredictionType
 from .schedules import TimestepSpacing
 
@@ -69,32 +69,42 @@ class EulerDiscreteScheduler(SigmaScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[float] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[float] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """Set the schedule from ``num_inference_steps``, custom ``timesteps`` or custom ``sigmas`` (last = final)."""
         self._check_set_timesteps_args(num_inference_steps, timesteps, sigmas)
         cfg = self.config
-        if timesteps is not None:
+        name = type(self).__name__
+        custom_t = None if timesteps is None else custom_array(timesteps, "timesteps", name).astype(np.float32)
+        custom_s = None if sigmas is None else custom_array(sigmas, "sigmas", name).astype(np.float32)
+        if custom_t is not None:
             self._check_custom_timesteps_allowed()
             if self._continuous_v():
                 raise ValueError(
-                    "EulerDiscreteScheduler: custom timesteps= cannot be used with continuous v-prediction timesteps"
+                    "EulerDiscreteScheduler: custom timesteps= cannot be used with continuous v-prediction timesteps "
+                    "(timestep_type='continuous'); pass sigmas= instead"
                 )
-        if num_inference_steps is None:
-            num_inference_steps = len(timesteps) if timesteps is not None else len(sigmas or ()) - 1
+        if custom_t is not None:
+            num_inference_steps = len(custom_t)
+        elif custom_s is not None:
+            num_inference_steps = len(custom_s) - 1
+        num_inference_steps = self._required_steps(name, num_inference_steps)
         self.num_inference_steps = num_inference_steps
         train_sigmas = self._training_sigmas()
         log_sigmas = np.log(train_sigmas)
-        if sigmas is not None:
-            sigma_arr = np.array(sigmas).astype(np.float32)
+        if custom_s is not None:
+            sigma_arr = custom_s
             ts = schedules.sigma_to_t(sigma_arr[:-1], log_sigmas)
         else:
-            custom = np.array(timesteps).astype(np.float32) if timesteps is not None else None
-            if cfg.interpolation_type == "log_linear" and custom is None:
+            if cfg.interpolation_type == "log_linear":
+                # As Diffusers: n + 1 sigmas evenly spaced in log-sigma from the largest to the smallest training
+                # sigma, whatever the timesteps (spaced per config, or custom) are.
                 ts = schedules.spaced_timesteps(
                     num_inference_steps, cfg.num_train_timesteps, cfg.timestep_spacing, cfg.steps_offset, integer=False
                 )
+                if custom_t is not None:
+                    ts = custom_t
                 sig = (
                     torch.linspace(np.log(train_sigmas[-1]), np.log(train_sigmas[0]), num_inference_steps + 1)
                     .exp()
@@ -104,7 +114,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
                 if ramp is not None:
                     sig, ts = ramp, schedules.sigma_to_t(ramp, log_sigmas)
             else:
-                ts, sig, _ = self._spaced_sigmas(num_inference_steps, custom)
+                ts, sig, _ = self._spaced_sigmas(num_inference_steps, custom_t)
             last = (
                 ((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5
                 if cfg.final_sigmas_type == "sigma_min"
@@ -117,23 +127,26 @@ class EulerDiscreteScheduler(SigmaScheduler):
         else:
             self.timesteps = torch.from_numpy(np.asarray(ts).astype(np.float32)).to(device=device)
         self.sigmas = sigmas_t.to("cpu")
+        self._on_new_schedule()
+        self._reset_step_state()
+
+    def _on_new_schedule(self) -> None:
         # per step: sigma and sigma_next - sigma as 0-dim tensors (the churn-free step does no tensor work)
         self._euler_steps = list(zip(self.sigmas[:-1].unbind(), (self.sigmas[1:] - self.sigmas[:-1]).unbind()))
-        self._reset_step_state()
 
     def step(
         self,
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        *,
-        eta: float = 0.0,
-        generator: Generator = None,
-        return_dict: bool = True,
         s_churn: float = 0.0,
         s_tmin: float = 0.0,
         s_tmax: float = float("inf"),
         s_noise: float = 1.0,
+        generator: Generator = None,
+        return_dict: bool = True,
+        *,
+        eta: float = 0.0,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One Euler step; ``s_churn`` > 0 first adds noise to raise sigma to sigma_hat (Karras Alg. 2)."""
         self._require_timesteps()
@@ -203,10 +216,10 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        *,
-        eta: float = 0.0,
         generator: Generator = None,
         return_dict: bool = True,
+        *,
+        eta: float = 0.0,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One ancestral Euler step; fresh noise comes from ``generator`` (``eta`` is unused: always 1)."""
         self._require_timesteps()

@@ -58,6 +58,8 @@ def calculate_shift(
 def stretch_shift_to_terminal(t: np.ndarray, shift_terminal: float) -> np.ndarray:
     """Rescale a shifted schedule so that its last value is ``shift_terminal`` (LTX-Video)."""
     one_minus = 1 - t
+    if one_minus[-1] == 0:  # a one-step schedule (or all sigmas 1): nothing to stretch, and 0 / 0 would be NaN
+        return np.asarray(t)
     scale = one_minus[-1] / (1 - shift_terminal)
     return np.asarray(1 - one_minus / scale)
 
@@ -137,8 +139,8 @@ class FlowMatchEulerDiscreteScheduler(BaseScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[float] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[float] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
         mu: float | None = None,
     ) -> None:
         """Build the sampling schedule: ``num_inference_steps`` evenly spaced sigmas, or custom ``sigmas`` /
@@ -201,17 +203,13 @@ class FlowMatchEulerDiscreteScheduler(BaseScheduler):
         """Flow-matching models take the sample unscaled."""
         return sample
 
-    def scale_noise(
-        self, sample: torch.Tensor, timestep: float | torch.Tensor, noise: torch.Tensor
-    ) -> torch.Tensor:
+    def scale_noise(self, sample: torch.Tensor, timestep: float | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Forward process ``sigma * noise + (1 - sigma) * sample`` at ``timestep`` (one per batch element)."""
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1)
         sigma = broadcast_to(self._sigmas_at(t, sample), sample)
         return sigma * noise + (1.0 - sigma) * sample
 
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`scale_noise` (the protocol's name for the forward process)."""
         return self.scale_noise(original_samples, timesteps, noise)
 
@@ -222,11 +220,15 @@ class FlowMatchEulerDiscreteScheduler(BaseScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = float("inf"),
+        s_noise: float = 1.0,
+        generator: Generator = None,
+        per_token_timesteps: torch.Tensor | None = None,
+        return_dict: bool = True,
         *,
         eta: float = 0.0,
-        generator: Generator = None,
-        return_dict: bool = True,
-        per_token_timesteps: torch.Tensor | None = None,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One Euler step from ``timestep`` to the next sigma (``eta`` is unused; noise only with
         ``stochastic_sampling``)."""

@@ -10,7 +10,7 @@ import torch
 from difflux.schedulers import SchedulerOutput
 
 from . import sampling, schedules
-from ._base import KARRAS_COMPATIBLES, Generator, SigmaScheduler, TrainedBetas
+from ._base import KARRAS_COMPATIBLES, Generator, SigmaScheduler, TrainedBetas, custom_array
 from .sampling import PredictionType
 from .schedules import TimestepSpacing
 
@@ -53,8 +53,9 @@ class HeunDiscreteScheduler(SigmaScheduler):
     ) -> None:
         self._init_training_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         self._init_sigmas()
-        self.timesteps = torch.from_numpy(np.arange(num_train_timesteps - 1, -1, -1, dtype=np.float32))
         self._clear_state()
+        # As Diffusers: a fresh scheduler holds the full interleaved training schedule (steps work at once).
+        self.set_timesteps(num_train_timesteps)
 
     def _clear_state(self) -> None:
         self.prev_derivative: torch.Tensor | None = None
@@ -71,17 +72,17 @@ class HeunDiscreteScheduler(SigmaScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[float] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[float] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """Set ``num_inference_steps`` steps (or custom ``timesteps``); each inner timestep appears twice."""
         self._check_set_timesteps_args(num_inference_steps, timesteps, sigmas, accepts_sigmas=False)
         custom = None
         if timesteps is not None:
             self._check_custom_timesteps_allowed()
-            custom = np.array(timesteps, dtype=np.float32)
+            custom = custom_array(timesteps, "timesteps", type(self).__name__).astype(np.float32)
             num_inference_steps = len(custom)
-        assert num_inference_steps is not None
+        num_inference_steps = self._required_steps(type(self).__name__, num_inference_steps)
         self.num_inference_steps = num_inference_steps
         ts, sig, _ = self._spaced_sigmas(num_inference_steps, custom)
         sigmas_t = schedules.with_final_sigma(sig).to(device=device)
@@ -97,10 +98,10 @@ class HeunDiscreteScheduler(SigmaScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
+        return_dict: bool = True,
         *,
         eta: float = 0.0,
         generator: Generator = None,
-        return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """Predictor (first call per step) or corrector (second call); deterministic."""
         self._require_timesteps()
@@ -123,7 +124,8 @@ class HeunDiscreteScheduler(SigmaScheduler):
             dt = sigma_next - sigma
             self.prev_derivative, self.dt, self.sample = derivative, dt, sample
         else:
-            assert self.prev_derivative is not None and self.dt is not None and self.sample is not None
+            if self.prev_derivative is None or self.dt is None or self.sample is None:
+                raise RuntimeError("HeunDiscreteScheduler: the corrector call came before its predictor call")
             derivative = (self.prev_derivative + sampling.to_d(sample, sigma_next, denoised)) / 2
             dt, sample = self.dt, self.sample
             self._clear_state()

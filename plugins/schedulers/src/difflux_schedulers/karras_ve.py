@@ -87,8 +87,8 @@ class KarrasVeScheduler(BaseScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """Timesteps ``n - 1 .. 0`` and their noise levels ``schedule``."""
         if timesteps is not None or sigmas is not None:
@@ -133,10 +133,10 @@ class KarrasVeScheduler(BaseScheduler):
         sigma_hat: float | torch.Tensor,
         sigma_prev: float | torch.Tensor,
         sample_hat: torch.Tensor | None = None,
+        return_dict: bool = True,
         *,
         eta: float = 0.0,
         generator: Generator = None,
-        return_dict: bool = True,
     ) -> KarrasVeOutput | tuple[torch.Tensor, ...]:
         """Euler predictor ``step(model_output, sigma_hat, sigma_prev, sample_hat)`` (Diffusers' form).
 
@@ -152,8 +152,8 @@ class KarrasVeScheduler(BaseScheduler):
                 )
             if self.num_inference_steps is None:
                 raise RuntimeError("KarrasVeScheduler: call set_timesteps() before step()")
-            t = self.index_for_timestep(sigma_hat)  # validates: t is in the schedule
-            t = int(self.timesteps[t])
+            t = int(self.timesteps[self.index_for_timestep(sigma_hat)])  # validates: t is in the schedule
+            self._count_step(sigma_hat)
             sample_hat, sigma_hat = sigma_prev, self._levels[t]
             sigma_prev = self._levels[t - 1] if t > 0 else 0.0
         prev, derivative, x0 = karras_ve_euler(model_output, sigma_hat, sigma_prev, sample_hat)
@@ -177,9 +177,7 @@ class KarrasVeScheduler(BaseScheduler):
             return (prev, derivative)
         return KarrasVeOutput(prev_sample=prev, derivative=derivative, pred_original_sample=x0)
 
-    def add_noise(
-        self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x0 + schedule[t] * noise`` (Diffusers does not implement this for KarrasVe)."""
         if self.schedule is None:
             raise RuntimeError("KarrasVeScheduler: call set_timesteps() before add_noise()")

@@ -46,8 +46,9 @@ class _KDPM2Base(SigmaScheduler):
     ) -> None:
         self._init_training_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         self._init_sigmas()
-        self.timesteps = torch.from_numpy(np.arange(num_train_timesteps - 1, -1, -1, dtype=np.float32))
         self.sample: torch.Tensor | None = None
+        # As Diffusers: a fresh scheduler holds the full interleaved training schedule (steps work at once).
+        self.set_timesteps(num_train_timesteps)
 
     @property
     def state_in_first_order(self) -> bool:
@@ -56,6 +57,12 @@ class _KDPM2Base(SigmaScheduler):
 
     def _model_input_sigma(self, step_index: int) -> torch.Tensor:
         return self.sigmas[step_index] if self.state_in_first_order else self.sigmas_interpol[step_index]
+
+    def _saved_sample(self) -> torch.Tensor:
+        """The sample saved by the first call of this step (the second call restarts from it)."""
+        if self.sample is None:
+            raise RuntimeError(f"{type(self).__name__}: the second call of a step came before its first call")
+        return self.sample
 
     def _interpolated(self, sigmas: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The midpoint sigmas for this variant (index-aligned with ``sigmas``) and extra per-step tables."""
@@ -69,14 +76,14 @@ class _KDPM2Base(SigmaScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[float] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[float] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """Set ``num_inference_steps`` steps; the timesteps interleave full steps and midpoints."""
         self._check_set_timesteps_args(
             num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
         )
-        assert num_inference_steps is not None
+        num_inference_steps = self._required_steps(type(self).__name__, num_inference_steps)
         self.num_inference_steps = num_inference_steps
         ts, sig, log_sigmas = self._spaced_sigmas(num_inference_steps)
         if self.config.use_karras_sigmas:
@@ -107,10 +114,10 @@ class KDPM2DiscreteScheduler(_KDPM2Base):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
+        return_dict: bool = True,
         *,
         eta: float = 0.0,
         generator: Generator = None,
-        return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """First call: step to the midpoint; second call: the full step from the saved sample."""
         self._require_timesteps()
@@ -129,8 +136,7 @@ class KDPM2DiscreteScheduler(_KDPM2Base):
         else:
             derivative = sampling.to_d(sample, sigma_mid, denoised)
             dt = sigma_next - sigma
-            assert self.sample is not None
-            sample, self.sample = self.sample, None
+            sample, self.sample = self._saved_sample(), None
         self._step_index = index + 1
         return self._output(derivative.mul_(dt).add_(sample), denoised, return_dict)
 
@@ -147,7 +153,10 @@ class KDPM2AncestralDiscreteScheduler(_KDPM2Base):
         sigmas_next[-1] = 0.0
         sigmas_up, sigmas_down = sampling.get_ancestral_step(sigmas, sigmas_next)
         sigmas_down[-1] = 0.0
-        interpol = log_midpoint(sigmas, sigmas_down)
+        # Where sigma_down rounds to 0 before the end (a huge first sigma, e.g. a cosine schedule), take its
+        # exact value sigma_next^2 / sigma for the midpoint: log(0) would make it NaN (Diffusers gives NaN).
+        exact_down = sigmas_next**2 / sigmas
+        interpol = log_midpoint(sigmas, torch.where((sigmas_down > 0) | (exact_down == 0), sigmas_down, exact_down))
         interpol[-2:] = 0.0
         return interpol, {"sigmas_up": sigmas_up, "sigmas_down": sigmas_down}
 
@@ -159,10 +168,10 @@ class KDPM2AncestralDiscreteScheduler(_KDPM2Base):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        *,
-        eta: float = 0.0,
         generator: Generator = None,
         return_dict: bool = True,
+        *,
+        eta: float = 0.0,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """First call: step to the midpoint; second call: full step to sigma_down plus noise from ``generator``."""
         self._require_timesteps()
@@ -181,8 +190,7 @@ class KDPM2AncestralDiscreteScheduler(_KDPM2Base):
             self.sample = sample
         else:
             derivative = sampling.to_d(sample, sigma_mid, denoised)
-            assert self.sample is not None
-            sample, self.sample = self.sample, None
+            sample, self.sample = self._saved_sample(), None
             prev_sample = derivative.mul_(sigma_down - sigma).add_(sample)
             prev_sample.add_(sampling.noise_like(model_output, generator) * sigma_up)
         self._step_index = index + 1

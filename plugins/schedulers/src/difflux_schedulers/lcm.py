@@ -100,8 +100,8 @@ class LCMScheduler(VPScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
         original_inference_steps: int | None = None,
         strength: float = 1.0,
     ) -> None:
@@ -121,7 +121,7 @@ class LCMScheduler(VPScheduler):
         if timesteps is not None:
             chosen = self._custom_schedule(list(timesteps), origin, original, strength)
         else:
-            assert num_inference_steps is not None
+            num_inference_steps = self._required_steps(type(self).__name__, num_inference_steps)
             schedules.check_num_inference_steps(num_inference_steps, n_train)
             if len(origin) // num_inference_steps < 1:
                 raise ValueError(
@@ -188,10 +188,10 @@ class LCMScheduler(VPScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        *,
-        eta: float = 0.0,
         generator: Generator = None,
         return_dict: bool = True,
+        *,
+        eta: float = 0.0,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One consistency step: clean estimate at ``timestep``, then fresh noise to the next timestep
         (none after the last one). ``eta`` is unused."""

@@ -53,11 +53,11 @@ class LMSDiscreteScheduler(SigmaScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
+        order: int = 4,
+        return_dict: bool = True,
         *,
         eta: float = 0.0,
         generator: Generator = None,
-        return_dict: bool = True,
-        order: int = 4,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One linear multistep step of ``order`` (fewer during warm-up); deterministic."""
         self._require_timesteps()

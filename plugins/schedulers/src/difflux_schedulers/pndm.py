@@ -75,16 +75,15 @@ class PNDMScheduler(VPScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
     ) -> None:
         """Build the Runge-Kutta warm-up timesteps (unless skipped) followed by the multistep ones."""
         self._check_set_timesteps_args(
             num_inference_steps, timesteps, sigmas, accepts_timesteps=False, accepts_sigmas=False
         )
-        assert num_inference_steps is not None
+        n = self._required_steps(type(self).__name__, num_inference_steps)
         cfg = self.config
-        n = num_inference_steps
         self.num_inference_steps = n
         ascending = self._spaced_timesteps(n)[::-1].copy()
         self._timesteps = ascending
@@ -108,8 +107,7 @@ class PNDMScheduler(VPScheduler):
         self._reset_step_state()
 
     def _step_pairs(self) -> list[tuple[int, int]]:
-        assert self.num_inference_steps is not None
-        stride = self.config.num_train_timesteps // self.num_inference_steps
+        stride = self._stride()
         pairs = [(t, t - d) for t in self._positions for d in (stride, stride // 2, 0)]
         # the repeated first step of the PLMS warm-up
         pairs += [(t + stride, t) for t in self._positions if t + stride < self.config.num_train_timesteps]
@@ -144,25 +142,54 @@ class PNDMScheduler(VPScheduler):
         model_output: torch.Tensor,
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
+        return_dict: bool = True,
         *,
         eta: float = 0.0,
         generator: Generator = None,
-        return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """One Runge-Kutta stage or one multistep step, depending on progress; deterministic."""
         self._require_timesteps()
+        index = self._ensure_step_index(timestep)
         self._position(timestep)
         if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
-            prev = self.step_prk(model_output, timestep, sample)
+            prev = self._prk(model_output, timestep, sample)
         else:
-            prev = self.step_plms(model_output, timestep, sample)
+            prev = self._plms(model_output, timestep, sample)
+        self._step_index = index + 1
         return self._output(prev, None, return_dict)
 
-    def step_prk(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
-        """A stage of the 4th-order Runge-Kutta warm-up (PNDM eq. 13): stages weighted 1/6, 1/3, 1/3, 1/6."""
-        assert self.num_inference_steps is not None
+    def step_prk(
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, return_dict: bool = True
+    ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
+        """A stage of the 4th-order Runge-Kutta warm-up (PNDM eq. 13): stages weighted 1/6, 1/3, 1/3, 1/6.
+
+        :raises SchedulerNotReadyError: before ``set_timesteps``.
+        """
+        self._require_timesteps()
+        return self._output(self._prk(model_output, timestep, sample), None, return_dict)
+
+    def step_plms(
+        self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, return_dict: bool = True
+    ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
+        """A linear multistep step (PNDM eq. 12) on the last noise estimates.
+
+        :raises SchedulerNotReadyError: before ``set_timesteps``.
+        :raises ValueError: when the Runge-Kutta warm-up (``skip_prk_steps=False``) has not run first.
+        """
+        self._require_timesteps()
+        return self._output(self._plms(model_output, timestep, sample), None, return_dict)
+
+    def _stride(self) -> int:
+        return int(self.config.num_train_timesteps // (self.num_inference_steps or self.config.num_train_timesteps))
+
+    def _prk(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
+        if self.counter >= len(self.prk_timesteps):
+            raise ValueError(
+                "PNDMScheduler.step_prk: the Runge-Kutta warm-up is over (or skip_prk_steps=True); "
+                "call step() or step_plms()"
+            )
         stage = self.counter % 4
-        diff_to_prev = 0 if self.counter % 2 else self.config.num_train_timesteps // self.num_inference_steps // 2
+        diff_to_prev = 0 if self.counter % 2 else self._stride() // 2
         prev_timestep = timestep - diff_to_prev
         timestep = self.prk_timesteps[self.counter // 4 * 4]
         if stage == 0:
@@ -178,15 +205,13 @@ class PNDMScheduler(VPScheduler):
         self.counter += 1
         return self._prev_sample(cur_sample, timestep, prev_timestep, model_output)
 
-    def step_plms(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
-        """A linear multistep step (PNDM eq. 12) on the last noise estimates."""
-        assert self.num_inference_steps is not None
+    def _plms(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
         if not self.config.skip_prk_steps and len(self.ets) < 3:
             raise ValueError(
                 "PNDMScheduler: the multistep stage needs the Runge-Kutta warm-up first; step through "
-                "scheduler.timesteps in order"
+                "scheduler.timesteps in order with step() (or use skip_prk_steps=True)"
             )
-        stride = self.config.num_train_timesteps // self.num_inference_steps
+        stride = self._stride()
         prev_timestep = timestep - stride
         if self.counter != 1:
             self.ets = self.ets[-3:]
@@ -198,7 +223,8 @@ class PNDMScheduler(VPScheduler):
             self.cur_sample = sample
         elif len(self.ets) == 1 and self.counter == 1:
             model_output = (model_output + self.ets[-1]) / 2
-            assert self.cur_sample is not None
+            if self.cur_sample is None:
+                raise ValueError("PNDMScheduler: the PLMS warm-up lost its first sample; call set_timesteps again")
             sample, self.cur_sample = self.cur_sample, None
         else:
             model_output = _adams_bashforth(self.ets)

@@ -92,11 +92,12 @@ def to_d(sample: torch.Tensor, sigma: torch.Tensor | float, denoised: torch.Tens
 def get_ancestral_step(
     sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split a step to ``sigma_to`` into a deterministic part ``sigma_down`` and fresh noise ``sigma_up``."""
+    """Split a step to ``sigma_to`` into a deterministic part ``sigma_down`` and fresh noise ``sigma_up``
+    (k-diffusion ``get_ancestral_step``); ``sigma_down`` is never NaN (its square is clamped at 0)."""
     sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
     if eta != 1.0:
         sigma_up = torch.minimum(sigma_to, eta * sigma_up)
-    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    sigma_down = (sigma_to**2 - sigma_up**2).clamp(min=0) ** 0.5  # rounding can make the difference < 0
     return sigma_up, sigma_down
 
 

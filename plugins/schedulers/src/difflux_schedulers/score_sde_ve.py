@@ -71,8 +71,8 @@ class ScoreSdeVeScheduler(BaseScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[float] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[float] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
         sampling_eps: float | None = None,
     ) -> None:
         """``num_inference_steps`` times evenly spaced from 1 to ``sampling_eps``, and their noise levels."""
@@ -165,13 +165,15 @@ class ScoreSdeVeScheduler(BaseScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
-        *,
-        eta: float = 0.0,
         generator: Generator = None,
         return_dict: bool = True,
+        *,
+        eta: float = 0.0,
     ) -> SdeVeOutput | tuple[torch.Tensor, ...]:
         """The protocol's step: the predictor alone (:meth:`step_pred`); ``eta`` is unused."""
-        return self.step_pred(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        out = self.step_pred(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        self._count_step(timestep)
+        return out
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor | None, timesteps: torch.Tensor

@@ -11,10 +11,11 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import torch
+from difflux.config import Bound
 from difflux.protocols import Scheduler
 from difflux.schedulers import SchedulerMixin, SchedulerOutput
 
-from ._base import TrainedBetas
+from ._base import TrainedBetas, custom_array
 from .dpm_solver import LambdaSolverScheduler, NoiseLevel, _final_sigma, noise_prediction
 from .flow_match import shift_sigmas, stretch_shift_to_terminal, time_shift
 from .schedules import solver_timesteps
@@ -137,6 +138,8 @@ class UniPCMultistepScheduler(LambdaSolverScheduler):
     """UniPC multistep: a UniP predictor each step, corrected by UniC once the next model output is known."""
 
     ignore_for_config = frozenset({"solver_p"})
+    #: UniPC's predictor and corrector exist at any order (Diffusers takes any int); the others stop at 3
+    config_bounds = {"solver_order": Bound(ge=1, le=16)}
 
     def __init__(
         self,
@@ -189,11 +192,16 @@ class UniPCMultistepScheduler(LambdaSolverScheduler):
         self.last_sample: torch.Tensor | None = None
         self.this_order = 1
 
-    def _flow_sigmas(self, sigmas: Sequence[float] | None, n: int, mu: float | None) -> np.ndarray:
+    def _flow_sigmas(self, sigmas: Sequence[float] | torch.Tensor | None, n: int, mu: float | None) -> np.ndarray:
         config = self.config
-        sig = np.linspace(1, 1 / config.num_train_timesteps, n + 1)[:-1] if sigmas is None else np.array(sigmas)
+        name = type(self).__name__
+        if sigmas is None:
+            sig = np.linspace(1, 1 / config.num_train_timesteps, n + 1)[:-1]
+        else:
+            sig = custom_array(sigmas, "sigmas", name)
         if config.use_dynamic_shifting:
-            assert mu is not None
+            if mu is None:
+                raise ValueError(f"{name}.set_timesteps: pass mu= when use_dynamic_shifting=True")
             sig = time_shift(mu, 1.0, sig, config.time_shift_type)
         else:
             sig = shift_sigmas(sig, config.flow_shift)
@@ -208,8 +216,8 @@ class UniPCMultistepScheduler(LambdaSolverScheduler):
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
         *,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
+        timesteps: Sequence[int] | torch.Tensor | None = None,
+        sigmas: Sequence[float] | torch.Tensor | None = None,
         mu: float | None = None,
     ) -> None:
         """Build the inference schedule; custom ``sigmas`` (flow sigmas only) and ``mu`` (dynamic shifting)."""
@@ -242,9 +250,7 @@ class UniPCMultistepScheduler(LambdaSolverScheduler):
         if self.solver_p is not None:
             self.solver_p.set_timesteps(self.num_inference_steps, device=device)
 
-    def _ramp_schedule(
-        self, ramp: np.ndarray, log_sigmas: np.ndarray, rounding: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _ramp_schedule(self, ramp: np.ndarray, log_sigmas: np.ndarray, rounding: bool) -> tuple[np.ndarray, np.ndarray]:
         if self.config.use_karras_sigmas and self._flow:  # Karras sigmas mapped onto the flow path
             sig = ramp / (ramp + 1)
             return sig * self.config.num_train_timesteps, sig
@@ -266,7 +272,10 @@ class UniPCMultistepScheduler(LambdaSolverScheduler):
         out = []
         for k in range(1, order):
             output = self.model_outputs[-(k + 1)]
-            assert output is not None
+            if output is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}: step {newest_index} needs {order - 1} earlier model outputs"
+                )
             out.append((output, self._level(newest_index - k, device)))
         return out
 
@@ -275,10 +284,10 @@ class UniPCMultistepScheduler(LambdaSolverScheduler):
         model_output: torch.Tensor,
         timestep: float | torch.Tensor,
         sample: torch.Tensor,
+        return_dict: bool = True,
         *,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        return_dict: bool = True,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
         """Correct ``sample`` with UniC (from the previous step), then predict the next sample with UniP."""
         self._require_timesteps()
@@ -290,12 +299,12 @@ class UniPCMultistepScheduler(LambdaSolverScheduler):
         converted = self._convert(model_output, sample, level)
 
         use_corrector = i > 0 and (i - 1) not in self.disable_corrector and self.last_sample is not None
-        if use_corrector:
-            assert self.last_sample is not None and self.model_outputs[-1] is not None
+        last_output = self.model_outputs[-1]
+        if use_corrector and last_output is not None and self.last_sample is not None:
             history = self._history(i - 1, self.this_order, device)
             sample = unipc_correct(
                 self.last_sample,
-                self.model_outputs[-1],
+                last_output,
                 self._level(i - 1, device),
                 level,
                 history,
@@ -312,9 +321,7 @@ class UniPCMultistepScheduler(LambdaSolverScheduler):
         self.this_order = min(order, self.lower_order_nums + 1)
         self.last_sample = sample
         if self.solver_p is not None:
-            out = self.solver_p.step(model_output, self.timestep_list[-1], sample)
-            assert isinstance(out, SchedulerOutput)
-            prev = out.prev_sample
+            prev = self.solver_p.step(model_output, self.timestep_list[-1], sample, return_dict=False)[0]
         else:
             prev = unipc_predict(
                 sample,
