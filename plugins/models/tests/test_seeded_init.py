@@ -104,6 +104,32 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         "UNet2DConditionModel",
         {**SD_LIKE, "time_embedding_type": "fourier", "mid_block_type": None, "num_class_embeds": 3},
     ),
+    "x2_latent_upscaler": (
+        "UNet2DConditionModel",
+        {
+            "sample_size": 16,
+            "act_fn": "gelu",
+            "attention_head_dim": (8, 8, 16, 16),
+            "block_out_channels": (32, 32, 64, 64),
+            "conv_in_kernel": 1,
+            "conv_out_kernel": 1,
+            "cross_attention_dim": 24,
+            "down_block_types": (
+                "KDownBlock2D",
+                "KCrossAttnDownBlock2D",
+                "KCrossAttnDownBlock2D",
+                "KCrossAttnDownBlock2D",
+            ),
+            "up_block_types": ("KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KUpBlock2D"),
+            "in_channels": 8,
+            "out_channels": 5,
+            "mid_block_type": None,
+            "norm_num_groups": None,
+            "time_cond_proj_dim": 40,
+            "time_embedding_type": "fourier",
+            "timestep_post_act": "gelu",
+        },
+    ),
     # UNet2DModel
     "ddpm": ("UNet2DModel", UNET2D),
     "ddpm_cifar_like": (

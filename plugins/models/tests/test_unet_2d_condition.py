@@ -162,3 +162,52 @@ class TestUNet2DConditionConformance(ComponentConformance):
 
     def make_inputs(self) -> dict[str, Any]:
         return make_inputs(BASE, batch=1)
+
+
+# stabilityai/sd-x2-latent-upscaler's UNet, scaled down: K-diffusion blocks, no mid block, no output
+# norm, Fourier time embedding, timestep_cond; block widths keep its structure (the first up block
+# is as wide as the time embedding, the second changes width).
+K_UPSCALER: dict[str, Any] = {
+    "sample_size": 16,
+    "act_fn": "gelu",
+    "attention_head_dim": (8, 8, 16, 16),
+    "block_out_channels": (32, 32, 64, 64),
+    "conv_in_kernel": 1,
+    "conv_out_kernel": 1,
+    "cross_attention_dim": 24,
+    "down_block_types": ("KDownBlock2D", "KCrossAttnDownBlock2D", "KCrossAttnDownBlock2D", "KCrossAttnDownBlock2D"),
+    "up_block_types": ("KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KUpBlock2D"),
+    "in_channels": 8,
+    "out_channels": 5,
+    "layers_per_block": 2,
+    "mid_block_type": None,
+    "norm_num_groups": None,
+    "resnet_time_scale_shift": "scale_shift",
+    "time_cond_proj_dim": 40,
+    "time_embedding_type": "fourier",
+    "timestep_post_act": "gelu",
+}
+
+
+def k_inputs() -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "sample": torch.randn(2, 8, 16, 16, generator=g),
+        "timestep": torch.tensor([0.5, -1.0]),
+        "encoder_hidden_states": torch.randn(2, 5, 24, generator=g),
+        "timestep_cond": torch.randn(2, 40, generator=g),
+    }
+
+
+def test_x2_latent_upscaler_k_blocks(parity: Any, kit: Any) -> None:
+    result = parity(DUNet, UNet2DConditionModel, K_UPSCALER, k_inputs)
+    assert result.actual.shape == (2, 5, 16, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        expected = result.reference(**k_inputs(), encoder_attention_mask=mask).sample
+        kit.assert_close(result.model(**k_inputs(), encoder_attention_mask=mask).sample, expected)
+
+
+def test_norm_groups_none_needs_k_blocks() -> None:
+    with pytest.raises(ValueError, match="K-diffusion blocks only"):
+        UNet2DConditionModel(**{**BASE, "norm_num_groups": None})

@@ -229,19 +229,22 @@ def build_up_blocks(
 class OutputHeadMixin:
     """``conv_norm_out``, ``conv_act``, ``conv_out``: how the UNets and the VAE's coders end."""
 
-    conv_norm_out: nn.GroupNorm
-    conv_act: nn.Module
+    conv_norm_out: nn.GroupNorm | None
+    conv_act: nn.Module | None
     conv_out: nn.Conv2d
 
     def _init_output_head(
-        self, channels: int, out_channels: int, *, groups: int, eps: float, act_fn: str, kernel_size: int = 3
+        self, channels: int, out_channels: int, *, groups: int | None, eps: float, act_fn: str, kernel_size: int = 3
     ) -> None:
-        self.conv_norm_out = nn.GroupNorm(num_channels=channels, num_groups=groups, eps=eps)
-        self.conv_act = get_activation(act_fn)
+        """``groups=None``: no norm and activation, only ``conv_out`` (K-diffusion UNets)."""
+        self.conv_norm_out = None if groups is None else nn.GroupNorm(num_channels=channels, num_groups=groups, eps=eps)
+        self.conv_act = None if groups is None else get_activation(act_fn)
         self.conv_out = nn.Conv2d(channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2)
 
     def _output_head(self, sample: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.conv_out(activate_fresh(self.conv_act, self.conv_norm_out(sample), self.conv_norm_out))
+        if self.conv_norm_out is not None and self.conv_act is not None:
+            sample = activate_fresh(self.conv_act, self.conv_norm_out(sample), self.conv_norm_out)
+        out: torch.Tensor = self.conv_out(sample)
         return out
 
 
@@ -681,6 +684,10 @@ _EXTRA_BLOCKS: dict[str, tuple[str, str]] = {
     "AttnSkipDownBlock2D": ("difflux_models.unet_2d_skip_blocks", "AttnSkipDownBlock2D"),
     "SkipUpBlock2D": ("difflux_models.unet_2d_skip_blocks", "SkipUpBlock2D"),
     "AttnSkipUpBlock2D": ("difflux_models.unet_2d_skip_blocks", "AttnSkipUpBlock2D"),
+    "KDownBlock2D": ("difflux_models.unet_2d_k_blocks", "KDownBlock2D"),
+    "KCrossAttnDownBlock2D": ("difflux_models.unet_2d_k_blocks", "KCrossAttnDownBlock2D"),
+    "KUpBlock2D": ("difflux_models.unet_2d_k_blocks", "KUpBlock2D"),
+    "KCrossAttnUpBlock2D": ("difflux_models.unet_2d_k_blocks", "KCrossAttnUpBlock2D"),
 }
 
 

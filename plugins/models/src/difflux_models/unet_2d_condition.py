@@ -135,7 +135,12 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
         if cross_attention_norm is not None:
             raise ValueError("cross_attention_norm is only used by simple cross-attention blocks, which difflux lacks")
         if norm_num_groups is None:
-            raise ValueError("norm_num_groups=None is not supported by difflux's UNet2DConditionModel")
+            plain = [t for t in (*down_block_types, *up_block_types) if not t.startswith("K")]
+            if plain or mid_block_type is not None:
+                raise ValueError(
+                    "norm_num_groups=None needs K-diffusion blocks only (KDownBlock2D, KCrossAttnDownBlock2D, "
+                    f"KUpBlock2D, KCrossAttnUpBlock2D) and mid_block_type=None; got {plain or [mid_block_type]}"
+                )
         heads = _per_block(num_attention_heads or attention_head_dim, n, "num_attention_heads")
         head_dims = _per_block(attention_head_dim, n, "attention_head_dim")
         cross_dims = _per_block(cross_attention_dim, n, "cross_attention_dim")
@@ -211,7 +216,7 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
             dropout=dropout,
             resnet_eps=norm_eps,
             resnet_act_fn=act_fn,
-            resnet_groups=norm_num_groups,
+            resnet_groups=norm_num_groups if norm_num_groups is not None else 32,  # K blocks: 32 per group
             resnet_time_scale_shift=resnet_time_scale_shift,
             downsample_padding=downsample_padding,
             use_linear_projection=use_linear_projection,

@@ -8,7 +8,7 @@ from torch import nn
 
 from .embeddings import CombinedTimestepLabelEmbeddings, PixArtAlphaCombinedTimestepSizeEmbeddings
 
-__all__ = ["AdaLayerNorm", "AdaLayerNormSingle", "AdaLayerNormZero", "RMSNorm", "SpatialNorm"]
+__all__ = ["AdaGroupNorm", "AdaLayerNorm", "AdaLayerNormSingle", "AdaLayerNormZero", "RMSNorm", "SpatialNorm"]
 
 
 class AdaLayerNorm(nn.Module):
@@ -133,3 +133,29 @@ class SpatialNorm(nn.Module):
         assert zq is not None, "SpatialNorm needs the quantized latent"
         zq = F.interpolate(zq, size=f.shape[-2:], mode="nearest")
         return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)  # type: ignore[no-any-return]
+
+
+class AdaGroupNorm(nn.Module):
+    """Group norm without affine weights, scaled and shifted by a linear map of an embedding
+    (``x_norm * (1 + scale) + shift``; key ``linear``). Used by the K-diffusion blocks.
+
+    ``forward(x (B, C, H, W), emb (B, embedding_dim))``; ``act_fn`` is applied to ``emb`` first.
+    """
+
+    def __init__(
+        self, embedding_dim: int, out_dim: int, num_groups: int, act_fn: str | None = None, eps: float = 1e-5
+    ) -> None:
+        super().__init__()
+        from .activations import get_activation
+
+        self.num_groups = num_groups
+        self.eps = eps
+        self.act = get_activation(act_fn) if act_fn is not None else None
+        self.linear = nn.Linear(embedding_dim, out_dim * 2)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.act is not None:
+            emb = self.act(emb)
+        scale, shift = self.linear(emb)[:, :, None, None].chunk(2, dim=1)
+        out: torch.Tensor = F.group_norm(x, self.num_groups, eps=self.eps) * (1 + scale) + shift
+        return out

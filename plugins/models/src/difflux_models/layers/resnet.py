@@ -9,7 +9,7 @@ from torch import nn
 from .activations import activate_fresh, get_activation, grad_needed, hooked
 from .sampling import Downsample2D, Upsample2D
 
-__all__ = ["Conv1dBlock", "ResidualTemporalBlock1D", "ResnetBlock2D"]
+__all__ = ["Conv1dBlock", "ResidualTemporalBlock1D", "ResnetBlock2D", "ResnetBlockCondNorm2D"]
 
 
 class ResnetBlock2D(nn.Module):
@@ -130,6 +130,81 @@ class ResnetBlock2D(nn.Module):
             # ``out`` is new here either way (the in-place sum happens only when conv2 has no hooks)
             out = out / self.output_scale_factor if grad_needed(out) else out.div_(self.output_scale_factor)
         return out
+
+
+class ResnetBlockCondNorm2D(nn.Module):
+    """Residual block whose two norms are conditioned on an embedding: ``"ada_group"``
+    (:class:`~difflux_models.layers.normalization.AdaGroupNorm` on a timestep embedding,
+    K-diffusion UNets) or ``"spatial"`` (:class:`~difflux_models.layers.normalization.SpatialNorm`
+    on a quantized latent, MoVQ decoders). Keys as Diffusers': ``norm1``, ``conv1``, ``norm2``,
+    ``conv2``, optional ``conv_shortcut``.
+
+    ``forward(input_tensor (B, C_in, H, W), temb)`` -> ``(B, C_out, H', W')``.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        out_channels: int | None = None,
+        dropout: float = 0.0,
+        temb_channels: int = 512,
+        groups: int = 32,
+        groups_out: int | None = None,
+        eps: float = 1e-6,
+        non_linearity: str = "swish",
+        time_embedding_norm: str = "ada_group",
+        output_scale_factor: float = 1.0,
+        use_in_shortcut: bool | None = None,
+        up: bool = False,
+        down: bool = False,
+        conv_shortcut_bias: bool = True,
+        conv_2d_out_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        from .normalization import AdaGroupNorm, SpatialNorm
+
+        out_channels = in_channels if out_channels is None else out_channels
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.output_scale_factor = output_scale_factor
+        self.time_embedding_norm = time_embedding_norm
+
+        def norm(channels: int, n_groups: int) -> nn.Module:
+            if time_embedding_norm == "ada_group":
+                return AdaGroupNorm(temb_channels, channels, n_groups, eps=eps)
+            if time_embedding_norm == "spatial":
+                return SpatialNorm(channels, temb_channels)
+            raise ValueError(f"unknown time_embedding_norm {time_embedding_norm!r}; expected 'ada_group' or 'spatial'")
+
+        self.norm1 = norm(in_channels, groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.norm2 = norm(out_channels, groups_out if groups_out is not None else groups)
+        self.dropout = nn.Dropout(dropout)
+        conv_2d_out = conv_2d_out_channels or out_channels
+        self.conv2 = nn.Conv2d(out_channels, conv_2d_out, kernel_size=3, stride=1, padding=1)
+        self.nonlinearity = get_activation(non_linearity)
+        self.upsample: nn.Module | None = Upsample2D(in_channels, use_conv=False) if up else None
+        self.downsample: nn.Module | None = (
+            Downsample2D(in_channels, use_conv=False, padding=1, name="op") if down and not up else None
+        )
+        self.use_in_shortcut = in_channels != conv_2d_out if use_in_shortcut is None else use_in_shortcut
+        self.conv_shortcut = (
+            nn.Conv2d(in_channels, conv_2d_out, kernel_size=1, stride=1, padding=0, bias=conv_shortcut_bias)
+            if self.use_in_shortcut
+            else None
+        )
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.nonlinearity(self.norm1(input_tensor, temb))
+        for resample in (self.upsample, self.downsample):
+            if resample is not None:
+                input_tensor, h = resample(input_tensor), resample(h)
+        h = self.conv1(h)
+        h = self.conv2(self.dropout(self.nonlinearity(self.norm2(h, temb))))
+        if self.conv_shortcut is not None:
+            input_tensor = self.conv_shortcut(input_tensor)
+        out: torch.Tensor = input_tensor + h
+        return out / self.output_scale_factor if self.output_scale_factor != 1.0 else out
 
 
 def _add_into(fresh: torch.Tensor, other: torch.Tensor, source: nn.Module) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Downsample1D", "Downsample2D", "Upsample1D", "Upsample2D"]
+__all__ = ["Downsample1D", "Downsample2D", "KDownsample2D", "KUpsample2D", "Upsample1D", "Upsample2D"]
 
 
 class Downsample2D(nn.Module):
@@ -157,3 +157,45 @@ class Upsample1D(nn.Module):
         if self.conv is not None:
             outputs = self.conv(outputs)
         return outputs
+
+
+class _KResample2D(nn.Module):
+    """Per-channel resampling by two with the separable kernel ``[1, 3, 3, 1] / 8`` (K-diffusion UNets),
+    reflect padding; the kernel is a non-persistent buffer (no state-dict key)."""
+
+    kernel: torch.Tensor
+
+    def __init__(self, pad_mode: str = "reflect", gain: float = 1.0) -> None:
+        super().__init__()
+        self.pad_mode = pad_mode
+        k1 = torch.tensor([[1 / 8, 3 / 8, 3 / 8, 1 / 8]]) * gain
+        self.pad = k1.shape[1] // 2 - 1
+        self.register_buffer("kernel", k1.T @ k1, persistent=False)
+
+    def _weight(self, x: torch.Tensor) -> torch.Tensor:
+        """The kernel on the diagonal of a ``(C, C, 4, 4)`` weight: each channel filtered alone."""
+        c = x.shape[1]
+        weight = x.new_zeros(c, c, *self.kernel.shape)
+        idx = torch.arange(c, device=x.device)
+        weight[idx, idx] = self.kernel.to(weight)
+        return weight
+
+
+class KDownsample2D(_KResample2D):
+    """Halve height and width: reflect-pad by 1, filter, stride 2. ``(B, C, H, W) -> (B, C, H/2, W/2)``."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = F.pad(inputs, (self.pad,) * 4, self.pad_mode)
+        return F.conv2d(x, self._weight(x), stride=2)
+
+
+class KUpsample2D(_KResample2D):
+    """Double height and width: reflect-pad, transposed filter (gain 2), stride 2.
+    ``(B, C, H, W) -> (B, C, 2H, 2W)``."""
+
+    def __init__(self, pad_mode: str = "reflect") -> None:
+        super().__init__(pad_mode, gain=2.0)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = F.pad(inputs, ((self.pad + 1) // 2,) * 4, self.pad_mode)
+        return F.conv_transpose2d(x, self._weight(x), stride=2, padding=self.pad * 2 + 1)
