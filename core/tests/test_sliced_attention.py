@@ -258,8 +258,17 @@ class _Net(ModelMixin):
         return self.b(self.a(x))
 
 
+class _Single(ModelMixin):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = _Attn(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x)
+
+
 class _Pipe(DiffusionPipeline):
-    def __init__(self, net: _Net, other: _Net) -> None:
+    def __init__(self, net: _Net, other: ModelMixin) -> None:
         super().__init__()
         self.register_modules(net=net, other=other)
 
@@ -291,7 +300,7 @@ def test_model_slicing_same_output_and_switches(calls: Calls) -> None:
 
 def test_model_slice_size_checked_before_anything_changes(calls: Calls) -> None:
     net = _net()
-    with pytest.raises(ValueError, match=r"_Net slice_size=3 is more heads than.*smallest has 2"):
+    with pytest.raises(ValueError, match=r"_Net slice_size=3 is more heads than.*up to 2 fit"):
         net.enable_attention_slicing(3)
     with pytest.raises(ValueError, match="positive int"):
         net.enable_attention_slicing(-1)
@@ -302,8 +311,17 @@ def test_pipeline_slicing_and_none_turns_it_off(calls: Calls) -> None:
     pipe = _Pipe(_net(), _net())
     pipe.enable_attention_slicing()
     assert pipe.other.b.attention_backend.options == {"slice_size": "auto"}  # type: ignore[attr-defined]
-    with pytest.raises(ValueError, match="_Pipe slice_size=4"):
-        pipe.enable_attention_slicing(4)
+    with pytest.raises(ValueError, match=r"_Pipe slice_size=3 is more heads.*up to 2 fit"):
+        pipe.enable_attention_slicing(3)  # no component has 3 heads in every layer
+    one_head = _Pipe(_net(), _Single())
+    one_head.enable_attention_slicing(2)  # the single-head model computes its one head whole
+    x = torch.randn(1, 3, 16)
+    with torch.no_grad():
+        sliced = one_head.other(x)  # type: ignore[attr-defined]
+        one_head.disable_attention_slicing()
+        assert (sliced - one_head.other(x)).abs().max().item() <= 1e-5  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"_Single slice_size=2 is more heads.*up to 1 fit"):
+        one_head.other.enable_attention_slicing(2)  # type: ignore[attr-defined]  # model level: refused
     pipe.enable_attention_slicing(None)
     assert pipe.net.a.attention_backend is None  # type: ignore[attr-defined]
 

@@ -888,19 +888,21 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         """Sliced attention in every model component: less memory, same output (float32: within 1e-5).
 
         :param slice_size: ``"auto"`` (half of each layer's heads), ``"max"`` (one head at a time),
-            heads per slice, or ``None`` (off). Checked against every component before any changes.
-        :raises ValueError: a bad ``slice_size``.
+            heads per slice, or ``None`` (off). An int is refused when no component's layers all
+            have that many heads (the UNet's, for Stable Diffusion); a layer with fewer heads (the
+            VAE's single-head attention) computes all of its heads together.
+        :raises ValueError: a bad ``slice_size``, before anything changes.
         """
         if slice_size is None:
             self.disable_attention_slicing()
             return
-        from .sliced_attention import check_slice_size
+        from .sliced_attention import SLICED_BACKEND, check_slice_size
 
         models = self._attention_models()
         heads = [h for h in (model._fewest_attention_heads() for model in models) if h is not None]
-        size = check_slice_size(slice_size, min(heads, default=None), where=f"{type(self).__name__} slice_size")
+        size = check_slice_size(slice_size, max(heads, default=None), where=f"{type(self).__name__} slice_size")
         for model in models:
-            model.enable_attention_slicing(size)
+            model.set_attention_backend(SLICED_BACKEND, slice_size=size)
 
     def disable_attention_slicing(self) -> None:
         """Attention modules that were sliced go back to automatic backend selection."""

@@ -41,8 +41,8 @@ def check_slice_size(slice_size: Any, heads: int | None = None, *, where: str = 
     """Validate ``slice_size`` (before any model runs) and return it.
 
     :param slice_size: ``"auto"``, ``"max"`` or a positive ``int``.
-    :param heads: the fewest heads of any attention layer it will apply to; an ``int`` above it
-        is refused (a slice cannot hold more heads than a layer has).
+    :param heads: the most heads per slice allowed (a model's fewest heads of any attention
+        layer); an ``int`` above it is refused.
     :raises ValueError: naming ``where`` and the accepted values.
     """
     if slice_size in ("auto", "max"):
@@ -51,7 +51,7 @@ def check_slice_size(slice_size: Any, heads: int | None = None, *, where: str = 
         raise ValueError(f'{where} must be "auto", "max" or a positive int (heads per slice), not {slice_size!r}')
     if heads is not None and slice_size > heads:
         raise ValueError(
-            f"{where}={slice_size} is more heads than the attention layers have (the smallest has {heads}); "
+            f"{where}={slice_size} is more heads than the attention layers have (up to {heads} fit every layer); "
             f'use at most {heads}, or "auto" / "max"'
         )
     return slice_size
