@@ -5,8 +5,10 @@ Needs the first-party pipelines, models and schedulers plugins (skipped where th
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -111,7 +113,7 @@ def test_generate_refuses_options_the_pipeline_does_not_take(
     tiny_folder: Path, tmp_path: Path, option: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _ = run("generate", str(tiny_folder), *option, "--steps", "2", "--output", str(tmp_path / "x.png"))
-    assert code == 1
+    assert code == 2  # a usage error, found before the pipeline runs
     err = capsys.readouterr().err
     assert message in err and "difflux generate: error:" in err
     assert not (tmp_path / "x.png").exists()
@@ -207,4 +209,198 @@ def test_generate_without_the_plugin_names_what_to_install(
     reset_registry()
     code, _ = run("generate", "--output", str(tmp_path / "x.png"))
     assert code == 1
-    assert "pip install difflux-pipelines-unconditional" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # installed here, but left out by DIFFLUX_LOAD_PLUGINS: say that, not "pip install"
+    assert "pip install" not in err
+    assert "difflux-pipelines-unconditional, which is installed" in err
+    assert "add 'pipelines-unconditional' to DIFFLUX_LOAD_PLUGINS" in err
+
+
+# -- options checked before the model loads: one line, naming the flag, exit status 2 ---------------
+
+
+def _never_load(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the model was loaded before the options were checked")
+
+
+def _bad_options(tmp_path: Path) -> list[tuple[list[str], str]]:
+    a_file = tmp_path / "a-file.txt"
+    a_file.write_text("not a folder")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    cuda = ["--device", "cuda"] if not torch.cuda.is_available() else ["--device", f"cuda:{torch.cuda.device_count()}"]
+    return [
+        (["--steps", "0"], "argument --steps: must be 1 or more, not 0"),
+        (["--steps", "-3"], "argument --steps: must be 1 or more, not -3"),
+        (["--steps", "many"], "argument --steps: 'many' is not a whole number"),
+        (["--num-images", "0"], "argument --num-images: must be 1 or more, not 0"),
+        (["--height", "0"], "argument --height: must be 1 or more"),
+        (["--width", "-8"], "argument --width: must be 1 or more"),
+        (["--class-label", "-1"], "argument --class-label: must be 0 or more, not -1"),
+        (["--seed", "-1"], "argument --seed: must be 0 or more"),
+        (["--guidance-scale", "nan"], "argument --guidance-scale: must be a finite number"),
+        (["--guidance-scale", "inf"], "argument --guidance-scale: must be a finite number"),
+        (["--dtype", "float8"], "argument --dtype: invalid choice: 'float8'"),
+        (["--output", str(tmp_path / "picture")], "has no file extension; use one of .png, .jpg"),
+        (["--output", str(tmp_path / "picture.txt")], "has the extension '.txt', which difflux does not write"),
+        (["--output", str(a_file / "x.png")], "is a file, not a folder"),
+        (["--output", str(folder)], "is a folder; name a file in it"),
+        (cuda, f"--device {cuda[1]!r}: this machine has"),
+        (["--device", "toaster"], "--device 'toaster' is not a device name"),
+    ]
+
+
+BAD_OPTION_IDS = [
+    "steps-0",
+    "steps-negative",
+    "steps-word",
+    "num-images-0",
+    "height-0",
+    "width-negative",
+    "class-label-negative",
+    "seed-negative",
+    "guidance-nan",
+    "guidance-inf",
+    "dtype",
+    "output-no-extension",
+    "output-unknown-extension",
+    "output-under-a-file",
+    "output-is-a-folder",
+    "device-cuda",
+    "device-unknown",
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_OPTION_IDS)), ids=BAD_OPTION_IDS)
+def test_bad_options_are_refused_before_the_model_loads_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: int
+) -> None:
+    option, message = _bad_options(tmp_path)[case]
+    monkeypatch.setattr(cli, "_load_pipeline", _never_load)
+    argv = ["generate", *option]
+    if "--output" not in option:
+        argv += ["--output", str(tmp_path / "out.png")]
+    try:
+        code, _ = run(*argv)
+    except SystemExit as exc:  # argparse refuses the value itself
+        code = exc.code  # type: ignore[assignment]
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("difflux generate: error:"), err
+    assert message in err
+    assert "Traceback" not in err and "num_inference_steps" not in err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # os.access is what the check asks; root passes any permission bits, so stand in for a read-only folder.
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    monkeypatch.setattr(cli, "_load_pipeline", _never_load)
+    code, _ = run("generate", "--output", str(locked / "new" / "x.png"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"the folder {locked} cannot be written (permission denied)" in err and "--output" in err
+    assert not (locked / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--class-label", "3"], "--class-label 3 is out of range: the model of DDIMPipeline knows 3 classes, 0 to 2"),
+        (["--output-name", "x.wav"], "DDIMPipeline makes image, not audio; use one of .png"),
+    ],
+    ids=["class-label", "audio-extension-for-images"],
+)
+def test_options_that_depend_on_the_model_are_refused_before_it_runs(
+    tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], message: str
+) -> None:
+    calls: list[str] = []
+    real_call = DDIMPipeline.__call__
+    output = tmp_path / (option[1] if option[0] == "--output-name" else "x.png")
+    argv = ["generate", str(tiny_folder), "--output", str(output)]
+    if option[0] != "--output-name":
+        argv += option
+    @functools.wraps(real_call)
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append("ran")
+        return real_call(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DDIMPipeline, "__call__", spy)
+        code, _ = run(*argv)
+    assert code == 2 and calls == []
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [("DPM++ 2M Karas", "DPM++ 2M Karras"), ("eulr a", "Euler a"), ("DDIMScheduller", "DDIMScheduler")],
+)
+def test_an_unknown_sampler_lists_the_valid_names_and_suggests_the_closest(
+    tiny_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, suggestion: str
+) -> None:
+    code, _ = run("generate", str(tiny_folder), "--scheduler", name, "--output", str(tmp_path / "x.png"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"--scheduler {name!r} is not a scheduler or sampler name for DDIMPipeline (scheduler DDIMScheduler)" in err
+    assert f"did you mean {suggestion!r}?" in err
+    valid = err.split("valid names: ", 1)[1]
+    assert "DDIMScheduler" in valid and "EulerDiscreteScheduler" in valid and "DPM++ 2M Karras" in valid
+    assert "pip install" not in err and "plugin" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_sampler_aliases_work_in_any_case(tiny_folder: Path, tmp_path: Path) -> None:
+    code, out = run(
+        "generate", str(tiny_folder), "--scheduler", "euler A", "--steps", "2", "--output", str(tmp_path / "x.jpg")
+    )
+    assert code == 0 and "wrote 3 image(s)" in out
+    with PIL.Image.open(tmp_path / "x.jpg") as image:
+        assert image.format == "JPEG"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.jpg"]  # no partial file left behind
+
+
+class _StubPipeline:
+    """Stands in for a pipeline whose own check names its Python argument."""
+
+    components: dict[str, Any] = {}
+
+    def __call__(self, num_inference_steps: int = 50, batch_size: int = 1) -> Any:
+        raise ValueError(f"num_inference_steps must be at most 1000, got {num_inference_steps}\nsee the docs")
+
+
+def test_errors_from_the_pipeline_name_the_flag_in_one_line_and_debug_shows_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "_load_pipeline", lambda *a, **k: _StubPipeline())
+    argv = ["generate", "somewhere", "--steps", "5000", "--output", str(tmp_path / "x.png")]
+    assert run(*argv)[0] == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "difflux generate: error: ValueError: --steps must be at most 1000, got 5000 see the docs "
+        "(run with --debug for the traceback)\n"
+    )
+    for debug in (["--debug", *argv], [*argv, "--debug"]):
+        assert run(*debug)[0] == 1
+        err = capsys.readouterr().err
+        assert err.startswith("Traceback (most recent call last):") and "in __call__" in err
+        assert err.endswith(
+            "difflux generate: error: ValueError: --steps must be at most 1000, got 5000 see the docs\n"
+        )
+
+
+def test_the_installed_script_prints_one_line_and_exit_status_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(SCRIPT), "generate", "--steps", "0", "--output", str(tmp_path / "x.png")], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "difflux generate: error: argument --steps: must be 1 or more, not 0 (see difflux generate --help)\n"
+    )

@@ -60,8 +60,15 @@ class Showcase:
 
     @hookimpl
     def difflux_register_attention_backends(self, register: Any) -> None:
-        register("show-flash", "somewhere:flash", priority=7, devices=["cuda"], dtypes=["float16", "bfloat16"],
-                 supports_mask=False, max_head_dim=128)
+        register(
+            "show-flash",
+            "somewhere:flash",
+            priority=7,
+            devices=["cuda"],
+            dtypes=["float16", "bfloat16"],
+            supports_mask=False,
+            max_head_dim=128,
+        )
         register("show-missing", "somewhere:x", requires=["difflux_no_such_module_for_tests"])
 
     @hookimpl
@@ -202,3 +209,62 @@ def test_plugins_command_imports_no_torch() -> None:
     code = "import sys\nfrom difflux.cli import main\nmain(['plugins'])\nprint('torch' in sys.modules)\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.rstrip().endswith("False")
+
+
+# -- difflux plugins --check --------------------------------------------------------------------
+
+
+def test_plugins_check_passes_on_the_installed_plugins(env: pytest.MonkeyPatch) -> None:
+    code, text = _run("plugins", "--check")
+    assert code == 0, text
+    last = text.splitlines()[-1]
+    assert last.startswith("ok: imported ") and "references, validated" in last
+    assert "problem:" not in text
+    imported = int(last.split("imported ")[1].split(" ")[0])
+    assert imported >= 2  # at least the reference backend and one more, whatever is installed
+
+
+class BrokenReferences:
+    class Sched:
+        def __init__(self, steps: int = 1) -> None:
+            pass
+
+        @classmethod
+        def from_config(cls, config: Any) -> Any:
+            return cls()
+
+    @hookimpl
+    def difflux_register_pipelines(self, register: Any) -> None:
+        register("difflux_no_such_module_for_tests:GonePipeline")
+
+    @hookimpl
+    def difflux_register_schedulers(self, register: Any) -> None:
+        register(self.Sched, name="Sched")
+
+    @hookimpl
+    def difflux_register_attention_backends(self, register: Any) -> None:
+        register("gone-kernel", "difflux_no_such_module_for_tests:attn")
+
+
+def test_plugins_check_reports_each_broken_reference_and_alias_with_exit_status_1(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env.setenv("DIFFLUX_DISABLE_PLUGIN_AUTOLOAD", "1")
+    registry = reset_registry(extra_plugins=[("broken", BrokenReferences())])
+    assert registry is not None
+    # an alias whose overrides the class does not take, as a lazily registered scheduler would carry it
+    from difflux.registry import SchedulerAlias
+
+    registry.scheduler_aliases["Sched Turbo"] = SchedulerAlias("Sched Turbo", "Sched", {"turbo": True}, "broken")
+    code, text = _run("plugins", "--check")
+    assert code == 1
+    problems = [line for line in text.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 3, text
+    assert any("'GonePipeline'" in p and "ModuleNotFoundError" in p for p in problems)
+    assert any("'gone-kernel'" in p for p in problems)
+    assert any("'Sched Turbo'" in p and "'turbo'" in p for p in problems)
+    assert all("plugin 'broken'" in p for p in problems)
+    assert text.splitlines()[-1].startswith("3 problem(s): imported ")
+    code, text = _run("plugins", "--check", "--json")
+    report = json.loads(text)
+    assert code == 1 and len(report["problems"]) == 3 and report["aliases"] == 0

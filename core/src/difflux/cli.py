@@ -4,24 +4,80 @@ Each subcommand is one ``_add_<name>(subparsers)`` function that builds its pars
 ``handler``; adding a subcommand means writing that function and listing it in ``_COMMANDS``.
 ``difflux plugins`` needs only the registry, so it never imports torch; ``generate`` and ``info``
 import it when they run.
+
+Errors are one line on standard error (``difflux generate: error: ...``) naming the command-line
+flag, without a traceback; ``--debug`` shows the traceback. Exit status: 0 done, 1 an error while
+loading or running, 2 a bad command line (refused before any model loads), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import inspect
 import json
+import math
+import os
+import re
 import sys
+import traceback
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from .errors import DiffluxError
 from .registry import AttentionBackendSpec, Registry, get_registry
 
-__all__ = ["build_parser", "generate_kwargs", "image_grid", "info_report", "main", "plugins_report"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "OutputFormat",
+    "UsageError",
+    "build_parser",
+    "generate_kwargs",
+    "image_grid",
+    "info_report",
+    "main",
+    "plugins_report",
+]
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
+
+
+class UsageError(DiffluxError, ValueError):
+    """A command-line option is invalid; found before any model loads (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (what, and where to read more) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, not {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+    return value
 
 
 # -- difflux plugins -------------------------------------------------------------------------
@@ -130,7 +186,25 @@ def _print_plugins(report: dict[str, Any], out: TextIO) -> None:
     out.write(f"default attention backend: {report['default_attention_backend'] or 'none'}\n")
 
 
+def _run_check(args: argparse.Namespace, out: TextIO) -> int:
+    """``difflux plugins --check``: import every lazy reference, validate every alias; 1 when anything is wrong."""
+    report = get_registry().check()
+    if args.json:
+        json.dump(dataclasses.asdict(report), out, indent=2)
+        out.write("\n")
+    else:
+        for line in report.unavailable:
+            out.write(f"unavailable here (not a problem): {line}\n")
+        for line in report.problems:
+            out.write(f"problem: {line}\n")
+        verdict = f"{len(report.problems)} problem(s)" if report.problems else "ok"
+        out.write(f"{verdict}: imported {report.imported} references, validated {report.aliases} scheduler aliases\n")
+    return 1 if report.problems else 0
+
+
 def _run_plugins(args: argparse.Namespace, out: TextIO) -> int:
+    if args.check:
+        return _run_check(args, out)
     report = plugins_report()
     if args.json:
         json.dump(report, out, indent=2)
@@ -148,6 +222,13 @@ def _add_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "(pipelines, components, schedulers and aliases, attention backends), and skipped plugins.",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="import every registered class and backend and validate every scheduler alias; "
+        "exit status 1 when one is broken",
+    )
+    _add_debug(p)
     p.set_defaults(handler=_run_plugins)
 
 
@@ -209,7 +290,7 @@ def generate_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
             continue
         target = next((c for c in candidates if c in params), None)
         if target is None:
-            raise DiffluxError(f"{_flag(option)} does not apply to {name}; it takes: {takes}")
+            raise UsageError(f"{_flag(option)} does not apply to {name}; it takes: {takes}")
         kwargs[target] = value
     if "class_labels" in params:
         classes = _num_classes(pipe)
@@ -219,12 +300,12 @@ def generate_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
         elif classes is not None:
             kwargs["class_labels"] = [i % classes for i in range(count)]
         elif params["class_labels"].default is inspect.Parameter.empty:
-            raise DiffluxError(f"{name} needs --class-label N")
+            raise UsageError(f"{name} needs --class-label N")
         if "batch_size" in params:
             kwargs["batch_size"] = count
     if args.seed is not None:
         if "generator" not in params:
-            raise DiffluxError(f"--seed does not apply to {name}; it takes: {takes}")
+            raise UsageError(f"--seed does not apply to {name}; it takes: {takes}")
         kwargs["generator"] = torch.Generator().manual_seed(args.seed)
     if "output_type" in params and "audio_length_in_s" not in params:
         kwargs["output_type"] = "pil"
@@ -265,12 +346,162 @@ def _write_wav(path: Path, audios: Any, sample_rate: int) -> None:
         out.writeframes(pcm.tobytes())
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputFormat:
+    """A file type ``difflux generate`` writes: what it holds (``"image"`` / ``"audio"``) and how."""
+
+    kind: str
+    #: the Pillow format name (images), or a label (audio)
+    format: str
+
+
+#: ``--output`` extension -> what it holds and how it is written. One table: a new output kind
+#: (video, ...) adds its extensions here and a branch in :func:`_write_output`.
+OUTPUT_FORMATS: dict[str, OutputFormat] = {
+    ".png": OutputFormat("image", "PNG"),
+    ".jpg": OutputFormat("image", "JPEG"),
+    ".jpeg": OutputFormat("image", "JPEG"),
+    ".webp": OutputFormat("image", "WEBP"),
+    ".bmp": OutputFormat("image", "BMP"),
+    ".tif": OutputFormat("image", "TIFF"),
+    ".tiff": OutputFormat("image", "TIFF"),
+    ".wav": OutputFormat("audio", "WAV"),
+}
+
+
+def _extensions(kind: str | None = None) -> str:
+    return ", ".join(ext for ext, f in OUTPUT_FORMATS.items() if kind is None or f.kind == kind)
+
+
+def _check_output(text: str) -> Path:
+    """``--output``: a known extension, not a folder, in a folder that exists or can be made and is writable."""
+    path = Path(text).expanduser()
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        raise UsageError(f"--output {text!r} is a folder; name a file in it, such as {path / 'output.png'}")
+    if suffix not in OUTPUT_FORMATS:
+        what = "has no file extension" if not suffix else f"has the extension {suffix!r}, which difflux does not write"
+        raise UsageError(f"--output {text!r} {what}; use one of {_extensions()}")
+    existing = path.absolute().parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--output {text!r}: {existing} is a file, not a folder, so nothing can be written under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {text!r}: the folder {existing} cannot be written (permission denied)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"--output {text!r}: the file exists and cannot be overwritten (permission denied)")
+    return path
+
+
+def _check_device(text: str) -> None:
+    """``--device``: a device name torch knows, present on this machine."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {text!r} is not a device name; use cpu, cuda, cuda:1, mps ...") from None
+    if device.type == "cpu":
+        return
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available) or not is_available():
+        raise UsageError(f"--device {text!r}: this machine has no {device.type} device; use --device cpu")
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and callable(count) and device.index >= count():
+        raise UsageError(f"--device {text!r}: this machine has {count()} {device.type} device(s), numbered from 0")
+
+
+def _check_generate_options(args: argparse.Namespace) -> Path:
+    """Everything about the options that can be checked before the model loads; the output path."""
+    output = _check_output(args.output)
+    if args.device is not None:
+        _check_device(args.device)
+    return output
+
+
+def _output_kind(pipe: Any) -> str:
+    """What a pipeline makes: ``"audio"`` for pipelines that take ``audio_length_in_s``, else ``"image"``."""
+    return "audio" if "audio_length_in_s" in _call_parameters(pipe) else "image"
+
+
+def _check_against_pipeline(pipe: Any, args: argparse.Namespace, output: Path) -> None:
+    """Options that depend on the loaded pipeline, checked before it runs."""
+    name = type(pipe).__name__
+    kind = _output_kind(pipe)
+    wanted = OUTPUT_FORMATS[output.suffix.lower()].kind
+    if wanted != kind:
+        raise UsageError(f"--output {str(output)!r}: {name} makes {kind}, not {wanted}; use one of {_extensions(kind)}")
+    if args.class_label is not None and "class_labels" in _call_parameters(pipe):
+        classes = _num_classes(pipe)
+        if classes is not None and args.class_label >= classes:
+            raise UsageError(
+                f"--class-label {args.class_label} is out of range: the model of {name} knows {classes} "
+                f"classes, 0 to {classes - 1}"
+            )
+
+
+def _scheduler_for(pipe: Any, wanted: str) -> Any:
+    """The pipeline's scheduler replaced by ``--scheduler`` (a class name or sampler alias, any case)."""
+    registry = get_registry()
+    name = type(pipe).__name__
+    current = getattr(pipe, "scheduler", None)
+    if current is None or not hasattr(current, "config"):
+        raise UsageError(f"--scheduler does not apply to {name}: it has no scheduler")
+    if wanted in registry.schedulers or wanted.casefold() in {a.casefold() for a in registry.scheduler_aliases}:
+        cls, overrides = registry.resolve_scheduler(wanted)
+        return cls.from_config(current.config, **overrides)
+    own = type(current).__name__
+    classes = [c for c in dict.fromkeys([own, *getattr(current, "_compatibles", ())]) if c in registry.schedulers]
+    aliases = sorted(a.alias for a in registry.scheduler_aliases.values() if a.scheduler in classes)
+    valid = [*sorted(classes), *aliases]
+    by_fold = {v.casefold(): v for v in valid}
+    close = difflib.get_close_matches(wanted.casefold(), list(by_fold), n=1, cutoff=0.7)
+    parts = [f"--scheduler {wanted!r} is not a scheduler or sampler name for {name} (scheduler {own})"]
+    if close:
+        parts.append(f"did you mean {by_fold[close[0]]!r}?")
+    parts.append(f"valid names: {', '.join(valid) or own}")
+    raise UsageError("; ".join(parts))
+
+
+def _write_output(path: Path, result: Any, pipe: Any) -> str:
+    """Write the images (one grid) or audio of ``result`` to ``path``, atomically; says what was written."""
+    fmt = OUTPUT_FORMATS[path.suffix.lower()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        if fmt.kind == "audio":
+            audios = result.audios
+            rate = int(pipe.unet.config.get("sample_rate") or 16000)
+            _write_wav(partial, audios, rate)
+            what = f"{len(audios)} audio clip(s)"
+        else:
+            images = result.images
+            grid = image_grid(images)
+            if fmt.format == "JPEG" and grid.mode not in ("RGB", "L"):
+                grid = grid.convert("RGB")
+            grid.save(partial, format=fmt.format)
+            what = f"{len(images)} image(s)"
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return what
+
+
 def _load_pipeline(model: str, dtype: str | None = None, device: str | None = None) -> Any:
     from .pipeline import DiffusionPipeline
 
     if model == DEFAULT_MODEL:
         registry = get_registry()
         if not any(p.distribution == DEFAULT_MODEL_DISTRIBUTION for p in registry.plugins.values()):
+            skipped = sorted(n for n, d in registry.skipped_distributions.items() if d == DEFAULT_MODEL_DISTRIBUTION)
+            if skipped:
+                raise DiffluxError(
+                    f"the default model comes with {DEFAULT_MODEL_DISTRIBUTION}, which is installed, but its "
+                    f"plugin {skipped[0]!r} is {registry.skipped[skipped[0]]}; add {skipped[0]!r} to "
+                    "DIFFLUX_LOAD_PLUGINS, or name a model folder"
+                )
             raise DiffluxError(
                 f"the default model comes with {DEFAULT_MODEL_DISTRIBUTION}, which is not installed: "
                 f"pip install {DEFAULT_MODEL_DISTRIBUTION}, or name a model folder"
@@ -287,26 +518,17 @@ def _load_pipeline(model: str, dtype: str | None = None, device: str | None = No
 def _run_generate(args: argparse.Namespace, out: TextIO) -> int:
     import time
 
+    output = _check_generate_options(args)
     start = time.perf_counter()
     pipe = _load_pipeline(args.model or DEFAULT_MODEL, args.dtype, args.device)
     if (args.model or DEFAULT_MODEL) == DEFAULT_MODEL and args.steps is None:
         args.steps = DEFAULT_MODEL_STEPS
+    _check_against_pipeline(pipe, args, output)
     if args.scheduler is not None:
-        cls, overrides = get_registry().resolve_scheduler(args.scheduler)
-        pipe.register_modules(scheduler=cls.from_config(pipe.scheduler.config, **overrides))
+        pipe.register_modules(scheduler=_scheduler_for(pipe, args.scheduler))
     kwargs = generate_kwargs(pipe, args)
     result = pipe(**kwargs)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    audios = getattr(result, "audios", None)
-    if audios is not None:
-        rate = int(pipe.unet.config.get("sample_rate") or 16000)
-        _write_wav(output, audios, rate)
-        what = f"{len(audios)} audio clip(s)"
-    else:
-        images = result.images
-        image_grid(images).save(output)
-        what = f"{len(images)} image(s)"
+    what = _write_output(output, result, pipe)
     out.write(f"wrote {what} to {output} ({type(pipe).__name__}, {time.perf_counter() - start:.1f} s)\n")
     return 0
 
@@ -314,30 +536,36 @@ def _run_generate(args: argparse.Namespace, out: TextIO) -> int:
 def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "generate",
-        help="run a pipeline and write the images (a PNG grid) or audio (WAV)",
+        help="run a pipeline and write the images (one grid) or audio (WAV)",
         description="Load MODEL_OR_FOLDER (default: the embedded digits model) and run it, passing only "
-        "the options given; an option the pipeline does not take is an error.",
+        "the options given; an option the pipeline does not take is an error. Options are checked "
+        "before the model loads.",
     )
     p.add_argument(
         "model", nargs="?", metavar="MODEL_OR_FOLDER", help=f"pipeline folder or repo id (default {DEFAULT_MODEL})"
     )
     p.add_argument("--prompt", help="text prompt (text-conditioned pipelines)")
     p.add_argument("--negative-prompt", help="what to steer away from (pipelines with guidance)")
-    p.add_argument("--class-label", type=int, help="class id for every image (class-conditional pipelines)")
-    p.add_argument("--steps", type=int, help="number of denoising steps (default: the pipeline's)")
+    p.add_argument(
+        "--class-label", type=_int_at_least(0), help="class id for every image (class-conditional pipelines)"
+    )
+    p.add_argument("--steps", type=_int_at_least(1), help="number of denoising steps (default: the pipeline's)")
     p.add_argument("--scheduler", help="scheduler class name or sampler alias, e.g. 'DPM++ 2M Karras'")
-    p.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, help="seed of the random generator (reproducible output)")
+    p.add_argument("--guidance-scale", type=_finite_float, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=_int_at_least(0), help="seed of the random generator (reproducible output)")
     p.add_argument(
         "--num-images",
-        type=int,
+        type=_int_at_least(1),
         help="how many images (default: one per class for a small class-conditional model, else 1)",
     )
-    p.add_argument("--height", type=int, help="image height in pixels")
-    p.add_argument("--width", type=int, help="image width in pixels")
+    p.add_argument("--height", type=_int_at_least(1), help="image height in pixels")
+    p.add_argument("--width", type=_int_at_least(1), help="image width in pixels")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cpu)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="weights dtype (default: as saved)")
-    p.add_argument("--output", default="output.png", help="file to write (default: output.png)")
+    p.add_argument(
+        "--output", default="output.png", help=f"file to write (default: output.png); one of {_extensions()}"
+    )
+    _add_debug(p)
     p.set_defaults(handler=_run_generate)
 
 
@@ -412,6 +640,7 @@ def _add_info(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "model", nargs="?", metavar="MODEL_OR_FOLDER", help=f"pipeline folder or repo id (default {DEFAULT_MODEL})"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_debug(p)
     p.set_defaults(handler=_run_info)
 
 
@@ -425,19 +654,45 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
 ]
 
 
+def _add_debug(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    # On every subcommand too, so `difflux generate ... --debug` works; SUPPRESS keeps the top-level value.
+    parser.add_argument("--debug", action="store_true", default=default, help="on an error, show the traceback")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="difflux", description="Diffusers-format diffusion pipelines, as plugins.")
+    parser = _Parser(prog="difflux", description="Diffusers-format diffusion pipelines, as plugins.")
     parser.add_argument("--version", action="version", version=f"difflux {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_debug(parser, default=False)
+    sub = typing.cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND"),
+    )
     for add in _COMMANDS:
         add(sub)
     return parser
 
 
+#: Python parameter names in pipeline errors -> the flags a CLI user typed.
+_FLAGS_FOR_PARAMETERS: dict[str, str] = {
+    param: _flag(option) for option, params in _CALL_PARAMETERS.items() for param in params
+}
+
+
+def _one_line(exc: BaseException, command: str | None) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, DiffluxError):
+        text = f"{type(exc).__name__}: {text}"
+    if command == "generate":
+        for param, flag in _FLAGS_FOR_PARAMETERS.items():
+            if param != flag.removeprefix("--"):
+                text = re.sub(rf"(?<![\w-]){re.escape(param)}\b", flag, text)
+    return text
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the ``difflux`` command; returns the exit status."""
+    """Run the ``difflux`` command; returns the exit status (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
@@ -446,11 +701,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return 2
     try:
         return handler(args, out or sys.stdout)
-    except DiffluxError as exc:
-        sys.stderr.write(f"difflux {args.command}: error: {exc}\n")
-        return 1
     except BrokenPipeError:  # `difflux plugins | head`
         return 0
+    except KeyboardInterrupt:
+        sys.stderr.write(f"difflux {args.command}: interrupted\n")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
+        message = _one_line(exc, args.command)
+        hint = "" if args.debug or isinstance(exc, DiffluxError) else " (run with --debug for the traceback)"
+        sys.stderr.write(f"difflux {args.command}: error: {message}{hint}\n")
+        return 2 if isinstance(exc, UsageError) else 1
 
 
 if __name__ == "__main__":
