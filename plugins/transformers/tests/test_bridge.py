@@ -130,6 +130,16 @@ def test_torch_dtype_and_device(text_encoder_dir: Path) -> None:
     assert {p.dtype for p in same.parameters()} == {torch.float32}
 
 
+@pytest.mark.parametrize(("torch_dtype", "expected"), [(None, torch.float32), ("auto", torch.float16)])
+def test_torch_dtype_none_is_the_default_dtype_as_for_difflux_models(
+    tmp_path: Path, torch_dtype: object, expected: torch.dtype
+) -> None:
+    """transformers 5 reads ``dtype=None`` as ``"auto"``; difflux's rule is the same for every component."""
+    tiny_clip_text_model(0).to(torch.float16).save_pretrained(tmp_path / "te")
+    model = load_component("CLIPTextModel", tmp_path / "te", LoadOptions(torch_dtype=torch_dtype))
+    assert {p.dtype for p in model.parameters()} == {expected}
+
+
 def test_variant_files_are_used_when_present(tmp_path: Path) -> None:
     model = tiny_clip_text_model(0)
     model.save_pretrained(tmp_path / "te")

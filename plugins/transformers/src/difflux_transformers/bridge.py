@@ -94,6 +94,10 @@ def _model_kwargs(folder: Path, options: LoadOptions) -> dict[str, Any]:
         kwargs["dtype"] = "auto"
     elif dtype is not None:
         kwargs["dtype"] = options.dtype_for(None)
+    else:  # difflux's rule for None (docs/from_pretrained.md): the default dtype, not transformers' "auto"
+        import torch
+
+        kwargs["dtype"] = torch.get_default_dtype()
     device_map = options.device_map
     if device_map is not None:
         kwargs["device_map"] = str(device_map) if not isinstance(device_map, (str, dict)) else device_map
