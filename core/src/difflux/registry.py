@@ -269,12 +269,22 @@ class AttentionBackendSpec:
         import importlib.util
 
         for module in self.requires:
-            if importlib.util.find_spec(module) is None:
+            try:
+                found = importlib.util.find_spec(module)
+            except ImportError:  # "a.b" whose parent package is missing
+                found = None
+            if found is None:
                 return f"needs the module {module!r}, which is not installed"
         if self.probe is not None:
-            if isinstance(self.probe, str):
-                self.probe = import_ref(self.probe)
-            return self.probe()  # type: ignore[no-any-return]
+            try:  # a probe that crashes makes its backend unusable, not every attention call
+                if isinstance(self.probe, str):
+                    self.probe = import_ref(self.probe)
+                why = self.probe()
+            except Exception as exc:
+                return f"its availability probe {self.probe!r} raised {type(exc).__name__}: {exc}"
+            if why is not None and not isinstance(why, str):
+                return f"its availability probe returned {why!r}, not a reason (str) or None"
+            return why
         return None
 
     def check(self, q: Any, attn_mask: Any = None, is_causal: bool = False) -> str | None:
@@ -843,6 +853,10 @@ def _backend_spec(plugin: str, name: str, ref: Any, constraints: dict[str, Any])
         raise PluginError(f"{where} with max_head_dim={head!r}; it must be a positive int or None")
     if "requires" in out:
         out["requires"] = tuple(_names(plugin, "requires", out["requires"]))
+    for key in ("probe", "accepts"):
+        value = out.get(key)
+        if value is not None and not callable(value) and not (isinstance(value, str) and ":" in value):
+            raise PluginError(f"{where} with {key}={value!r}; pass a function or a lazy 'module:function' string")
     return AttentionBackendSpec(name=name, ref=ref, plugin=plugin, **out)
 
 

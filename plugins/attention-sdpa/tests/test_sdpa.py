@@ -17,6 +17,7 @@ from difflux.attention import (
     set_attention_backend,
 )
 from difflux.registry import get_registry, reset_registry
+from difflux.testing import AttentionBackendConformance
 from difflux_attention_sdpa import BACKEND_NAME, PRIORITY
 from difflux_attention_sdpa.kernel import sdpa_attention
 
@@ -203,3 +204,17 @@ def test_matches_reference_on_cuda(dtype: torch.dtype, mask_kind: str, causal: b
     err = (got.double() - exact).abs().max().item()
     assert got.device.type == "cuda" and got.dtype == dtype
     assert err <= GPU_TOLERANCE[dtype], f"max abs error {err:.3g}"
+
+
+# -- the shared attention-backend conformance kit ---------------------------------------------------
+
+
+class TestSdpaConformance(AttentionBackendConformance):
+    backend_name = BACKEND_NAME
+
+
+class TestReferenceConformance(AttentionBackendConformance):
+    """Core's reference backend passes the same kit (its float64 path is the yardstick itself)."""
+
+    backend_name = "reference"
+    dtypes = (torch.float32, torch.bfloat16)
