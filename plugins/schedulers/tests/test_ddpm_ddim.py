@@ -10,7 +10,7 @@ import torch
 from difflux.testing import SchedulerConformance
 from difflux_schedulers.ddim import DDIMInverseScheduler, DDIMScheduler
 from difflux_schedulers.ddpm import DDPMScheduler
-from scheduler_parity import assert_config_interop, assert_parity, run_loop, stand_in_model
+from scheduler_parity import PARITY_ATOL, PARITY_RTOL, assert_config_interop, assert_parity, run_loop, stand_in_model
 
 VP_GRID: list[dict[str, Any]] = [
     {},
@@ -61,7 +61,7 @@ def test_ddpm_learned_variance_parity(variance_type: str) -> None:
     config: dict[str, Any] = {"variance_type": variance_type}
     _, ours = run_loop(DDPMScheduler(**config), 10, model=model)
     _, theirs = run_loop(diffusers.DDPMScheduler(**config), 10, model=model)
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, theirs, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 def test_ddpm_custom_timesteps_parity() -> None:

@@ -11,7 +11,7 @@ import torch
 from difflux.testing import SchedulerConformance
 from difflux_schedulers.deis import DEISMultistepScheduler, deis_step
 from difflux_schedulers.dpm_solver import NoiseLevel, noise_level
-from scheduler_parity import assert_config_interop, assert_parity, diffusers_class, run_loop
+from scheduler_parity import PARITY_ATOL, PARITY_RTOL, assert_config_interop, assert_parity, diffusers_class, run_loop
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -73,7 +73,7 @@ def test_from_compatible_config_matches_diffusers(source: str) -> None:
         assert ours.config[key] == theirs.config[key], key
     _, a = run_loop(ours, 8)
     _, b = run_loop(theirs, 8)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a, b, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 def test_errors() -> None:

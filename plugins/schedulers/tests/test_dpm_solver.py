@@ -20,7 +20,7 @@ from difflux_schedulers.dpm_solver import (
     noise_level,
 )
 from difflux_schedulers.schedules import solver_timesteps
-from scheduler_parity import assert_config_interop, assert_parity, diffusers_class, run_loop
+from scheduler_parity import PARITY_ATOL, PARITY_RTOL, assert_config_interop, assert_parity, diffusers_class, run_loop
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -156,7 +156,7 @@ def test_learned_variance_output_is_split_like_diffusers() -> None:
     theirs = diffusers_class("DPMSolverMultistepScheduler")(**config)
     _, a = run_loop(ours, 8, shape=(2, 3, 8, 8), model=model)
     _, b = run_loop(theirs, 8, shape=(2, 3, 8, 8), model=model)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a, b, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 def test_multistep_variance_noise_parity() -> None:
@@ -165,7 +165,7 @@ def test_multistep_variance_noise_parity() -> None:
     noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(7))
     _, a = run_loop(ours, 6, step_kwargs={"variance_noise": noise})
     _, b = run_loop(theirs, 6, step_kwargs={"variance_noise": noise})
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a, b, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 SINGLESTEP_GRID: list[tuple[dict[str, Any], int]] = [
@@ -226,7 +226,7 @@ def test_from_compatible_config_matches_diffusers(source: str) -> None:
     assert source in DPMSolverMultistepScheduler._compatibles
     _, a = run_loop(ours, 8)
     _, b = run_loop(theirs, 8)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a, b, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 def test_from_deis_config_maps_solver_names() -> None:
@@ -237,7 +237,7 @@ def test_from_deis_config_maps_solver_names() -> None:
     assert ours.config["solver_order"] == 3
     _, a = run_loop(ours, 8)
     _, b = run_loop(diffusers_class("DPMSolverMultistepScheduler")(solver_order=3), 8)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a, b, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 def test_set_begin_index_and_add_noise_parity() -> None:
@@ -256,7 +256,7 @@ def test_set_begin_index_and_add_noise_parity() -> None:
     for tt in ours.timesteps[3:]:
         x_ours = ours.step(0.3 * torch.tanh(x_ours), tt, x_ours, return_dict=False)[0]
         x_theirs = theirs.step(0.3 * torch.tanh(x_theirs), tt, x_theirs).prev_sample
-    torch.testing.assert_close(x_ours, x_theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(x_ours, x_theirs, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 # -- clear errors ----------------------------------------------------------------------------

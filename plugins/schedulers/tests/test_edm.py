@@ -9,7 +9,15 @@ import pytest
 import torch
 from difflux.testing import SchedulerConformance
 from difflux_schedulers.edm import EDMEulerScheduler
-from scheduler_parity import SHAPE, assert_config_interop, assert_parity, diffusers_class, stand_in_model
+from scheduler_parity import (
+    PARITY_ATOL,
+    PARITY_RTOL,
+    SHAPE,
+    assert_config_interop,
+    assert_parity,
+    diffusers_class,
+    stand_in_model,
+)
 
 
 class TestEDMEulerConformance(SchedulerConformance):
@@ -50,7 +58,7 @@ def test_parity_custom_ramp() -> None:
             x = s.step(stand_in_model(s.scale_model_input(x, t), t), t, x).prev_sample
         finals.append((s.timesteps, x))
     assert torch.equal(finals[0][0], finals[1][0])
-    torch.testing.assert_close(finals[0][1], finals[1][1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(finals[0][1], finals[1][1], atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 def test_preconditioning_and_add_noise_match_diffusers() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from difflux.testing import SchedulerConformance
 from difflux_schedulers.flow_match import FlowMatchEulerDiscreteScheduler, calculate_shift
-from scheduler_parity import SHAPE, assert_config_interop, diffusers_class, stand_in_model
+from scheduler_parity import PARITY_ATOL, PARITY_RTOL, SHAPE, assert_config_interop, diffusers_class, stand_in_model
 
 
 class TestFlowMatchConformance(SchedulerConformance):
@@ -35,7 +35,7 @@ def _parity(config: dict[str, Any], n: int | None = 10, **set_kwargs: Any) -> No
     t_ours, x_ours = _loop(FlowMatchEulerDiscreteScheduler(**config), n, set_kwargs)
     t_ref, x_ref = _loop(diffusers_class("FlowMatchEulerDiscreteScheduler")(**config), n, set_kwargs)
     assert t_ours.dtype == t_ref.dtype and torch.equal(t_ours, t_ref), (t_ours.tolist(), t_ref.tolist())
-    torch.testing.assert_close(x_ours, x_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(x_ours, x_ref, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 @pytest.mark.parametrize(

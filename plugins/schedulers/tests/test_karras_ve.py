@@ -10,7 +10,7 @@ import pytest
 import torch
 from difflux.testing import SchedulerConformance
 from difflux_schedulers.karras_ve import KarrasVeScheduler
-from scheduler_parity import SHAPE, assert_config_interop, stand_in_model
+from scheduler_parity import PARITY_ATOL, PARITY_RTOL, SHAPE, assert_config_interop, stand_in_model
 
 
 def _reference_class() -> Any:
@@ -59,7 +59,7 @@ def test_parity_pipeline_loop(config: dict[str, Any], steps: int) -> None:
     t_ref, x_ref = _pipeline_loop(_reference_class()(**config), steps)
     assert torch.equal(t_ours, t_ref)
     scale = max(1.0, float(x_ref.abs().max()))
-    torch.testing.assert_close(x_ours, x_ref, atol=1e-5 * scale, rtol=0)
+    torch.testing.assert_close(x_ours, x_ref, atol=PARITY_ATOL * scale, rtol=PARITY_RTOL)
 
 
 def test_schedule_matches_diffusers() -> None:

@@ -11,7 +11,15 @@ import pytest
 import torch
 from difflux.testing import SchedulerConformance
 from difflux_schedulers.lcm import LCMScheduler
-from scheduler_parity import SHAPE, assert_config_interop, assert_parity, diffusers_class, run_loop
+from scheduler_parity import (
+    PARITY_ATOL,
+    PARITY_RTOL,
+    SHAPE,
+    assert_config_interop,
+    assert_parity,
+    diffusers_class,
+    run_loop,
+)
 
 logging.getLogger("diffusers").setLevel(logging.ERROR)
 
@@ -64,7 +72,7 @@ def test_parity_set_timesteps_options(n: int | None, set_kwargs: dict[str, Any])
         results.append(run_loop(s, n))
     (t_ours, x_ours), (t_ref, x_ref) = results
     assert torch.equal(t_ours, t_ref), (t_ours.tolist(), t_ref.tolist())
-    torch.testing.assert_close(x_ours, x_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(x_ours, x_ref, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 def test_tuple_output_and_denoised_match_diffusers() -> None:
@@ -79,7 +87,7 @@ def test_tuple_output_and_denoised_match_diffusers() -> None:
         outs.append(s.step(eps, t, sample, generator=torch.Generator().manual_seed(7), return_dict=False))
     assert len(outs[0]) == len(outs[1]) == 2
     for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a, b, atol=PARITY_ATOL, rtol=PARITY_RTOL)
     ours.set_timesteps(4)
     out = ours.step(eps, ours.timesteps[0], sample, generator=torch.Generator().manual_seed(7))
     assert out.denoised is out.pred_original_sample

@@ -9,7 +9,7 @@ import pytest
 import torch
 from difflux.testing import SchedulerConformance
 from difflux_schedulers.score_sde_ve import ScoreSdeVeScheduler
-from scheduler_parity import SHAPE, assert_config_interop, diffusers_class, stand_in_model
+from scheduler_parity import PARITY_ATOL, PARITY_RTOL, SHAPE, assert_config_interop, diffusers_class, stand_in_model
 
 
 class TestScoreSdeVeConformance(SchedulerConformance):
@@ -50,8 +50,8 @@ def test_parity_pipeline_loop(config: dict[str, Any], steps: int) -> None:
     t_ours, x_ours, m_ours = _pipeline_loop(ScoreSdeVeScheduler(**config), steps)
     t_ref, x_ref, m_ref = _pipeline_loop(diffusers_class("ScoreSdeVeScheduler")(**config), steps)
     assert torch.equal(t_ours, t_ref)
-    torch.testing.assert_close(x_ours, x_ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(m_ours, m_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(x_ours, x_ref, atol=PARITY_ATOL, rtol=PARITY_RTOL)
+    torch.testing.assert_close(m_ours, m_ref, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 def test_schedules_match_diffusers() -> None:
@@ -77,11 +77,11 @@ def test_step_is_step_pred_and_per_sample_times_match() -> None:
     a = ours.step(score, t, x, generator=torch.Generator().manual_seed(1), return_dict=False)
     b = ref.step_pred(score, t, x, generator=torch.Generator().manual_seed(1), return_dict=False)
     for u, v in zip(a, b):
-        torch.testing.assert_close(u, v, atol=1e-5, rtol=0)
+        torch.testing.assert_close(u, v, atol=PARITY_ATOL, rtol=PARITY_RTOL)
     per_sample = ours.timesteps[[2, 6]]
     a = ours.step_pred(score, per_sample, x, generator=torch.Generator().manual_seed(2)).prev_sample
     b = ref.step_pred(score, per_sample, x, generator=torch.Generator().manual_seed(2)).prev_sample
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a, b, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 def test_add_noise_matches_diffusers_for_level_indices() -> None:

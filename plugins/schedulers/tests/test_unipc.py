@@ -13,7 +13,7 @@ from difflux.errors import ConfigError
 from difflux.testing import SchedulerConformance
 from difflux_schedulers.dpm_solver import DPMSolverMultistepScheduler, dpm_solver_step, noise_level
 from difflux_schedulers.unipc import UniPCMultistepScheduler, unipc_predict, unipc_system
-from scheduler_parity import assert_config_interop, assert_parity, diffusers_class, run_loop
+from scheduler_parity import PARITY_ATOL, PARITY_RTOL, assert_config_interop, assert_parity, diffusers_class, run_loop
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 
@@ -103,7 +103,7 @@ def test_custom_flow_sigmas_and_dynamic_shift_parity() -> None:
     for t in ours.timesteps:
         x_ours = ours.step(0.3 * torch.tanh(x_ours), t, x_ours, return_dict=False)[0]
         x_theirs = theirs.step(0.3 * torch.tanh(x_theirs), t, x_theirs).prev_sample
-    torch.testing.assert_close(x_ours, x_theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(x_ours, x_theirs, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 def test_solver_p_parity() -> None:
@@ -114,7 +114,7 @@ def test_solver_p_parity() -> None:
     )
     _, a = run_loop(ours, 8)
     _, b = run_loop(theirs, 8)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a, b, atol=PARITY_ATOL, rtol=PARITY_RTOL)
     assert "solver_p" not in ours.config  # an object, not a setting
 
 
@@ -132,7 +132,7 @@ def test_from_compatible_config_matches_diffusers(source: str) -> None:
         assert ours.config[key] == theirs.config[key], key
     _, a = run_loop(ours, 8)
     _, b = run_loop(theirs, 8)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a, b, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 def test_errors() -> None:

@@ -393,6 +393,19 @@ class VPScheduler(BaseScheduler):
         pos = self._positions.get(int(timestep))
         return self.index_for_timestep(timestep) if pos is None else pos
 
+    def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
+        """The timestep after ``timestep`` in the schedule (``-1`` after the last; ``timestep - 1`` on the
+        training schedule before ``set_timesteps``).
+
+        :raises ValueError: if ``timestep`` is not in the schedule.
+        """
+        if self.num_inference_steps is None:
+            return torch.as_tensor(timestep) - 1
+        index = self._position(timestep)
+        if index == self.timesteps.shape[0] - 1:
+            return torch.tensor(-1)
+        return self.timesteps[index + 1]
+
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Noise ``original_samples`` to the training timesteps ``timesteps`` (one per sample)."""
         return sampling.add_noise_vp(original_samples, noise, self.alphas_cumprod, timesteps)

@@ -35,6 +35,18 @@ class CMStochasticIterativeScheduler(BaseScheduler):
 
     order = 1
 
+    _steps_on_training_schedule = True
+    _training_tables = False
+
+    def _prepare_training_schedule(self) -> None:
+        """The fresh schedule is ``set_timesteps(num_train_timesteps)``'s: build its tables once."""
+        if not self._training_tables:
+            begin = self._begin_index
+            self.set_timesteps(self.config.num_train_timesteps)
+            self.num_inference_steps = None
+            self._begin_index = begin
+            self._training_tables = True
+
     def __init__(
         self,
         num_train_timesteps: int = 40,

@@ -91,13 +91,6 @@ class DDPMScheduler(VPScheduler):
         self.timesteps = torch.from_numpy(ts).to(device)
         self._reset_step_state()
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:
-        """The schedule's next timestep after ``timestep`` (-1 after the last)."""
-        index = self._position(timestep)
-        if index == self.timesteps.shape[0] - 1:
-            return torch.tensor(-1)
-        return self.timesteps[index + 1]
-
     def _step_pairs(self) -> list[tuple[int, int]]:
         ts = self.timesteps.tolist()
         pairs = list(zip(ts, [*ts[1:], -1]))

@@ -47,6 +47,9 @@ class EDMEulerScheduler(BaseScheduler):
 
     order = 1
 
+    #: a fresh scheduler holds the full training schedule (its per-step tables too): steps work at once
+    _steps_on_training_schedule = True
+
     def __init__(
         self,
         sigma_min: float = 0.002,

@@ -89,6 +89,13 @@ class FlowMatchEulerDiscreteScheduler(BaseScheduler):
     order = 1
     init_noise_sigma: float = 1.0
 
+    _steps_on_training_schedule = True
+
+    def _prepare_training_schedule(self) -> None:
+        """Step on the fresh training sigmas, down to 0 after the last."""
+        if not self._sigma_list:
+            self._sigma_list = [*self.sigmas.tolist(), 0.0]
+
     def __init__(
         self,
         num_train_timesteps: int = 1000,
