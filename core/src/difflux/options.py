@@ -127,8 +127,16 @@ class LoadOptions:
     use_safetensors: bool | None = None
     #: Build modules on the meta device and assign the loaded tensors (no second copy).
     low_cpu_mem_usage: bool = True
-    #: Device for the loaded weights: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``{"": "cuda"}``.
+    #: Where the weights go: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``{"": "cuda"}``; for a model
+    #: ``"auto"`` or ``{"module.path": device | "disk"}``; for a pipeline ``"balanced"`` (``docs/memory.md``).
     device_map: str | Mapping[str, Any] | None = None
+    #: Memory each device may take under a ``device_map``: ``{0: "10GiB", "cpu": "30GiB"}``.
+    max_memory: Mapping[int | str, int | str] | None = None
+    #: Folder for the weights a ``device_map`` sends to ``"disk"`` (safetensors, memory-mapped).
+    offload_folder: str | os.PathLike[str] | None = None
+    #: Keep CPU-placed weights of a dispatched model memory-mapped from disk until they are used
+    #: (default: on when anything goes to disk).
+    offload_state_dict: bool | None = None
     #: Also return missing / unexpected / mis-shaped keys instead of raising on them.
     output_loading_info: bool = False
     # -- where to find it (the hub plugin reads these) ------------------------------------
@@ -156,16 +164,16 @@ class LoadOptions:
         return opts, {k: v for k, v in kwargs.items() if k not in names}
 
     def __post_init__(self) -> None:
+        for name, optional in _switches().items():
+            check_bool(name, getattr(self, name), optional=optional)
+        if self.token is not None and not isinstance(self.token, (str, bool)):
+            raise ConfigError(f"token={self.token!r}: expected a token string, True (the saved token) or False")
         if isinstance(self.torch_dtype, Mapping):
             for key, value in self.torch_dtype.items():
                 parse_dtype(value, where=f"torch_dtype[{key!r}]")
         elif self.torch_dtype is not None and self.torch_dtype != "auto":
             parse_dtype(self.torch_dtype)
 
-        for name, optional in _switches().items():
-            check_bool(name, getattr(self, name), optional=optional)
-        if self.token is not None and not isinstance(self.token, (str, bool)):
-            raise ConfigError(f"token={self.token!r}: expected a token string, True (the saved token) or False")
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
 
@@ -177,10 +185,3 @@ class LoadOptions:
         if value is None or value == "auto":
             return None
         return parse_dtype(value)
-    #: Memory each device may take under a ``device_map``: ``{0: "10GiB", "cpu": "30GiB"}``.
-    max_memory: Mapping[int | str, int | str] | None = None
-    #: Folder for the weights a ``device_map`` sends to ``"disk"`` (safetensors, memory-mapped).
-    offload_folder: str | os.PathLike[str] | None = None
-    #: Keep CPU-placed weights of a dispatched model memory-mapped from disk until they are used
-    #: (default: on when anything goes to disk).
-    offload_state_dict: bool | None = None
