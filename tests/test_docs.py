@@ -62,3 +62,42 @@ def test_docs_nav_lists_every_page() -> None:
     pages = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
     missing = [p for p in pages if p not in nav]
     assert not missing, f"mkdocs.yml nav lacks {missing}"
+
+
+def _cli_flags() -> list[tuple[str, str]]:
+    import argparse
+
+    from difflux import cli
+
+    parser = cli.build_parser()
+    found = [("difflux", flag) for action in parser._actions for flag in action.option_strings]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += [(name, flag) for a in sub._actions for flag in a.option_strings]
+    return sorted({(c, f) for c, f in found if f not in ("-h", "--help")})
+
+
+@pytest.mark.parametrize(("command", "flag"), _cli_flags(), ids=[f"{c} {f}" for c, f in _cli_flags()])
+def test_every_cli_flag_is_documented(command: str, flag: str) -> None:
+    text = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), f"docs/cli.md lacks {flag} ({command})"
+
+
+def test_every_plugin_refusal_is_documented() -> None:
+    """The errors a misbehaving plugin gets are listed in docs/plugins.md, with the fixture and --check."""
+    guide = (DOCS / "plugins.md").read_text(encoding="utf-8")
+    for needle in (
+        "## When a plugin misbehaves",
+        "PluginConflictError",
+        "UnknownClassError",
+        "AttentionBackendError",
+        "tryfirst",
+        "trylast",
+        "difflux_registry",
+        "difflux plugins --check",
+        "AttentionBackendConformance",
+        "difflux[testing]",
+        "examples/plugin-template/",
+    ):
+        assert needle in guide, f"docs/plugins.md lacks {needle!r}"
