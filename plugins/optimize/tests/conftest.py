@@ -128,10 +128,13 @@ def graphs() -> int:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_dynamo(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Each test starts with dynamo's caches and counters empty (compiled code is per process)."""
+def _fresh_dynamo(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with dynamo's caches and counters empty (compiled code is per process),
+    and sees a process without allocator tuning (what cpu_allocator checks)."""
     from torch._dynamo.utils import counters
 
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
     caplog.set_level(logging.INFO, logger="difflux")
     torch._dynamo.reset()
     counters.clear()

@@ -55,7 +55,14 @@ def _regions(model: torch.nn.Module) -> list[torch.nn.Module]:
 def test_first_party_optimizations_are_registered_in_order() -> None:
     table = registered_optimizations()
     names = [n for n, s in table.items() if s.plugin == "optimize"]
-    assert names == ["channels_last", "fuse_qkv", "cpu_bf16_autocast", "regional_compile", "cuda_graphs"]
+    assert names == [
+        "cpu_allocator",
+        "channels_last",
+        "fuse_qkv",
+        "cpu_bf16_autocast",
+        "regional_compile",
+        "cuda_graphs",
+    ]
     assert table["cuda_graphs"].modes == frozenset({"max"}) and table["cuda_graphs"].devices == frozenset({"cuda"})
     assert table["regional_compile"].group == "compiler"
 
@@ -162,6 +169,22 @@ def test_cpu_bf16_autocast_skips_a_half_model(kit: Any) -> None:
     unet = kit.tiny_unet().to(torch.bfloat16)
     report = unet.optimize("max", only=("cpu_bf16_autocast",))
     assert report.skipped == [("UNet2DConditionModel", "cpu_bf16_autocast", "the model is torch.bfloat16, not float32")]
+
+
+def test_cpu_allocator_advises_and_never_sets_variables(kit: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from difflux_optimize.layout import ALLOCATOR_ADVICE
+
+    unet = kit.tiny_unet()
+    before = dict(os.environ)
+    report = unet.optimize(only=("cpu_allocator",))
+    assert report.applied == []
+    [(_, name, why)] = report.skipped
+    assert name == "cpu_allocator" and why.startswith(f"advice only: start Python with {ALLOCATOR_ADVICE}")
+    assert dict(os.environ) == before
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4294967296")
+    assert unet.optimize(only=("cpu_allocator",)).applied == [("UNet2DConditionModel", "cpu_allocator")]
 
 
 # -- honest fallbacks ---------------------------------------------------------------------------

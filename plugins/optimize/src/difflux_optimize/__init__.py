@@ -1,6 +1,7 @@
 """difflux-optimize: the fast path that ``pipe.optimize()`` applies.
 
-Registers, through ``difflux_register_optimizations``: ``channels_last``, ``fuse_qkv``,
+Registers, through ``difflux_register_optimizations``: ``cpu_allocator`` (a check, CPU),
+``channels_last``, ``fuse_qkv``,
 ``cpu_bf16_autocast`` (mode ``"max"``, CPU), ``regional_compile`` (group ``"compiler"``) and
 ``cuda_graphs`` (mode ``"max"``, CUDA). See ``docs/optimize.md``.
 """

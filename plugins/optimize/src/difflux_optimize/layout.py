@@ -11,7 +11,11 @@ from typing import Any
 import torch
 from difflux.optimize import OptimizeContext, offload_reason
 
-__all__ = ["channels_last", "cpu_bf16_autocast", "cpu_supports_bf16", "fuse_qkv"]
+__all__ = ["ALLOCATOR_ADVICE", "channels_last", "cpu_allocator", "cpu_bf16_autocast", "cpu_supports_bf16", "fuse_qkv"]
+
+#: What to set before Python starts so that large CPU activations are not page-faulted in again
+#: on every call (glibc hands blocks above 32 MiB back to the kernel when they are freed).
+ALLOCATOR_ADVICE = "MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184"
 
 
 def channels_last(ctx: OptimizeContext) -> str | None:
@@ -91,3 +95,21 @@ def cpu_bf16_autocast(ctx: OptimizeContext) -> str | None:
         return "already applied"
     ctx.model.forward = _AutocastForward(ctx.model.forward, ctx.dtype)  # type: ignore[method-assign]
     return None
+
+
+def cpu_allocator(ctx: OptimizeContext) -> str | None:
+    """Check (never set) the allocator settings that keep large CPU activations mapped between calls.
+
+    Applies (changes nothing) when the process already runs with :data:`ALLOCATOR_ADVICE` or a
+    preloaded jemalloc / tcmalloc; otherwise it is skipped with the advice as its reason.
+    Environment variables are process-wide and read when the allocator starts: difflux never sets them.
+    """
+    import os
+
+    preload = os.environ.get("LD_PRELOAD", "")
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "jemalloc" in preload or "tcmalloc" in preload:
+        return None
+    return (
+        f"advice only: start Python with {ALLOCATOR_ADVICE} (or LD_PRELOAD jemalloc / tcmalloc); "
+        "large activations are then reused instead of page-faulted in on every call (docs/optimize.md)"
+    )

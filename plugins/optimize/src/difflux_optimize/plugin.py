@@ -8,7 +8,8 @@ from difflux.optimize import RegisterOptimization
 
 @hookimpl
 def difflux_register_optimizations(register: RegisterOptimization) -> None:
-    """Register channels-last, fused projections, CPU bf16 autocast, regional compile and CUDA graphs."""
+    """Register the allocator check, channels-last, fused projections, bf16 autocast, regional compile, CUDA graphs."""
+    register("cpu_allocator", "difflux_optimize.layout:cpu_allocator", order=0, devices=("cpu",))
     register("channels_last", "difflux_optimize.layout:channels_last", order=100)
     register("fuse_qkv", "difflux_optimize.layout:fuse_qkv", order=200)
     register(
