@@ -145,9 +145,11 @@ def test_output_types_agree() -> None:
     assert_same(tuple_images, arr)
 
 
-def test_latent_output_is_refused_in_pixel_space() -> None:
-    with pytest.raises(ValueError, match="output_type='latent'"):
-        make_ddim()(num_inference_steps=2, output_type="latent")
+def test_latent_output_is_the_sample_before_postprocessing() -> None:
+    pipe = make_ddim()
+    sample = pipe(generator=seeded(0), num_inference_steps=2, output_type="latent").images
+    images = pipe(generator=seeded(0), num_inference_steps=2, output_type="pt").images
+    assert_same((sample / 2 + 0.5).clamp(0, 1), images)
 
 
 def test_generator_list_must_match_batch() -> None:

@@ -10,10 +10,9 @@ import torch
 from difflux.pipeline import DiffusionPipeline
 from difflux.pipeline_utils import (
     AudioPipelineOutput,
+    DenoisingState,
     StepCallback,
-    check_batch,
-    check_callback_inputs,
-    check_output_type,
+    cut_schedule,
     prepare_noise,
     step_callback,
 )
@@ -21,14 +20,14 @@ from difflux.protocols import Scheduler
 from difflux.schedulers import SchedulerMixin
 from difflux_models.unet_1d import UNet1DModel
 
-from ._base import Generator, prev_sample
+from ._base import Generator, check_inputs, prev_sample
 
 __all__ = ["DanceDiffusionPipeline"]
 
 logger = logging.getLogger("difflux")
 
 
-class DanceDiffusionPipeline(DiffusionPipeline):
+class DanceDiffusionPipeline(DenoisingState, DiffusionPipeline):
     """Generate ``audio_length_in_s`` seconds of audio (default: the UNet's ``sample_size`` samples)."""
 
     _callback_tensor_inputs = ("latents",)
@@ -71,12 +70,14 @@ class DanceDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> AudioPipelineOutput | tuple[Any, ...]:
-        """Generate ``batch_size`` waveforms in ``[-1, 1]``; ``output_type`` is ``"np"`` or ``"pt"``."""
-        check_batch(batch_size, generator)
-        check_output_type(output_type, ("np", "pt"), "DanceDiffusionPipeline")
-        check_callback_inputs(
-            callback_on_step_end_tensor_inputs, self._callback_tensor_inputs, "DanceDiffusionPipeline"
+        """Generate ``batch_size`` waveforms in ``[-1, 1]``; ``output_type`` is ``"np"``, ``"pt"`` or ``"latent"``
+        (the denoised sample as a tensor, unclamped and at the generated length, before the cut)."""
+        check_inputs(
+            self, batch_size, generator, output_type, callback_on_step_end_tensor_inputs,
+            output_types=("np", "pt", "latent"), latents=latents, num_inference_steps=num_inference_steps,
+            callback_on_step_end=callback_on_step_end,
         )
+        self._interrupt = False
         length, keep = self.audio_lengths(audio_length_in_s)
         dtype = next(self.unet.parameters()).dtype
         shape = (batch_size, self.unet.config.in_channels, length)
@@ -84,6 +85,8 @@ class DanceDiffusionPipeline(DiffusionPipeline):
         audio = self.denoise(
             audio, num_inference_steps, dtype, callback_on_step_end, callback_on_step_end_tensor_inputs
         )
+        if output_type == "latent":
+            return AudioPipelineOutput(audios=audio) if return_dict else (audio,)
         audio = audio.clamp(-1, 1).float()[:, :, :keep]
         audios: Any = audio.cpu().numpy() if output_type == "np" else audio
         return AudioPipelineOutput(audios=audios) if return_dict else (audios,)
@@ -98,8 +101,11 @@ class DanceDiffusionPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         scheduler = cast(Scheduler, self.scheduler)
         scheduler.set_timesteps(num_inference_steps, device=audio.device)
-        timesteps = scheduler.timesteps.to(dtype)
+        timesteps = cut_schedule(scheduler, pipeline=type(self).__name__).timesteps.to(dtype)
+        self._num_timesteps = len(timesteps)
         for i, t in enumerate(self.progress_bar(timesteps)):
+            if self._interrupt:
+                break
             audio = prev_sample(scheduler.step(self.unet(audio, t).sample, t, audio))
             if callback is not None:
                 audio = step_callback(self, callback, i, t, {"latents": audio}, callback_inputs)["latents"]

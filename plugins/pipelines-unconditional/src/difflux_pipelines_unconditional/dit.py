@@ -9,11 +9,10 @@ import torch
 from difflux.image import postprocess
 from difflux.pipeline import DiffusionPipeline, ImagePipelineOutput
 from difflux.pipeline_utils import (
+    DenoisingState,
     StepCallback,
-    check_batch,
-    check_callback_inputs,
-    check_output_type,
     class_label_tensor,
+    cut_schedule,
     prepare_noise,
     sample_shape,
     step_callback,
@@ -23,7 +22,7 @@ from difflux.schedulers import SchedulerMixin
 from difflux_models.autoencoder_kl import AutoencoderKL
 from difflux_models.transformers.dit import DiTTransformer2DModel
 
-from ._base import Generator, ImageOutput, prev_sample
+from ._base import OUTPUT_TYPES, Generator, ImageOutput, check_inputs, prev_sample
 
 __all__ = ["DiTPipeline"]
 
@@ -37,7 +36,7 @@ def label_ids(id2label: Mapping[int, str] | Mapping[str, str] | None) -> dict[st
     return dict(sorted(labels.items()))
 
 
-class DiTPipeline(DiffusionPipeline):
+class DiTPipeline(DenoisingState, DiffusionPipeline):
     """Generate images of the classes ``class_labels`` with classifier-free guidance (``guidance_scale``).
 
     ``id2label`` (saved in ``model_index.json``) names the classes; :meth:`get_label_ids` maps names to ids.
@@ -46,7 +45,7 @@ class DiTPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "transformer->vae"
 
     _callback_tensor_inputs: ClassVar[tuple[str, ...]] = ("latents",)
-    _output_types: ClassVar[tuple[str, ...]] = ("pil", "np", "pt", "latent")
+    _output_types: ClassVar[tuple[str, ...]] = OUTPUT_TYPES
 
     transformer: DiTTransformer2DModel
     vae: AutoencoderKL
@@ -83,11 +82,10 @@ class DiTPipeline(DiffusionPipeline):
         return int(self.transformer.config.get("num_embeds_ada_norm") or 1000)
 
     def check_inputs(
-        self, batch_size: int, generator: Generator, output_type: str, tensor_inputs: Sequence[str]
+        self, batch_size: int, generator: Generator, output_type: str, tensor_inputs: Sequence[str], **more: Any
     ) -> None:
-        check_batch(batch_size, generator)
-        check_output_type(output_type, self._output_types, "DiTPipeline")
-        check_callback_inputs(tensor_inputs, self._callback_tensor_inputs, "DiTPipeline")
+        """The unconditional pipelines' validator (:func:`~._base.check_inputs`)."""
+        check_inputs(self, batch_size, generator, output_type, tensor_inputs, output_types=self._output_types, **more)
 
     def prepare_latents(self, batch_size: int, generator: Generator, latents: torch.Tensor | None) -> torch.Tensor:
         config = self.transformer.config
@@ -121,27 +119,29 @@ class DiTPipeline(DiffusionPipeline):
         labels: torch.Tensor,
         guidance_scale: float,
         num_inference_steps: int,
+        generator: Generator,
         callback: StepCallback | None,
         callback_inputs: Sequence[str],
     ) -> torch.Tensor:
         """The reverse process; with guidance the batch is doubled (conditional, then unconditional)."""
         guided = guidance_scale > 1
         if guided:
-            latents = torch.cat([latents, latents])
             labels = torch.cat([labels, torch.full_like(labels, self._null_class)])
         scheduler = cast(Scheduler, self.scheduler)
         scheduler.set_timesteps(num_inference_steps, device=self.device)
-        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
-            if guided:
-                half = latents[: len(latents) // 2]
-                latents = torch.cat([half, half])
-            model_output = self.predict(latents, t, labels, guidance_scale)
-            latents = prev_sample(scheduler.step(model_output, t, latents))
+        steps = cut_schedule(scheduler, pipeline="DiTPipeline").timesteps
+        self._num_timesteps = len(steps)
+        for i, t in enumerate(self.progress_bar(steps)):
+            if self._interrupt:
+                break
+            model_input = torch.cat([latents, latents]) if guided else latents
+            model_output = self.predict(model_input, t, labels, self._guidance_scale if guided else 1.0)
+            half = model_output[: len(latents)]
+            # the two guided halves are equal, so one step per image, with that image's generator
+            latents = prev_sample(scheduler.step(half, t, latents, generator=generator))
             if callback is not None:
-                half = latents[: len(latents) // 2] if guided else latents
-                half = step_callback(self, callback, i, t, {"latents": half}, callback_inputs)["latents"]
-                latents = torch.cat([half, half]) if guided else half
-        return latents[: len(latents) // 2] if guided else latents
+                latents = step_callback(self, callback, i, t, {"latents": latents}, callback_inputs)["latents"]
+        return latents
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents to images in ``[-1, 1]`` through the VAE decoder."""
@@ -162,7 +162,11 @@ class DiTPipeline(DiffusionPipeline):
     ) -> ImageOutput:
         """One image per entry of ``class_labels`` (ids; :meth:`get_label_ids` turns names into ids)."""
         count = 1 if isinstance(class_labels, int) else len(class_labels)
-        self.check_inputs(count, generator, output_type, callback_on_step_end_tensor_inputs)
+        self.check_inputs(
+            count, generator, output_type, callback_on_step_end_tensor_inputs, latents=latents,
+            num_inference_steps=num_inference_steps, callback_on_step_end=callback_on_step_end,
+        )
+        self._guidance_scale, self._interrupt = guidance_scale, False
         latents = self.prepare_latents(count, generator, latents)
         labels = class_label_tensor(class_labels, count, self.device)
         latents = self.denoise(
@@ -170,6 +174,7 @@ class DiTPipeline(DiffusionPipeline):
             labels,
             guidance_scale,
             num_inference_steps,
+            generator,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
         )

@@ -61,10 +61,16 @@ class KarrasVePipeline(UNetSamplingPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> ImageOutput:
         """Generate ``batch_size`` images in ``num_inference_steps`` noise levels (two UNet calls each)."""
-        self.check_inputs(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
+        self.check_inputs(
+            batch_size, generator, output_type, callback_on_step_end_tensor_inputs, latents=latents,
+            num_inference_steps=num_inference_steps, callback_on_step_end=callback_on_step_end,
+        )
         sample = self.prepare_latents(batch_size, generator, latents)
         self.scheduler.set_timesteps(num_inference_steps)
+        self._num_timesteps = len(self.scheduler.timesteps)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            if self._interrupt:
+                break
             sample = self.karras_step(sample, int(t), generator)
             if callback_on_step_end is not None:
                 state = step_callback(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 from difflux.pipeline_utils import StepCallback
@@ -19,7 +18,6 @@ __all__ = ["LDMPipeline"]
 class LDMPipeline(UNetSamplingPipeline):
     """Denoise latents with ``unet`` and ``scheduler``, then decode them with the VQ-VAE ``vqvae``."""
 
-    _output_types: ClassVar[tuple[str, ...]] = ("pil", "np", "pt", "latent")
     model_cpu_offload_seq = "unet->vqvae"
 
     vqvae: VQModel

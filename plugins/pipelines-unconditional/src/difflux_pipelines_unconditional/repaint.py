@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import torch
 from difflux.image import normalize, numpy_to_pt, pil_to_numpy
-from difflux.pipeline_utils import StepCallback, prepare_noise, step_callback
+from difflux.pipeline_utils import StepCallback, check_image_size, prepare_noise, step_callback
 from difflux_models.unet_2d import UNet2DModel
 
 from ._base import Generator, ImageOutput, UNetSamplingPipeline, prev_sample
@@ -63,14 +63,17 @@ class RePaintPipeline(UNetSamplingPipeline):
         image: torch.Tensor,
         original: torch.Tensor,
         mask: torch.Tensor,
-        generator: torch.Generator | None,
+        generator: Generator,
         callback: StepCallback | None,
         callback_inputs: Sequence[str],
     ) -> torch.Tensor:
         """Walk the RePaint schedule: denoise on the way down, re-noise (``undo_step``) on each jump up."""
         scheduler = self.scheduler
         t_last = scheduler.timesteps[0] + 1
+        self._num_timesteps = len(scheduler.timesteps)
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            if self._interrupt:
+                break
             if t < t_last:
                 model_output = self.unet(image, t).sample
                 image = prev_sample(scheduler.step(model_output, t, image, original, mask, generator))
@@ -96,18 +99,37 @@ class RePaintPipeline(UNetSamplingPipeline):
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> ImageOutput:
-        """Inpaint ``image`` (tensor in ``[-1, 1]`` or PIL) where ``mask_image`` is 0 (black)."""
+        """Inpaint ``image`` (tensor in ``[-1, 1]`` or PIL) where ``mask_image`` is 0 (black).
+
+        With a list of generators, every random draw of output ``i`` (its starting noise and the
+        noise of every step and jump back) comes from generator ``i``. Diffusers draws the chain
+        of every output from the first generator of the list; difflux keeps one image per generator.
+
+        :raises ValueError: for NaN in ``image`` / ``mask_image``, images of less than one pixel, or
+            image and mask of different sizes.
+        """
+        name = type(self).__name__
+        for key, value in (("image", image), ("mask_image", mask_image)):
+            if value is None:
+                raise ValueError(f"{name} needs {key}= (a tensor or a PIL image)")
+            check_image_size(value, 1, key, name)
         device, dtype = self.device, self.unet.dtype
         original = preprocess_image(image).to(device=device, dtype=dtype)
         mask = preprocess_mask(mask_image).to(device=device, dtype=dtype)
+        if original.shape[-2:] != mask.shape[-2:]:
+            raise ValueError(
+                f"{name}: image is {tuple(original.shape[-2:])} pixels but mask_image {tuple(mask.shape[-2:])}; "
+                "pass a mask of the image's size"
+            )
         batch_size = original.shape[0]
-        self.check_inputs(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
+        self.check_inputs(
+            batch_size, generator, output_type, callback_on_step_end_tensor_inputs,
+            num_inference_steps=num_inference_steps, callback_on_step_end=callback_on_step_end,
+        )
         noisy = prepare_noise(tuple(original.shape), generator=generator, device=device, dtype=dtype)
         self.scheduler.set_timesteps(num_inference_steps, jump_length, jump_n_sample, device)
         self.scheduler.eta = eta
-        # one generator drives the whole chain (a list's first one), as in Diffusers
-        chain_generator = generator[0] if isinstance(generator, list) else generator
         result = self.repaint(
-            noisy, original, mask, chain_generator, callback_on_step_end, callback_on_step_end_tensor_inputs
+            noisy, original, mask, generator, callback_on_step_end, callback_on_step_end_tensor_inputs
         )
         return self.output(result, output_type, return_dict)

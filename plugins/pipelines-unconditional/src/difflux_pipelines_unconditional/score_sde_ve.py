@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from difflux.image import postprocess
@@ -55,8 +56,11 @@ class ScoreSdeVePipeline(UNetSamplingPipeline):
         """Predictor-corrector sampling; returns the noise-free mean of the last prediction."""
         scheduler = self.scheduler
         scheduler.set_timesteps(num_inference_steps)
+        self._num_timesteps = len(scheduler.timesteps)
         mean = sample
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            if self._interrupt:
+                break
             sigma = scheduler.sigmas[i] * torch.ones(sample.shape[0], device=self.device)
             for _ in range(scheduler.config.correct_steps):
                 sample = prev_sample(scheduler.step_correct(self.score(sample, sigma), sample, generator=generator))
@@ -82,10 +86,16 @@ class ScoreSdeVePipeline(UNetSamplingPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> ImageOutput:
         """Generate ``batch_size`` images with ``num_inference_steps`` predictor steps."""
-        self.check_inputs(batch_size, generator, output_type, callback_on_step_end_tensor_inputs)
+        self.check_inputs(
+            batch_size, generator, output_type, callback_on_step_end_tensor_inputs, latents=latents,
+            num_inference_steps=num_inference_steps, callback_on_step_end=callback_on_step_end,
+        )
         sample = self.prepare_latents(batch_size, generator, latents)
         mean = self.denoise_sde(
             sample, num_inference_steps, generator, callback_on_step_end, callback_on_step_end_tensor_inputs
         )
-        images = postprocess(mean.clamp(0, 1), output_type, do_denormalize=False)  # type: ignore[arg-type]
+        if output_type == "latent":  # the last predictor mean, unclamped
+            images: Any = mean
+        else:
+            images = postprocess(mean.clamp(0, 1), output_type, do_denormalize=False)  # type: ignore[arg-type]
         return ImagePipelineOutput(images=images) if return_dict else (images,)
