@@ -74,6 +74,21 @@ def _without_autograd(call: Callable[..., Any]) -> Callable[..., Any]:
     return __call__
 
 
+def _dtype_alias(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """``dtype=`` (Diffusers' newer name) as ``torch_dtype=``; both at once must agree."""
+    if "dtype" not in kwargs:
+        return kwargs
+    kwargs = dict(kwargs)
+    dtype = kwargs.pop("dtype")
+    if "torch_dtype" in kwargs and kwargs["torch_dtype"] != dtype:
+        raise TypeError(
+            f"{where}.from_pretrained got dtype={dtype!r} and torch_dtype={kwargs['torch_dtype']!r}; "
+            "they are the same option, pass one of them"
+        )
+    kwargs["torch_dtype"] = dtype
+    return kwargs
+
+
 def _is_entry(value: Any) -> bool:
     """Whether ``value`` looks like a ``[library, ClassName]`` component entry."""
     return (
@@ -419,7 +434,7 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         """Load a pipeline folder (or repo id, with ``difflux-hub``) written by difflux or Diffusers.
 
         Keyword arguments are either load options (:class:`difflux.LoadOptions`: ``torch_dtype``
-        as one dtype or ``{"unet": torch.float16, "default": torch.float32}``, ``variant``,
+        (or its alias ``dtype``) as one dtype or ``{"unet": torch.float16, "default": torch.float32}``, ``variant``,
         ``device_map`` ...), components that replace the saved ones (``scheduler=...``; checked
         against the ``__init__`` annotation), or config values (``requires_safety_checker=False``).
 
@@ -428,7 +443,7 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         the ``difflux_component_loaded`` hook. With ``output_loading_info=True`` the result is
         ``(pipeline, {component: loading info})``.
         """
-        options, rest = LoadOptions.split(kwargs)
+        options, rest = LoadOptions.split(_dtype_alias(kwargs, cls.__name__))
         registry = get_registry()
         folder = registry.resolve_pretrained(pretrained_model_name_or_path, options)
         index_file = folder / cls.config_name
