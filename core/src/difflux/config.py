@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Self
 import pydantic
 
 from ._files import read_json
-from .errors import ConfigError
+from .errors import ConfigError, ConfigRangeError
 
 __all__ = [
     "DIFFUSERS_FORMAT_VERSION",
@@ -405,13 +405,13 @@ class ConfigMixin:
         bounds = cls._config_bounds()
         for name, value in values.items():
             if _has_nan(value):
-                raise ConfigError(
+                raise ConfigRangeError(
                     f"invalid config for {cls.__name__}: {name}={_short(value)}: NaN is not a valid value"
                 )
             for bound in bounds.get(name, ()):
                 why = bound.problem(value)
                 if why is not None:
-                    raise ConfigError(
+                    raise ConfigRangeError(
                         f"invalid config for {cls.__name__}: {name}={_short(value)}: {why} "
                         f"(allowed: {bound.describe()})"
                     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ConfigRangeError",
     "DiffluxError",
     "LoadError",
     "PluginConflictError",
@@ -19,6 +20,10 @@ class DiffluxError(Exception):
 
 class ConfigError(DiffluxError, ValueError):
     """A config file or config value is invalid (names the file, class and key)."""
+
+
+class ConfigRangeError(ConfigError):
+    """A config value is out of the range its class declares, or NaN (never valid in any class)."""
 
 
 class PluginError(DiffluxError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from ._pushing import PushToHubMixin
 from .config import Bound, ConfigMixin, FrozenConfig
-from .errors import ConfigError
+from .errors import ConfigError, ConfigRangeError
 from .options import LoadOptions
 from .outputs import BaseOutput
 from .registry import get_registry
@@ -196,6 +196,8 @@ class SchedulerMixin(ConfigMixin, PushToHubMixin):
                 continue
             try:
                 cls._validated_init_kwargs((), {key: value})
+            except ConfigRangeError:
+                raise  # NaN or out of range is wrong for every class, not a value of another class
             except ConfigError:
                 bad[key] = value
         return bad
