@@ -211,3 +211,113 @@ def test_x2_latent_upscaler_k_blocks(parity: Any, kit: Any) -> None:
 def test_norm_groups_none_needs_k_blocks() -> None:
     with pytest.raises(ValueError, match="K-diffusion blocks only"):
         UNet2DConditionModel(**{**BASE, "norm_num_groups": None})
+
+
+# The simple-cross-attention (added key/value) UNets, scaled down from the published layouts:
+# unCLIP decoder, Kandinsky 2.1 / 2.2 (and its ControlNet), DeepFloyd IF.
+SIMPLE: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 8,
+    "block_out_channels": (16, 32),
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+    "up_block_types": ("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+    "cross_attention_dim": 12,
+    "attention_head_dim": 8,
+    "resnet_time_scale_shift": "scale_shift",
+}
+
+#: case -> (config changes, added_cond_kwargs shapes, encoder_hidden_states width)
+SIMPLE_CASES: dict[str, tuple[dict[str, Any], dict[str, tuple[int, ...]], int]] = {
+    "unclip_decoder": ({"class_embed_type": "identity", "in_channels": 3, "out_channels": 6}, {}, 12),
+    "kandinsky21": (
+        {"encoder_hid_dim": 10, "encoder_hid_dim_type": "text_image_proj", "addition_embed_type": "text_image"},
+        {"image_embeds": (2, 12), "text_embeds": (2, 12)},
+        10,
+    ),
+    "kandinsky22": (
+        {"encoder_hid_dim": 10, "encoder_hid_dim_type": "image_proj", "addition_embed_type": "image"},
+        {"image_embeds": (2, 10)},
+        12,
+    ),
+    "kandinsky22_controlnet_hint": (
+        {
+            "in_channels": 8,
+            "encoder_hid_dim": 10,
+            "encoder_hid_dim_type": "image_proj",
+            "addition_embed_type": "image_hint",
+        },
+        {"image_embeds": (2, 10), "hint": (2, 3, 64, 64)},
+        12,
+    ),
+    "deepfloyd_if": (
+        {
+            "in_channels": 3,
+            "out_channels": 6,
+            "encoder_hid_dim": 20,
+            "encoder_hid_dim_type": "text_proj",
+            "addition_embed_type": "text",
+            "addition_embed_type_num_heads": 2,
+            "cross_attention_norm": "group_norm",
+            "cross_attention_dim": 32,
+            "resnet_skip_time_act": True,
+            "resnet_out_scale_factor": 1.414,
+            "time_embedding_act_fn": "gelu",
+        },
+        {},
+        20,
+    ),
+    "only_cross_mid_only_cross": (
+        {"only_cross_attention": True, "mid_block_only_cross_attention": False, "cross_attention_dim": 16},
+        {},
+        16,
+    ),
+}
+
+
+def simple_inputs(case: str) -> dict[str, Any]:
+    extra, added, width = SIMPLE_CASES[case]
+    config = {**SIMPLE, **extra}
+    g = torch.Generator().manual_seed(0)
+    channels = config["in_channels"] - (4 if "hint" in added else 0)
+    inputs: dict[str, Any] = {
+        "sample": torch.randn(2, channels, 8, 8, generator=g),
+        "timestep": torch.tensor([3, 500]),
+        "encoder_hidden_states": torch.randn(2, 5, width, generator=g),
+        "added_cond_kwargs": {k: torch.randn(*shape, generator=g) for k, shape in added.items()},
+    }
+    if config.get("class_embed_type") == "identity":
+        inputs["class_labels"] = torch.randn(2, 64, generator=g)  # already time-embedding wide
+    return inputs
+
+
+@pytest.mark.parametrize("case", list(SIMPLE_CASES))
+def test_simple_cross_attention_layouts(parity: Any, case: str) -> None:
+    config = {**SIMPLE, **SIMPLE_CASES[case][0]}
+    parity(DUNet, UNet2DConditionModel, config, lambda: simple_inputs(case))
+
+
+def test_simple_cross_attention_mask(parity: Any, kit: Any) -> None:
+    """The added-KV attention masks only the encoder positions (unCLIP passes it as attention_mask)."""
+    config = {**SIMPLE, **SIMPLE_CASES["unclip_decoder"][0]}
+    result = parity(DUNet, UNet2DConditionModel, config, lambda: simple_inputs("unclip_decoder"), reverse=False)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        for key in ("attention_mask", "encoder_attention_mask"):
+            expected = result.reference(**simple_inputs("unclip_decoder"), **{key: mask}).sample
+            kit.assert_close(result.model(**simple_inputs("unclip_decoder"), **{key: mask}).sample, expected)
+
+
+def test_added_cond_kwargs_are_checked() -> None:
+    config = {**SIMPLE, **SIMPLE_CASES["kandinsky22"][0]}
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(**config)
+    inputs = simple_inputs("kandinsky22")
+    inputs["added_cond_kwargs"] = {}
+    with pytest.raises(ValueError, match="image_embeds"):
+        model(**inputs)
+    with pytest.raises(ValueError, match="unknown addition_embed_type"):
+        UNet2DConditionModel(**{**config, "addition_embed_type": "nope"})

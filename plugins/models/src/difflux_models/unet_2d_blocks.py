@@ -33,8 +33,11 @@ __all__ = [
     "OutputHeadMixin",
     "ResnetDownsampleBlock2D",
     "ResnetUpsampleBlock2D",
+    "SimpleCrossAttnDownBlock2D",
+    "SimpleCrossAttnUpBlock2D",
     "UNetMidBlock2D",
     "UNetMidBlock2DCrossAttn",
+    "UNetMidBlock2DSimpleCrossAttn",
     "UpBlock2D",
     "UpDecoderBlock2D",
     "build_down_blocks",
@@ -74,6 +77,7 @@ class BlockOptions:
     #: (``ResnetDownsampleBlock2D``, ``ResnetUpsampleBlock2D``, the simple-cross-attention blocks)
     resnet_skip_time_act: bool = False
     resnet_out_scale_factor: float = 1.0
+    cross_attention_norm: str | None = None
 
     def with_resnet_options(self) -> BlockOptions:
         """These options with ``resnet_skip_time_act`` and ``resnet_out_scale_factor`` in effect."""
@@ -114,6 +118,27 @@ class BlockOptions:
                 use_linear_projection=self.use_linear_projection,
                 only_cross_attention=self.only_cross_attention,
                 upcast_attention=self.upcast_attention,
+            )
+
+        return make
+
+    def added_kv_attention(self) -> AttentionFactory:
+        """Attention whose keys and values add the encoder states' own projections (``add_k_proj``,
+        ``add_v_proj``) to the feature map's: the simple-cross-attention blocks of unCLIP / IF / Kandinsky."""
+
+        def make(i: int, channels: int) -> nn.Module:
+            head_dim = self.attention_head_dim if self.attention_head_dim is not None else channels
+            return Attention(
+                channels,
+                cross_attention_dim=channels,
+                heads=channels // head_dim,
+                dim_head=head_dim,
+                added_kv_proj_dim=self.cross_attention_dim,
+                norm_num_groups=self.resnet_groups,
+                bias=True,
+                upcast_softmax=True,
+                only_cross_attention=self.only_cross_attention,
+                cross_attention_norm=self.cross_attention_norm,
             )
 
         return make
@@ -163,6 +188,17 @@ class AttentionContext:
                 cross_attention_kwargs=self.cross_attention_kwargs,
                 attention_mask=self.attention_mask,
                 encoder_attention_mask=self.encoder_attention_mask,
+            )
+        elif getattr(attn, "added_kv_proj_dim", None) is not None:
+            # simple cross-attention: one mask, the self-attention one when given (Diffusers' unCLIP convention)
+            mask = self.attention_mask
+            if mask is None and self.encoder_hidden_states is not None:
+                mask = self.encoder_attention_mask
+            out = attn(
+                hidden_states,
+                encoder_hidden_states=self.encoder_hidden_states,
+                attention_mask=mask,
+                **(self.cross_attention_kwargs or {}),
             )
         else:
             out = attn(hidden_states, **(self.cross_attention_kwargs or {}))
@@ -386,6 +422,17 @@ class ResnetDownsampleBlock2D(DownBlock2D):
         super().__init__(in_channels, out_channels, options, add_downsample, downsample_type="resnet")
 
 
+class SimpleCrossAttnDownBlock2D(DownBlock2D):
+    """Down block with added-key/value attention (:class:`~difflux_models.layers.attention.AttnAddedKVProcessor`)
+    after each residual block and a residual-block downsampler (unCLIP, DeepFloyd IF, Kandinsky 2.x)."""
+
+    has_cross_attention = True
+
+    def __init__(self, in_channels: int, out_channels: int, options: BlockOptions, add_downsample: bool = True) -> None:
+        o = options.with_resnet_options()
+        super().__init__(in_channels, out_channels, o, add_downsample, "resnet", attention=o.added_kv_attention())
+
+
 class DownEncoderBlock2D(DownBlock2D):
     """The VAE encoder's down block: no timestep embedding; returns the hidden states only."""
 
@@ -454,6 +501,22 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         for attn, resnet in zip(self.attentions, self.resnets[1:], strict=True):
             hidden_states = resnet(ctx(attn, hidden_states), temb)
         return hidden_states
+
+
+class UNetMidBlock2DSimpleCrossAttn(UNetMidBlock2DCrossAttn):
+    """Residual block, then ``num_layers`` x (added-key/value attention, residual block)."""
+
+    def __init__(self, in_channels: int, options: BlockOptions) -> None:
+        nn.Module.__init__(self)
+        o = dataclasses.replace(options, skip_time_act=options.resnet_skip_time_act)
+        _interleaved_layers(
+            self,
+            lambda _: o.resnet(in_channels, in_channels),
+            o.num_layers,
+            o.added_kv_attention(),
+            in_channels,
+            mid=True,
+        )
 
 
 # -- up blocks -------------------------------------------------------------------------------
@@ -582,6 +645,26 @@ class ResnetUpsampleBlock2D(UpBlock2D):
         super().__init__(in_channels, prev_output_channel, out_channels, options, add_upsample, upsample_type="resnet")
 
 
+class SimpleCrossAttnUpBlock2D(UpBlock2D):
+    """Up block with added-key/value attention after each residual block and a residual-block
+    upsampler (unCLIP, DeepFloyd IF, Kandinsky 2.x)."""
+
+    has_cross_attention = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        prev_output_channel: int,
+        out_channels: int,
+        options: BlockOptions,
+        add_upsample: bool = True,
+    ) -> None:
+        o = options.with_resnet_options()
+        super().__init__(
+            in_channels, prev_output_channel, out_channels, o, add_upsample, "resnet", attention=o.added_kv_attention()
+        )
+
+
 class UpDecoderBlock2D(UpBlock2D):
     """The VAE decoder's up block: no skip connections, no timestep embedding by default."""
 
@@ -616,6 +699,10 @@ def get_down_block(
         return AttnDownBlock2D(in_channels, out_channels, options, add_downsample, downsample_type or "conv")
     if block_type == "DownEncoderBlock2D":
         return DownEncoderBlock2D(in_channels, out_channels, options, add_downsample)
+    if block_type == "SimpleCrossAttnDownBlock2D":
+        if options.cross_attention_dim is None:
+            raise ValueError("SimpleCrossAttnDownBlock2D needs cross_attention_dim")
+        return SimpleCrossAttnDownBlock2D(in_channels, out_channels, options, add_downsample)
     if block_type == "ResnetDownsampleBlock2D":
         return ResnetDownsampleBlock2D(in_channels, out_channels, options.with_resnet_options(), add_downsample)
     extra = _extra_block(block_type, "down")
@@ -648,6 +735,10 @@ def get_up_block(
         )
     if block_type == "UpDecoderBlock2D":
         return UpDecoderBlock2D(in_channels, out_channels, options, add_upsample)
+    if block_type == "SimpleCrossAttnUpBlock2D":
+        if options.cross_attention_dim is None:
+            raise ValueError("SimpleCrossAttnUpBlock2D needs cross_attention_dim")
+        return SimpleCrossAttnUpBlock2D(in_channels, prev_output_channel, out_channels, options, add_upsample)
     if block_type == "ResnetUpsampleBlock2D":
         return ResnetUpsampleBlock2D(
             in_channels, prev_output_channel, out_channels, options.with_resnet_options(), add_upsample
@@ -672,8 +763,13 @@ def get_mid_block(block_type: str | None, *, in_channels: int, options: BlockOpt
         return UNetMidBlock2DCrossAttn(in_channels, options)
     if block_type == "UNetMidBlock2D":
         return UNetMidBlock2D(in_channels, dataclasses.replace(options, num_layers=0), add_attention=False)
+    if block_type == "UNetMidBlock2DSimpleCrossAttn":
+        if options.cross_attention_dim is None:
+            raise ValueError("UNetMidBlock2DSimpleCrossAttn needs cross_attention_dim")
+        return UNetMidBlock2DSimpleCrossAttn(in_channels, options)
     raise ValueError(
-        f"unknown mid block type {block_type!r}; expected 'UNetMidBlock2DCrossAttn', 'UNetMidBlock2D' or None"
+        f"unknown mid block type {block_type!r}; expected 'UNetMidBlock2DCrossAttn', 'UNetMidBlock2D', "
+        "'UNetMidBlock2DSimpleCrossAttn' or None"
     )
 
 
@@ -708,6 +804,7 @@ DOWN_BLOCK_TYPES = (
     "AttnDownBlock2D",
     "DownEncoderBlock2D",
     "ResnetDownsampleBlock2D",
+    "SimpleCrossAttnDownBlock2D",
     *(t for t in _EXTRA_BLOCKS if "Down" in t),
 )
 UP_BLOCK_TYPES = (
@@ -716,5 +813,6 @@ UP_BLOCK_TYPES = (
     "AttnUpBlock2D",
     "UpDecoderBlock2D",
     "ResnetUpsampleBlock2D",
+    "SimpleCrossAttnUpBlock2D",
     *(t for t in _EXTRA_BLOCKS if "Up" in t),
 )

@@ -12,6 +12,14 @@ from torch import nn
 
 from .layers.activations import get_activation
 from .layers.attention import AttentionProcessorMixin
+from .layers.conditioning import (
+    ImageHintTimeEmbedding,
+    ImageProjection,
+    ImageTimeEmbedding,
+    TextImageProjection,
+    TextImageTimeEmbedding,
+    TextTimeEmbedding,
+)
 from .layers.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps, class_embedding
 from .unet_2d_blocks import (
     BlockOptions,
@@ -49,6 +57,15 @@ def timesteps_tensor(timestep: torch.Tensor | float | int, sample: torch.Tensor)
     elif timestep.ndim == 0:
         timestep = timestep[None].to(sample.device)
     return timestep.expand(sample.shape[0])
+
+
+#: the ``added_cond_kwargs`` each ``addition_embed_type`` needs
+_ADDED_COND_KEYS: dict[str, tuple[str, ...]] = {
+    "text_time": ("text_embeds", "time_ids"),
+    "text_image": ("image_embeds",),
+    "image": ("image_embeds",),
+    "image_hint": ("image_embeds", "hint"),
+}
 
 
 class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin):
@@ -132,8 +149,6 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
             raise ValueError("dual_cross_attention is not supported by difflux's UNet2DConditionModel")
         if attention_type != "default":
             raise ValueError(f"attention_type {attention_type!r} is not supported (only 'default')")
-        if cross_attention_norm is not None:
-            raise ValueError("cross_attention_norm is only used by simple cross-attention blocks, which difflux lacks")
         if norm_num_groups is None:
             plain = [t for t in (*down_block_types, *up_block_types) if not t.startswith("K")]
             if plain or mid_block_type is not None:
@@ -146,6 +161,9 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
         cross_dims = _per_block(cross_attention_dim, n, "cross_attention_dim")
         layers = _per_block(layers_per_block, n, "layers_per_block")
         t_layers = _per_block(transformer_layers_per_block, n, "transformer_layers_per_block")
+        mid_only_cross = mid_block_only_cross_attention
+        if mid_only_cross is None:
+            mid_only_cross = only_cross_attention if isinstance(only_cross_attention, bool) else False
         if isinstance(only_cross_attention, bool):
             only_cross = (only_cross_attention,) * n
         else:
@@ -178,14 +196,29 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
             encoder_hid_dim_type = "text_proj"
             self.register_to_config(encoder_hid_dim_type=encoder_hid_dim_type)
         self.encoder_hid_proj: nn.Module | None = None
-        if encoder_hid_dim_type == "text_proj":
+        if encoder_hid_dim_type is not None:
             if encoder_hid_dim is None or not isinstance(cross_attention_dim, int):
                 raise ValueError(
-                    "encoder_hid_dim_type='text_proj' needs encoder_hid_dim and an int cross_attention_dim"
+                    f"encoder_hid_dim_type={encoder_hid_dim_type!r} needs encoder_hid_dim and an int "
+                    "cross_attention_dim"
                 )
-            self.encoder_hid_proj = nn.Linear(encoder_hid_dim, cross_attention_dim)
-        elif encoder_hid_dim_type is not None:
-            raise ValueError(f"encoder_hid_dim_type {encoder_hid_dim_type!r} is not supported (only 'text_proj')")
+            if encoder_hid_dim_type == "text_proj":
+                self.encoder_hid_proj = nn.Linear(encoder_hid_dim, cross_attention_dim)
+            elif encoder_hid_dim_type == "text_image_proj":
+                self.encoder_hid_proj = TextImageProjection(
+                    text_embed_dim=encoder_hid_dim,
+                    image_embed_dim=cross_attention_dim,
+                    cross_attention_dim=cross_attention_dim,
+                )
+            elif encoder_hid_dim_type == "image_proj":
+                self.encoder_hid_proj = ImageProjection(
+                    image_embed_dim=encoder_hid_dim, cross_attention_dim=cross_attention_dim
+                )
+            else:
+                raise ValueError(
+                    f"unknown encoder_hid_dim_type {encoder_hid_dim_type!r}; expected 'text_proj', "
+                    "'text_image_proj' or 'image_proj'"
+                )
 
         self.class_embedding = class_embedding(
             class_embed_type,
@@ -197,6 +230,7 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
             allow_projection=True,
         )
 
+        self.add_embedding: nn.Module
         if addition_embed_type == "text_time":
             if addition_time_embed_dim is None or projection_class_embeddings_input_dim is None:
                 raise ValueError(
@@ -205,8 +239,25 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
                 )
             self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
             self.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
+        elif addition_embed_type == "text":
+            text_dim = encoder_hid_dim if encoder_hid_dim is not None else cross_attention_dim
+            if not isinstance(text_dim, int):
+                raise ValueError("addition_embed_type='text' needs encoder_hid_dim or an int cross_attention_dim")
+            self.add_embedding = TextTimeEmbedding(text_dim, time_embed_dim, num_heads=addition_embed_type_num_heads)
+        elif addition_embed_type == "text_image":
+            if not isinstance(cross_attention_dim, int):
+                raise ValueError("addition_embed_type='text_image' needs an int cross_attention_dim")
+            self.add_embedding = TextImageTimeEmbedding(cross_attention_dim, cross_attention_dim, time_embed_dim)
+        elif addition_embed_type in ("image", "image_hint"):
+            if encoder_hid_dim is None:
+                raise ValueError(f"addition_embed_type={addition_embed_type!r} needs encoder_hid_dim")
+            make = ImageTimeEmbedding if addition_embed_type == "image" else ImageHintTimeEmbedding
+            self.add_embedding = make(image_embed_dim=encoder_hid_dim, time_embed_dim=time_embed_dim)
         elif addition_embed_type is not None:
-            raise ValueError(f"addition_embed_type {addition_embed_type!r} is not supported (only 'text_time')")
+            raise ValueError(
+                f"unknown addition_embed_type {addition_embed_type!r}; expected 'text', 'text_image', "
+                "'text_time', 'image' or 'image_hint'"
+            )
         self.time_embed_act = get_activation(time_embedding_act_fn) if time_embedding_act_fn is not None else None
 
         # -- blocks --
@@ -221,6 +272,9 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
             downsample_padding=downsample_padding,
             use_linear_projection=use_linear_projection,
             upcast_attention=upcast_attention,
+            resnet_skip_time_act=resnet_skip_time_act,
+            resnet_out_scale_factor=resnet_out_scale_factor,
+            cross_attention_norm=cross_attention_norm,
         )
         self.down_blocks = build_down_blocks(
             down_block_types,
@@ -249,7 +303,8 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
                 num_attention_heads=heads[-1],
                 cross_attention_dim=cross_dims[-1],
                 attention_head_dim=head_dims[-1],
-                only_cross_attention=False,  # Diffusers' cross-attention mid block ignores it too
+                # read by the simple-cross-attention mid block only (Diffusers' cross-attention one ignores it)
+                only_cross_attention=mid_only_cross,
             ),
         )
 
@@ -298,7 +353,9 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
         timestep_cond: torch.Tensor | None,
         class_labels: torch.Tensor | None,
         added_cond_kwargs: dict[str, torch.Tensor] | None,
-    ) -> torch.Tensor:
+        encoder_hidden_states: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The embedding the blocks get, and the encoded hint image (``image_hint`` only)."""
         t_emb = self.time_proj(timesteps_tensor(timestep, sample)).to(dtype=sample.dtype)
         emb: torch.Tensor = self.time_embedding(t_emb, timestep_cond)
         if self.class_embedding is not None:
@@ -308,20 +365,53 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
                 class_labels = self.time_proj(class_labels).to(dtype=sample.dtype)
             class_emb = self.class_embedding(class_labels).to(dtype=sample.dtype)
             emb = torch.cat([emb, class_emb], dim=-1) if self.config.class_embeddings_concat else emb + class_emb
-        if self.config.addition_embed_type == "text_time":
+        hint: torch.Tensor | None = None
+        kind = self.config.addition_embed_type
+        if kind is not None:
             extra = added_cond_kwargs or {}
-            missing = [k for k in ("text_embeds", "time_ids") if k not in extra]
+            needed = _ADDED_COND_KEYS.get(kind, ())
+            missing = [k for k in needed if k not in extra]
             if missing:
                 raise ValueError(
-                    f"this UNet has addition_embed_type='text_time': pass {' and '.join(missing)} in added_cond_kwargs"
+                    f"this UNet has addition_embed_type={kind!r}: pass {' and '.join(missing)} in added_cond_kwargs"
                 )
-            text_embeds, time_ids = extra["text_embeds"], extra["time_ids"]
-            time_embeds = self.add_time_proj(time_ids.flatten()).reshape(text_embeds.shape[0], -1)
-            add_embeds = torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype)
-            emb = emb + self.add_embedding(add_embeds)
+            if kind == "text_time":
+                text_embeds, time_ids = extra["text_embeds"], extra["time_ids"]
+                time_embeds = self.add_time_proj(time_ids.flatten()).reshape(text_embeds.shape[0], -1)
+                add_embeds = torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype)
+                emb = emb + self.add_embedding(add_embeds)
+            elif kind == "text":
+                emb = emb + self.add_embedding(encoder_hidden_states)
+            elif kind == "text_image":
+                text = extra.get("text_embeds", encoder_hidden_states)
+                emb = emb + self.add_embedding(text, extra["image_embeds"])
+            elif kind == "image":
+                emb = emb + self.add_embedding(extra["image_embeds"])
+            else:  # image_hint
+                aug, hint = self.add_embedding(extra["image_embeds"], extra["hint"])
+                emb = emb + aug
         if self.time_embed_act is not None:
             emb = self.time_embed_act(emb)
-        return emb
+        return emb, hint
+
+    def _encoder_states(
+        self, encoder_hidden_states: torch.Tensor, added_cond_kwargs: dict[str, torch.Tensor] | None
+    ) -> torch.Tensor:
+        """The encoder states through ``encoder_hid_proj`` (by ``encoder_hid_dim_type``)."""
+        kind = self.config.encoder_hid_dim_type
+        if self.encoder_hid_proj is None:
+            return encoder_hidden_states
+        if kind == "text_proj":
+            out: torch.Tensor = self.encoder_hid_proj(encoder_hidden_states)
+            return out
+        image_embeds = (added_cond_kwargs or {}).get("image_embeds")
+        if image_embeds is None:
+            raise ValueError(f"this UNet has encoder_hid_dim_type={kind!r}: pass image_embeds in added_cond_kwargs")
+        if kind == "text_image_proj":
+            out = self.encoder_hid_proj(encoder_hidden_states, image_embeds)
+        else:
+            out = self.encoder_hid_proj(image_embeds)
+        return out
 
     def forward(
         self,
@@ -356,9 +446,12 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
 
-        emb = self._time_embedding(sample, timestep, timestep_cond, class_labels, added_cond_kwargs)
-        if self.encoder_hid_proj is not None:
-            encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)
+        emb, hint = self._time_embedding(
+            sample, timestep, timestep_cond, class_labels, added_cond_kwargs, encoder_hidden_states
+        )
+        if hint is not None:
+            sample = torch.cat([sample, hint], dim=1)
+        encoder_hidden_states = self._encoder_states(encoder_hidden_states, added_cond_kwargs)
         sample = self.conv_in(sample)
 
         is_controlnet = mid_block_additional_residual is not None and down_block_additional_residuals is not None

@@ -22,6 +22,7 @@ __all__ = [
     "Attention",
     "AttentionProcessor",
     "AttentionProcessorMixin",
+    "AttnAddedKVProcessor",
     "AttnProcessor",
     "BasicTransformerBlock",
     "FeedForward",
@@ -79,6 +80,53 @@ class AttnProcessor:
 _DEFAULT_PROCESSOR = AttnProcessor()
 
 
+class AttnAddedKVProcessor:
+    """Attention with added key/value projections (unCLIP, DeepFloyd IF and Kandinsky UNets): the
+    queries come from the group-normed feature map, the keys and values are the encoder states
+    through ``add_k_proj`` / ``add_v_proj`` followed (unless ``only_cross_attention``) by the
+    feature map's own ``to_k`` / ``to_v``; the result is added to the input.
+
+    ``hidden_states``: ``(batch, channels, height, width)``; ``encoder_hidden_states``:
+    ``(batch, seq, added_kv_proj_dim)``; ``attention_mask``: additive, over the encoder positions
+    (the feature-map positions are never masked).
+    """
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if attn.add_k_proj is None or attn.add_v_proj is None:
+            raise ValueError("AttnAddedKVProcessor needs an Attention built with added_kv_proj_dim")
+        residual = hidden_states
+        b, c = hidden_states.shape[:2]
+        tokens = hidden_states.reshape(b, c, -1).transpose(1, 2)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = tokens
+        elif attn.norm_cross is not None:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        if attn.group_norm is not None:
+            tokens = attn.group_norm(tokens.transpose(1, 2)).transpose(1, 2)
+        q = attn._heads(attn.to_q(tokens))
+        k = attn._heads(attn.add_k_proj(encoder_hidden_states))
+        v = attn._heads(attn.add_v_proj(encoder_hidden_states))
+        if not attn.only_cross_attention:
+            k = torch.cat([k, attn._heads(attn.to_k(tokens))], dim=2)
+            v = torch.cat([v, attn._heads(attn.to_v(tokens))], dim=2)
+        mask = attn.prepare_attention_mask(attention_mask, q)
+        if mask is not None and mask.shape[-1] < k.shape[2]:  # the feature-map keys stay visible
+            mask = F.pad(mask, (0, k.shape[2] - mask.shape[-1]), value=0.0)
+        out = attention(q, k, v, attn_mask=mask, scale=attn.scale, backend=attn.attention_backend)
+        out = attn.project_out(out)
+        return out.transpose(1, 2).reshape(residual.shape) + residual
+
+
+_ADDED_KV_PROCESSOR = AttnAddedKVProcessor()
+
+
 class Attention(nn.Module):
     """Multi-head (self or cross) attention with Diffusers' parameter names.
 
@@ -114,6 +162,9 @@ class Attention(nn.Module):
         out_dim: int | None = None,
         elementwise_affine: bool = True,
         processor: AttentionProcessor | None = None,
+        added_kv_proj_dim: int | None = None,
+        added_proj_bias: bool = True,
+        only_cross_attention: bool = False,
     ) -> None:
         super().__init__()
         from .normalization import SpatialNorm
@@ -156,15 +207,32 @@ class Attention(nn.Module):
         elif cross_attention_norm == "layer_norm":
             self.norm_cross = nn.LayerNorm(self.cross_attention_dim)
         elif cross_attention_norm == "group_norm":
-            self.norm_cross = nn.GroupNorm(cross_attention_norm_num_groups, self.cross_attention_dim, eps=1e-5)
+            # with added key/value projections the norm sees the unprojected encoder states
+            norm_channels = added_kv_proj_dim if added_kv_proj_dim is not None else self.cross_attention_dim
+            self.norm_cross = nn.GroupNorm(cross_attention_norm_num_groups, norm_channels, eps=1e-5)
         else:
             raise ValueError(f"unknown cross_attention_norm {cross_attention_norm!r}")
 
+        if only_cross_attention and added_kv_proj_dim is None:
+            raise ValueError("Attention: only_cross_attention=True needs added_kv_proj_dim")
+        self.only_cross_attention = only_cross_attention
+        self.added_kv_proj_dim = added_kv_proj_dim
         self.to_q = nn.Linear(query_dim, self.inner_dim, bias=bias)
-        self.to_k = nn.Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
-        self.to_v = nn.Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
+        if only_cross_attention:  # the added projections are the only keys and values
+            self.register_module("to_k", None)
+            self.register_module("to_v", None)
+        else:
+            self.to_k = nn.Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
+            self.to_v = nn.Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
+        # added key/value projections of the encoder states (unCLIP / IF / Kandinsky simple cross-attention)
+        self.add_k_proj: nn.Linear | None = None
+        self.add_v_proj: nn.Linear | None = None
+        if added_kv_proj_dim is not None:
+            self.add_k_proj = nn.Linear(added_kv_proj_dim, self.inner_dim, bias=added_proj_bias)
+            self.add_v_proj = nn.Linear(added_kv_proj_dim, self.inner_dim, bias=added_proj_bias)
         self.to_out = nn.ModuleList([nn.Linear(self.inner_dim, self.out_dim, bias=out_bias), nn.Dropout(dropout)])
-        self.processor: AttentionProcessor = processor if processor is not None else _DEFAULT_PROCESSOR
+        default = _ADDED_KV_PROCESSOR if added_kv_proj_dim is not None else _DEFAULT_PROCESSOR
+        self.processor: AttentionProcessor = processor if processor is not None else default
 
     # -- steps a processor strings together ------------------------------------------------
 
@@ -239,7 +307,7 @@ class Attention(nn.Module):
     @torch.no_grad()
     def fuse_projections(self) -> None:
         """Concatenate the q/k/v (self attention) or k/v (cross attention) projections into one matmul."""
-        if self.fused_projections:
+        if self.fused_projections or self.added_kv_proj_dim is not None:  # added-KV attention: nothing to fuse
             return
         dev, dtype = self.to_q.weight.device, self.to_q.weight.dtype
         has_bias = self.to_q.bias is not None
