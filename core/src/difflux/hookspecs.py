@@ -3,6 +3,14 @@
 A plugin is a module named by an entry point in the group ``difflux``; it implements any of
 these functions, decorated with ``@difflux.hookimpl``.  An implementation may take fewer
 arguments than the spec, so specs only ever grow by optional arguments.
+
+Implementations are called newest-registered first (core's own plugin registered first, so it
+runs last); ``@hookimpl(tryfirst=True)`` / ``trylast=True`` move one to the front / back.
+
+A ``firstresult`` resolver returns ``None`` for a name it does not own, and *raises* (a
+``difflux.LoadError`` / ``UnknownClassError`` with a message, or an ``OSError``) for a name it owns
+but cannot find. Any other exception from a behaviour hook, or a result of the wrong type,
+becomes a ``difflux.PluginError`` naming the plugin and the hook (see docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -113,7 +121,8 @@ def difflux_resolve_pretrained(name_or_path: str, options: LoadOptions) -> Path 
 
     :param name_or_path: what the user passed to ``from_pretrained``.
     :param options: the load options (revision, cache_dir, token, ...).
-    :return: the local folder, or ``None`` to let another plugin try.
+    :return: the local folder (``str`` or ``os.PathLike``), or ``None`` to let another plugin try.
+    :raises difflux.LoadError: a name this plugin owns (a repo id, for the hub) that cannot be found.
     """
 
 
