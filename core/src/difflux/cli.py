@@ -458,11 +458,10 @@ def _scheduler_for(pipe: Any, wanted: str) -> Any:
     valid = [*sorted(classes), *aliases]
     by_fold = {v.casefold(): v for v in valid}
     close = difflib.get_close_matches(wanted.casefold(), list(by_fold), n=1, cutoff=0.7)
-    parts = [f"--scheduler {wanted!r} is not a scheduler or sampler name for {name} (scheduler {own})"]
+    message = f"--scheduler {wanted!r} is not a scheduler or sampler name for {name} (scheduler {own})"
     if close:
-        parts.append(f"did you mean {by_fold[close[0]]!r}?")
-    parts.append(f"valid names: {', '.join(valid) or own}")
-    raise UsageError("; ".join(parts))
+        message += f"; did you mean {by_fold[close[0]]!r}?"
+    raise UsageError(f"{message} (valid names: {', '.join(valid) or own})")
 
 
 def _write_output(path: Path, result: Any, pipe: Any) -> str:
