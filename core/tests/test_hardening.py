@@ -299,17 +299,18 @@ def test_other_json_files_of_a_component_folder_are_checked_before_any_loader_op
     assert str(target) in str(info.value) and (words in str(info.value) or "larger than" in str(info.value))
 
 
+@pytest.mark.parametrize("device_map", [None, "auto"])
 @pytest.mark.parametrize("kind", ["fifo", "link-to-fifo", "link-to-dev-zero", "folder"])
 @pytest.mark.parametrize("file", ["diffusion_pytorch_model.safetensors", "shard"])
 def test_weight_files_must_be_regular_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, file: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, file: str, device_map: str | None
 ) -> None:
     folder = _saved_model(tmp_path, shards=file == "shard")
     target = folder / file if file != "shard" else sorted(folder.glob("diffusion_pytorch_model-*.safetensors"))[0]
     target.unlink()
     BAD_FILES[kind][0](target, monkeypatch)
     with pytest.raises(LoadError) as info:
-        Net.from_pretrained(folder)
+        Net.from_pretrained(folder, device_map=device_map)
     assert str(target) in str(info.value) and BAD_FILES[kind][1] in str(info.value)
 
 

@@ -353,6 +353,13 @@ def _find_format(folder: Path, prefix: str, variant: str | None, fmt: Format) ->
     return None
 
 
+def _regular(found: WeightFiles) -> WeightFiles:
+    """``found``, once every file in it is known to be a regular file (whoever opens them next)."""
+    for path in found.files:
+        check_regular_file(path, "weights", error=LoadError)
+    return found
+
+
 def find_weight_files(
     folder: str | os.PathLike[str],
     *,
@@ -365,17 +372,18 @@ def find_weight_files(
     ``use_safetensors``: ``None`` or ``True`` read safetensors only (the error says how to opt in
     to ``.bin``); ``False`` also allows pickled ``.bin`` files when there is no safetensors file.
     Sharded checkpoints are found through their index, whose entries must stay inside ``folder``.
+    Every file returned is a regular file (a FIFO or a device in its place is a :class:`LoadError`).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise LoadError(f"{folder}: no such folder")
     found = _find_format(folder, prefix, variant, "safetensors")
     if found is not None:
-        return found
+        return _regular(found)
     pickled = _find_format(folder, prefix, variant, "bin")
     if pickled is not None:
         if use_safetensors is False:
-            return pickled
+            return _regular(pickled)
         if use_safetensors is None:
             raise LoadError(
                 f"{folder}: holds only pickled weights ({pickled.describe()}); difflux does not read "
