@@ -6,6 +6,7 @@ The sliced backend is checked against core's reference backend (same numbers, fl
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from difflux.modeling import ModelMixin
 from difflux.pipeline import DiffusionPipeline
 from difflux.registry import get_registry, reset_registry
 from difflux.sliced_attention import SLICED_BACKEND, check_slice_size, heads_per_slice, sliced_attention
+from difflux.testing import AttentionBackendConformance
 
 Calls = list[tuple[str, tuple[int, ...], dict[str, Any]]]
 
@@ -358,3 +360,40 @@ def test_xformers_switch_passes_the_op_and_refuses_when_unavailable(clean: pytes
     with pytest.raises(ConfigError, match=r"'xformers'.*not usable here: xformers is not installed"):
         pipe.enable_xformers_memory_efficient_attention()
     assert pipe.net.a.attention_backend is None  # type: ignore[attr-defined]
+
+
+# -- the shared conformance kit, and the GPU ----------------------------------------------------------
+
+
+class TestSlicedConformance(AttentionBackendConformance):
+    """``sliced`` with one head and three queries at a time, on whatever backend runs each slice."""
+
+    backend_name = AttentionBackendChoice(SLICED_BACKEND, slice_size="max", query_chunk_size=3)
+
+    def kernel(self) -> Any:
+        return functools.partial(sliced_attention, **self.backend_name.options)
+
+
+class TestSlicedAutoConformance(AttentionBackendConformance):
+    backend_name = SLICED_BACKEND
+    dtypes = (torch.float32,)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_slicing_lowers_measured_peak_memory_on_cuda() -> None:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 8, 4096, 40, generator=g, device="cuda", dtype=torch.float16) for _ in range(3))
+
+    def peak(backend: str) -> tuple[int, torch.Tensor]:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = attention(q, k, v, backend=backend)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base, out
+
+    math_peak, plain = peak("reference")  # float32 scores: (2, 8, 4096, 4096) is 1 GiB
+    sliced_peak, sliced = peak(AttentionBackendChoice(SLICED_BACKEND, slice_size="max", inner="reference"))
+    assert math_peak >= 2**30 and sliced_peak <= math_peak / 8
+    assert (plain.float() - sliced.float()).abs().max().item() <= 1e-3

@@ -18,6 +18,7 @@ from difflux.cli import plugins_report
 from difflux.errors import ConfigError
 from difflux.modeling import ModelMixin
 from difflux.registry import get_registry, reset_registry
+from difflux.testing import AttentionBackendConformance
 from difflux_attention_flash import BACKEND_NAME, INSTALL
 from difflux_attention_flash.kernel import flash_attention
 
@@ -122,3 +123,26 @@ def test_matches_reference_on_cuda(registry: None, dtype: torch.dtype, causal: b
     exact = reference_attention(q.double(), k.double(), v.double(), None, None, causal)
     err = (got.double() - exact).abs().max().item()
     assert got.dtype == dtype and err <= {torch.float16: 3e-3, torch.bfloat16: 2e-2}[dtype], f"{err:.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and HAS_FLASH), reason="needs CUDA and flash-attn")
+class TestFlashConformance(AttentionBackendConformance):
+    backend_name = BACKEND_NAME
+    device = "cuda"
+    dtypes = (torch.float16, torch.bfloat16)
+
+    @pytest.mark.parametrize(("n_q", "n_k"), [(3, 8), (8, 3), (1, 1)])
+    def test_causal_is_top_left_aligned_for_unequal_lengths(self, n_q: int, n_k: int) -> None:
+        """flash-attn's causal mode is bottom-right: unequal lengths are refused, equal ones match."""
+        q, k, v = self.inputs(2, n_q, n_k, 64, torch.float16)
+        if n_q == n_k:
+            self.assert_matches_reference(q, k, v, causal=True)
+            return
+        with pytest.raises(AttentionBackendError, match="bottom-right"):
+            attention(q, k, v, None, None, True, backend=self.backend_name)
+
+    def test_value_head_dim_may_differ(self) -> None:
+        q, k, v = self.inputs(4, 5, 6, 64, torch.float16, v_dim=128)
+        with pytest.raises(AttentionBackendError, match="equal q and v head dims"):
+            attention(q, k, v, backend=self.backend_name)

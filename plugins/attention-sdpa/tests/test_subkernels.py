@@ -1,7 +1,8 @@
 """SDPA's pinned sub-kernels and flex_attention, against core's reference backend.
 
-On the CPU: ``sdpa-flash`` (torch's CPU flash kernel), ``sdpa-math`` and ``flex`` run and are
-compared; ``sdpa-efficient`` / ``sdpa-cudnn`` are unavailable with the reason. On a GPU
+On the CPU: ``sdpa-flash`` (torch's CPU flash kernel), ``sdpa-math`` and ``flex`` run the shared
+conformance kit (reference parity over masks, causal, dtypes, head dims, scales); ``sdpa-efficient``
+/ ``sdpa-cudnn`` are unavailable with the reason. On a GPU
 (``gpu`` mark) every one runs against the reference computed in float64.
 """
 
@@ -17,10 +18,10 @@ from difflux.cli import plugins_report
 from difflux.errors import ConfigError
 from difflux.modeling import ModelMixin
 from difflux.registry import get_registry, reset_registry
+from difflux.testing import AttentionBackendConformance
 from difflux_attention_sdpa.kernels import cuda_probe, flash_accepts, flex_accepts
 
 SUBKERNELS = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "flex")
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 
 @pytest.fixture
@@ -58,18 +59,6 @@ def _against_reference(name: str, q: Any, k: Any, v: Any, mask: Any, scale: Any,
     wide = mask.double() if mask is not None and mask.dtype != torch.bool else mask
     exact = reference_attention(q.double(), k.double(), v.double(), wide, scale, causal)
     return float((got.double() - exact).abs().max())
-
-
-@pytest.mark.parametrize("name", ["sdpa-flash", "sdpa-math", "flex"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
-@pytest.mark.parametrize("causal", [False, True])
-def test_cpu_subkernels_match_reference(
-    registry: None, name: str, dtype: torch.dtype, mask_kind: str, causal: bool
-) -> None:
-    q, k, v = _inputs(0, 9, 13, 16, dtype)
-    err = _against_reference(name, q, k, v, _mask(mask_kind, (2, 1, 9, 13), dtype), 0.3, causal)
-    assert err <= TOLERANCE[dtype], f"{name}: max abs error {err:.3g}"
 
 
 def test_pinned_kernel_is_really_pinned(registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,3 +157,69 @@ def test_subkernels_match_reference_on_cuda(
         return
     err = _against_reference(name, q, k, v, mask, None, causal)
     assert err <= GPU_TOLERANCE[dtype], f"{name}: max abs error {err:.3g}"
+
+
+# -- the shared attention-backend conformance kit ---------------------------------------------------
+
+
+class TestSdpaFlashConformance(AttentionBackendConformance):
+    backend_name = "sdpa-flash"
+
+    def test_value_head_dim_may_differ(self) -> None:
+        """torch's flash kernel needs equal q and v head dims: a clear error, not a wrong answer."""
+        q, k, v = self.inputs(4, 5, 6, self.head_dims[0], torch.float32, v_dim=self.head_dims[0] * 2)
+        with pytest.raises(AttentionBackendError, match=r"sdpa-flash.*same last dim"):
+            attention(q, k, v, backend=self.backend_name)
+
+
+class TestSdpaMathConformance(AttentionBackendConformance):
+    backend_name = "sdpa-math"
+
+
+class TestFlexConformance(AttentionBackendConformance):
+    backend_name = "flex"
+    dtypes = (torch.float32, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+class TestSdpaFlashCudaConformance(TestSdpaFlashConformance):
+    device = "cuda"
+    dtypes = (torch.float16, torch.bfloat16)
+
+    def test_value_head_dim_may_differ(self) -> None:  # no mask on CUDA; same check on CUDA inputs
+        q, k, v = self.inputs(4, 5, 6, 64, torch.float16, v_dim=128)
+        with pytest.raises(AttentionBackendError, match="sdpa-flash"):
+            attention(q, k, v, backend=self.backend_name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+class TestSdpaEfficientCudaConformance(AttentionBackendConformance):
+    backend_name = "sdpa-efficient"
+    device = "cuda"
+    head_dims = (8, 40, 64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+class TestSdpaCudnnCudaConformance(AttentionBackendConformance):
+    backend_name = "sdpa-cudnn"
+    device = "cuda"
+    dtypes = (torch.float16, torch.bfloat16)
+    head_dims = (64, 128)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+class TestSdpaMathCudaConformance(AttentionBackendConformance):
+    backend_name = "sdpa-math"
+    device = "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+class TestFlexCudaConformance(AttentionBackendConformance):
+    backend_name = "flex"
+    device = "cuda"
+    head_dims = (16, 64, 128)

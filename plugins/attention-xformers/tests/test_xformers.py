@@ -24,6 +24,7 @@ from difflux.cli import plugins_report
 from difflux.errors import ConfigError
 from difflux.modeling import ModelMixin
 from difflux.registry import get_registry, reset_registry
+from difflux.testing import AttentionBackendConformance
 from difflux_attention_xformers import BACKEND_NAME, INSTALL
 from difflux_attention_xformers.kernel import aligned_bias, unavailable_reason, xformers_attention
 
@@ -242,3 +243,19 @@ def test_attention_op_reaches_xformers_on_cuda(registry: pytest.MonkeyPatch) -> 
     got = net(x)
     net.disable_xformers_memory_efficient_attention()
     torch.testing.assert_close(got, net(x), atol=3e-3, rtol=0)
+
+
+def test_rows_that_see_no_key_are_zero(fake: list[dict[str, Any]]) -> None:
+    q, k, v = _inputs(2, n_q=4, n_k=4)
+    keep = torch.ones(4, 4, dtype=torch.bool)
+    keep[2] = False
+    got = xformers_attention(q, k, v, keep)
+    assert torch.count_nonzero(got[..., 2, :]) == 0 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, reference_attention(q, k, v, keep))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and HAS_XFORMERS), reason="needs CUDA and xFormers")
+class TestXformersConformance(AttentionBackendConformance):
+    backend_name = BACKEND_NAME
+    device = "cuda"

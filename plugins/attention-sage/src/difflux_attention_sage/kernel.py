@@ -57,7 +57,8 @@ def sage_attention(
     :param scale: ``sm_scale`` (``1 / sqrt(head_dim)`` when ``None``).
     :param is_causal: top-left causal; only with ``seq_q == seq_k``.
     :return: ``(batch, heads, seq_q, head_dim)`` in the dtype of ``q`` (approximate; see the module).
-    :raises AttentionBackendError: a mask, causal with unequal lengths, or sageattention missing.
+    :raises AttentionBackendError: a mask, causal with unequal lengths, different q/v head dims, or
+        sageattention missing.
     """
     if attn_mask is not None:
         raise AttentionBackendError(f"attention backend {BACKEND_NAME!r} takes no attention mask")
@@ -65,6 +66,10 @@ def sage_attention(
         raise AttentionBackendError(
             f"attention backend {BACKEND_NAME!r} does causal attention only with seq_q == seq_k "
             f"(got {q.shape[-2]} and {k.shape[-2]})"
+        )
+    if v.shape[-1] != q.shape[-1]:
+        raise AttentionBackendError(
+            f"attention backend {BACKEND_NAME!r} needs equal q and v head dims (got {q.shape[-1]} and {v.shape[-1]})"
         )
     out = _sageattn()(q, k, v, tensor_layout="HND", is_causal=is_causal, sm_scale=scale)
     return out  # type: ignore[no-any-return]

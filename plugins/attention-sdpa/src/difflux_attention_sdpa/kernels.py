@@ -7,7 +7,7 @@
 - ``sdpa-efficient``: ``SDPBackend.EFFICIENT_ATTENTION`` (the cutlass kernel from xFormers;
   Rabe & Staats 2021). CUDA: fp16/bf16/fp32, head dim a multiple of 8, masks.
 - ``sdpa-cudnn``: ``SDPBackend.CUDNN_ATTENTION`` (cuDNN fused attention). CUDA sm80+: fp16/bf16,
-  head dim <= 128 and a multiple of 8.
+  head dim <= 128 and a multiple of 8, no mask.
 - ``sdpa-math``: ``SDPBackend.MATH`` (torch's composite reference). Anywhere.
 - ``flex``: :func:`torch.nn.attention.flex_attention.flex_attention` (Dong et al. 2024, "Flex
   Attention"). Anywhere; compiled (fused) on CUDA, eager elsewhere (scores materialised).

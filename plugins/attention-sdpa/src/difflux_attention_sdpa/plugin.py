@@ -44,6 +44,7 @@ def difflux_register_attention_backends(register: RegisterAttentionBackend) -> N
         devices={"cuda"},
         dtypes={"float16", "bfloat16"},
         max_head_dim=128,
+        supports_mask=False,  # torch's cuDNN path takes masks only in recent versions / cuDNN builds
         accepts=f"{k}:cudnn_accepts",
         probe=f"{k}:cudnn_probe",
         requires=("torch",),

@@ -65,17 +65,21 @@ def xformers_attention(
         (bool ``False`` is ``-inf``), combined with ``is_causal`` when both are given.
     :param is_causal: top-left aligned causal attention (xFormers' ``LowerTriangularMask``).
     :param attention_op: an xFormers operator passed through as ``op=`` (``None``: xFormers picks).
-    :return: ``(batch, heads, seq_q, head_dim_v)`` in the dtype of ``q``.
+    :return: ``(batch, heads, seq_q, head_dim_v)`` in the dtype of ``q``; query rows that see no
+        key are zeros.
     :raises AttentionBackendError: xFormers is missing, or no operator of it takes these inputs.
     """
     ops = _ops()
     b, h, n_q, _ = q.shape
     n_k = k.shape[-2]
     bias: Any = None
+    blind = None
     if attn_mask is not None:
         full = additive_bias(attn_mask, q.dtype, n_q, n_k, is_causal=is_causal)
         assert full is not None
         bias = aligned_bias(full, (b, h, n_q, n_k))
+        blind = torch.isneginf(full).all(dim=-1, keepdim=True)  # rows with no visible key
+        blind = blind if bool(blind.any()) else None
     elif is_causal:
         bias = ops.LowerTriangularMask()
     try:
@@ -88,4 +92,7 @@ def xformers_attention(
             f"on {q.device.type} (mask {'none' if attn_mask is None else tuple(attn_mask.shape)}, "
             f"op {attention_op!r}): {exc}"
         ) from exc
-    return out.transpose(1, 2)  # type: ignore[no-any-return]
+    out = out.transpose(1, 2)
+    if blind is not None:  # difflux's contract: a query that sees no key gives zeros
+        out = out.masked_fill(blind.expand(b, h, n_q, 1), 0.0)
+    return out  # type: ignore[no-any-return]
