@@ -250,6 +250,19 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "vae_no_mid_attention": ("AutoencoderKL", {**VAE, "mid_block_add_attention": False, "use_quant_conv": False}),
     "vq": ("VQModel", {**VAE, "latent_channels": 3, "num_vq_embeddings": 16}),
     "vq_embed_dim": ("VQModel", {**VAE, "latent_channels": 3, "num_vq_embeddings": 16, "vq_embed_dim": 5}),
+    "movq": (
+        "VQModel",
+        {
+            "block_out_channels": (32, 64),
+            "down_block_types": ("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+            "up_block_types": ("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
+            "latent_channels": 4,
+            "norm_num_groups": 8,
+            "norm_type": "spatial",
+            "num_vq_embeddings": 16,
+            "vq_embed_dim": 4,
+        },
+    ),
     # UNet1DModel
     "dance": (
         "UNet1DModel",

@@ -63,3 +63,35 @@ class TestVQModelConformance(ComponentConformance):
 
     def make_inputs(self) -> dict[str, Any]:
         return {"sample": image(batch=1)}
+
+
+# kandinsky-community/kandinsky-2-2-decoder's "movq", scaled down: spatial-norm decoder (every norm
+# modulated by the quantized latent), attention encoder / decoder blocks. SpatialNorm has 32 groups.
+MOVQ: dict[str, Any] = {
+    "block_out_channels": (32, 64),
+    "down_block_types": ("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+    "up_block_types": ("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "norm_type": "spatial",
+    "num_vq_embeddings": 16,
+    "vq_embed_dim": 4,
+    "sample_size": 16,
+    "layers_per_block": 1,
+}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"norm_type": "group", "up_block_types": ("AttnUpDecoderBlock2D", "AttnUpDecoderBlock2D")}],
+    ids=["movq_spatial", "attention_blocks_group_norm"],
+)
+def test_movq_parity(parity: Any, kit: Any, extra: dict[str, Any]) -> None:
+    result = parity(DVQModel, VQModel, {**MOVQ, **extra}, lambda: {"sample": image()})
+    latents = result.reference.encode(image()).latents
+    with torch.no_grad():
+        kit.assert_close(result.model.decode(latents).sample, result.reference.decode(latents).sample)
+        kit.assert_close(
+            result.model.decode(latents, force_not_quantize=True).sample,
+            result.reference.decode(latents, force_not_quantize=True).sample,
+        )

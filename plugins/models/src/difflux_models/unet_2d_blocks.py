@@ -17,14 +17,16 @@ from torch import nn
 
 from .layers.activations import activate_fresh, get_activation
 from .layers.attention import Attention
-from .layers.resnet import ResnetBlock2D
+from .layers.resnet import ResnetBlock2D, ResnetBlockCondNorm2D
 from .layers.sampling import Downsample2D, Upsample2D
 from .layers.transformer_2d import SpatialTransformer2D
 
 __all__ = [
     "AttentionContext",
     "AttnDownBlock2D",
+    "AttnDownEncoderBlock2D",
     "AttnUpBlock2D",
+    "AttnUpDecoderBlock2D",
     "BlockOptions",
     "CrossAttnDownBlock2D",
     "CrossAttnUpBlock2D",
@@ -85,7 +87,24 @@ class BlockOptions:
             self, skip_time_act=self.resnet_skip_time_act, output_scale_factor=self.resnet_out_scale_factor
         )
 
-    def resnet(self, in_channels: int, out_channels: int, **extra: Any) -> ResnetBlock2D:
+    def resnet(self, in_channels: int, out_channels: int, **extra: Any) -> nn.Module:
+        """A residual block; with ``resnet_time_scale_shift="spatial"`` (MoVQ decoders) one whose
+        norms are :class:`~difflux_models.layers.normalization.SpatialNorm` of ``temb`` (the quantized latent)."""
+        if self.resnet_time_scale_shift == "spatial":
+            if self.temb_channels is None:
+                raise ValueError("spatial-norm residual blocks need temb_channels (the latent channels)")
+            return ResnetBlockCondNorm2D(
+                in_channels=in_channels,
+                out_channels=out_channels,
+                temb_channels=self.temb_channels,
+                eps=self.resnet_eps,
+                groups=self.resnet_groups,
+                dropout=self.dropout,
+                time_embedding_norm="spatial",
+                non_linearity=self.resnet_act_fn,
+                output_scale_factor=self.output_scale_factor,
+                **extra,
+            )
         return ResnetBlock2D(
             in_channels=in_channels,
             out_channels=out_channels,
@@ -148,6 +167,9 @@ class BlockOptions:
         ``None``: no norm)."""
         norm_groups = self.resnet_groups if groups == "resnet" else groups
         assert norm_groups is None or isinstance(norm_groups, int)
+        spatial = self.resnet_time_scale_shift == "spatial"  # MoVQ: a spatial norm of temb instead
+        if spatial:
+            norm_groups = None
 
         def make(i: int, channels: int) -> nn.Module:
             head_dim = self.attention_head_dim if self.attention_head_dim is not None else channels
@@ -161,6 +183,7 @@ class BlockOptions:
                 residual_connection=True,
                 bias=True,
                 upcast_softmax=True,
+                spatial_norm_dim=self.temb_channels if spatial else None,
             )
 
         return make
@@ -265,7 +288,7 @@ def build_up_blocks(
 class OutputHeadMixin:
     """``conv_norm_out``, ``conv_act``, ``conv_out``: how the UNets and the VAE's coders end."""
 
-    conv_norm_out: nn.GroupNorm | None
+    conv_norm_out: nn.Module | None  # a GroupNorm (a SpatialNorm in MoVQ decoders, which run their own head)
     conv_act: nn.Module | None
     conv_out: nn.Conv2d
 
@@ -439,6 +462,15 @@ class DownEncoderBlock2D(DownBlock2D):
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, **_: Any) -> torch.Tensor:  # type: ignore[override]
         hidden_states, _states = super().forward(hidden_states, None)
         return hidden_states
+
+
+class AttnDownEncoderBlock2D(DownEncoderBlock2D):
+    """The VAE encoder's down block with a self-attention layer after each residual block (MoVQ)."""
+
+    def __init__(self, in_channels: int, out_channels: int, options: BlockOptions, add_downsample: bool = True) -> None:
+        DownBlock2D.__init__(
+            self, in_channels, out_channels, options, add_downsample, attention=options.self_attention()
+        )
 
 
 # -- mid blocks ------------------------------------------------------------------------------
@@ -675,6 +707,26 @@ class UpDecoderBlock2D(UpBlock2D):
         return super().forward(hidden_states, (), temb)
 
 
+class AttnUpDecoderBlock2D(UpDecoderBlock2D):
+    """The VAE decoder's up block with a self-attention layer after each residual block (MoVQ:
+    spatial norms of the quantized latent ``temb`` in both)."""
+
+    attentions: nn.ModuleList
+
+    def __init__(self, in_channels: int, out_channels: int, options: BlockOptions, add_upsample: bool = True) -> None:
+        UpBlock2D.__init__(
+            self, in_channels, None, out_channels, options, add_upsample, attention=options.self_attention()
+        )
+
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None, **_: Any) -> torch.Tensor:  # type: ignore[override]
+        for resnet, attn in zip(self.resnets, self.attentions, strict=True):
+            hidden_states = attn(resnet(hidden_states, temb), temb=temb)
+        if self.upsamplers is not None:
+            for up in self.upsamplers:
+                hidden_states = up(hidden_states)
+        return hidden_states
+
+
 # -- registries ------------------------------------------------------------------------------
 
 
@@ -699,6 +751,8 @@ def get_down_block(
         return AttnDownBlock2D(in_channels, out_channels, options, add_downsample, downsample_type or "conv")
     if block_type == "DownEncoderBlock2D":
         return DownEncoderBlock2D(in_channels, out_channels, options, add_downsample)
+    if block_type == "AttnDownEncoderBlock2D":
+        return AttnDownEncoderBlock2D(in_channels, out_channels, options, add_downsample)
     if block_type == "SimpleCrossAttnDownBlock2D":
         if options.cross_attention_dim is None:
             raise ValueError("SimpleCrossAttnDownBlock2D needs cross_attention_dim")
@@ -735,6 +789,8 @@ def get_up_block(
         )
     if block_type == "UpDecoderBlock2D":
         return UpDecoderBlock2D(in_channels, out_channels, options, add_upsample)
+    if block_type == "AttnUpDecoderBlock2D":
+        return AttnUpDecoderBlock2D(in_channels, out_channels, options, add_upsample)
     if block_type == "SimpleCrossAttnUpBlock2D":
         if options.cross_attention_dim is None:
             raise ValueError("SimpleCrossAttnUpBlock2D needs cross_attention_dim")
@@ -803,6 +859,7 @@ DOWN_BLOCK_TYPES = (
     "CrossAttnDownBlock2D",
     "AttnDownBlock2D",
     "DownEncoderBlock2D",
+    "AttnDownEncoderBlock2D",
     "ResnetDownsampleBlock2D",
     "SimpleCrossAttnDownBlock2D",
     *(t for t in _EXTRA_BLOCKS if "Down" in t),
@@ -812,6 +869,7 @@ UP_BLOCK_TYPES = (
     "CrossAttnUpBlock2D",
     "AttnUpBlock2D",
     "UpDecoderBlock2D",
+    "AttnUpDecoderBlock2D",
     "ResnetUpsampleBlock2D",
     "SimpleCrossAttnUpBlock2D",
     *(t for t in _EXTRA_BLOCKS if "Up" in t),

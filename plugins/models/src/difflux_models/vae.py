@@ -13,6 +13,7 @@ from difflux.torch_utils import randn_tensor
 from torch import nn
 
 from .layers.attention import AttentionProcessorMixin
+from .layers.normalization import SpatialNorm
 from .unet_2d_blocks import (
     BlockOptions,
     OutputHeadMixin,
@@ -99,15 +100,18 @@ class Decoder(nn.Module, OutputHeadMixin):
         mid_block_add_attention: bool = True,
     ) -> None:
         super().__init__()
-        if norm_type != "group":
-            raise ValueError(f"decoder norm_type {norm_type!r} is not supported by difflux (only 'group')")
+        if norm_type not in ("group", "spatial"):
+            raise ValueError(f"unknown decoder norm_type {norm_type!r}; expected 'group' or 'spatial' (MoVQ)")
+        # spatial (MoVQ): every norm is modulated by the quantized latent, which has in_channels channels
+        spatial = norm_type == "spatial"
         self.conv_in = nn.Conv2d(in_channels, block_out_channels[-1], kernel_size=3, stride=1, padding=1)
         base = BlockOptions(
             num_layers=layers_per_block + 1,
-            temb_channels=None,
+            temb_channels=in_channels if spatial else None,
             resnet_eps=1e-6,
             resnet_act_fn=act_fn,
             resnet_groups=norm_num_groups,
+            resnet_time_scale_shift="spatial" if spatial else "default",
         )
         # Diffusers registers up_blocks before mid_block but builds the mid block first
         self.up_blocks = nn.ModuleList()
@@ -124,14 +128,26 @@ class Decoder(nn.Module, OutputHeadMixin):
                 skip_connections=False,
             )
         )
-        self._init_output_head(block_out_channels[0], out_channels, groups=norm_num_groups, eps=1e-6, act_fn=act_fn)
+        if spatial:
+            self.conv_norm_out = SpatialNorm(block_out_channels[0], in_channels)
+            self.conv_act = nn.SiLU()
+            self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+        else:
+            self._init_output_head(block_out_channels[0], out_channels, groups=norm_num_groups, eps=1e-6, act_fn=act_fn)
 
     def forward(self, sample: torch.Tensor, latent_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """``latent_embeds``: the quantized latent, needed by a spatial-norm (MoVQ) decoder."""
         sample = self.conv_in(sample)
         up_dtype = next(iter(self.up_blocks.parameters())).dtype
         sample = self.mid_block(sample, latent_embeds).to(up_dtype)
         for block in self.up_blocks:
             sample = block(sample, latent_embeds)
+        if isinstance(self.conv_norm_out, SpatialNorm):
+            if latent_embeds is None:
+                raise ValueError("a spatial-norm (MoVQ) decoder needs latent_embeds, the quantized latent")
+            assert self.conv_act is not None
+            out: torch.Tensor = self.conv_out(self.conv_act(self.conv_norm_out(sample, latent_embeds)))
+            return out
         return self._output_head(sample)
 
 
@@ -192,10 +208,13 @@ class AutoencoderBase(ModelMixin, AttentionProcessorMixin):
         return h
 
     def _decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """``post_quant_conv`` (when there is one), then the decoder."""
+        """``post_quant_conv`` (when there is one), then the decoder (a spatial-norm decoder also
+        gets ``z`` itself, the quantized latent)."""
+        quant = z
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
-        out: torch.Tensor = self.decoder(z)
+        spatial = isinstance(self.decoder.conv_norm_out, SpatialNorm)
+        out: torch.Tensor = self.decoder(z, quant if spatial else None)
         return out
 
 
