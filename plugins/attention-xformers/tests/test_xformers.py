@@ -5,6 +5,7 @@ reference, and the real xFormers against the reference on a GPU (``gpu`` mark)."
 from __future__ import annotations
 
 import importlib.machinery
+import io
 import sys
 import types
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from difflux.attention import (
     reference_attention,
     set_attention_backend,
 )
-from difflux.cli import plugins_report
+from difflux.cli import main, plugins_report
 from difflux.errors import ConfigError
 from difflux.modeling import ModelMixin
 from difflux.registry import get_registry, reset_registry
@@ -73,6 +74,10 @@ def test_installs_and_shows_unavailable_with_the_extra(registry: pytest.MonkeyPa
     assert why == unavailable_reason() and INSTALL in (why or "")
     entry = next(b for p in plugins_report()["plugins"] for b in p["attention_backends"] if b["name"] == BACKEND_NAME)
     assert entry["available"] is False and "difflux-attention-xformers[xformers]" in entry["unavailable"]
+    text = io.StringIO()
+    assert main(["plugins"], text) == 0  # what `difflux plugins` prints
+    line = next(ln for ln in text.getvalue().splitlines() if "attention backend  xformers" in ln)
+    assert "devices cuda" in line and f"UNAVAILABLE: {why}" in line
     net = _Net()
     with pytest.raises(ConfigError, match=r"'xformers'.*not usable here.*difflux-attention-xformers\[xformers\]"):
         net.enable_xformers_memory_efficient_attention()
