@@ -387,3 +387,34 @@ def test_strategy_name_clash_is_an_error() -> None:
             reset_registry([("clash", plugin)])
     finally:
         reset_registry()
+
+
+def test_group_offload_on_a_model_mixin() -> None:
+    from difflux.modeling import ModelMixin
+
+    class Net(ModelMixin):
+        def __init__(self, width: int = 8) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Block(width, width) for _ in range(3)])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    expected = net(torch.ones(1, 8))
+    net.enable_group_offload("meta", num_blocks_per_group=2)
+    seen: list[tuple[str, ...]] = []
+    Block.probe = lambda block: seen.append(tuple(b.weight.device.type for b in net.blocks))
+    try:
+        assert net(torch.ones(1, 8)).device.type == "meta"
+    finally:
+        Block.probe = None
+    assert seen == [("meta", "meta", "cpu")] * 2 + [("cpu", "cpu", "meta")]
+    net.disable_group_offload()
+    assert not any(hasattr(m, "_hf_hook") for m in net.modules())
+    torch.testing.assert_close(net(torch.ones(1, 8)), expected, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="keeps weights on the CPU"):
+        net.enable_group_offload("cpu", offload_device="cuda")

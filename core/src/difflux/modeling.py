@@ -485,7 +485,8 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
 
         if _device_map.is_dispatch(options.device_map):  # per-module placement, maybe partly on disk
             dispatched, dispatch_info = _device_map.load_dispatched(cls, folder, options, config, component)
-            return (dispatched, dispatch_info) if options.output_loading_info else dispatched
+            ready = typing.cast(Self, dispatched)
+            return (ready, dispatch_info) if options.output_loading_info else ready
         dtype = options.dtype_for(component)
         raw = options.torch_dtype
         if isinstance(raw, Mapping):
@@ -721,6 +722,47 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
         from .optimize import optimize_model
 
         return optimize_model(self, mode, skip=skip, only=only, **options)
+
+    def enable_group_offload(
+        self,
+        onload_device: str | torch.device,
+        offload_device: str | torch.device = "cpu",
+        offload_type: str = "block_level",
+        num_blocks_per_group: int | None = None,
+        use_stream: bool = True,
+        pin_memory: bool | None = None,
+    ) -> None:
+        """Keep this model's weights on the CPU and move groups of layers to ``onload_device`` as they
+        run (:func:`difflux.offload.apply_group_offload`; see ``docs/memory.md``): blocks of
+        ``num_blocks_per_group`` per ``ModuleList`` (``"block_level"``) or single leaves
+        (``"leaf_level"``), the next group prefetched on a side stream when ``use_stream`` and the
+        device has streams. Enabling again replaces the hooks; :meth:`disable_group_offload` removes them.
+
+        :raises ConfigError: a bad ``offload_type``/``num_blocks_per_group`` or an ``offload_device``
+            other than the CPU.
+        """
+        from . import offload
+
+        if torch.device(offload_device).type != "cpu":
+            raise ConfigError(f"offload_device={offload_device}: group offload keeps weights on the CPU; pass 'cpu'")
+        self.disable_group_offload()
+        self.__dict__["_difflux_group_offload"] = offload.apply_group_offload(
+            self,
+            torch.device(onload_device),
+            offload_type=offload_type,  # type: ignore[arg-type]
+            num_blocks_per_group=num_blocks_per_group,
+            use_stream=use_stream,
+            pin_memory=pin_memory,
+        )
+
+    def disable_group_offload(self) -> None:
+        """Remove group-offload hooks: the model whole, with real weights, on the CPU."""
+        from accelerate.hooks import remove_hook_from_module
+
+        run = self.__dict__.pop("_difflux_group_offload", None)
+        if run is not None:
+            run.free()
+            remove_hook_from_module(self, recurse=True)
 
     def num_parameters(self, only_trainable: bool = False) -> int:
         """Number of parameter elements (tied parameters counted once)."""
