@@ -325,6 +325,7 @@ def test_options_that_depend_on_the_model_are_refused_before_it_runs(
     argv = ["generate", str(tiny_folder), "--output", str(output)]
     if option[0] != "--output-name":
         argv += option
+
     @functools.wraps(real_call)
     def spy(*args: Any, **kwargs: Any) -> Any:
         calls.append("ran")

@@ -620,8 +620,10 @@ class Registry:
                     "a name must be a non-empty string"
                 )
             if not (callable(ref) or (isinstance(ref, str) and ":" in ref)):
-                raise PluginError(f"plugin {plugin!r} registered offload strategy {name!r} as {ref!r}; "
-                                  "pass a callable or a lazy 'package.module:function' string")
+                raise PluginError(
+                    f"plugin {plugin!r} registered offload strategy {name!r} as {ref!r}; "
+                    "pass a callable or a lazy 'package.module:function' string"
+                )
             self._put(self.offload_strategies, name, Registration("offload strategy", name, ref, plugin))
 
         return register

@@ -174,9 +174,7 @@ class PipelineConformance:
         handles = []
         for component in pipe.components.values():
             if isinstance(component, torch.nn.Module):
-                handles.append(
-                    component.register_forward_hook(lambda *_: grad_seen.append(torch.is_grad_enabled()))
-                )
+                handles.append(component.register_forward_hook(lambda *_: grad_seen.append(torch.is_grad_enabled())))
                 for p in component.parameters():
                     if p.is_floating_point():
                         p.requires_grad_(True)
