@@ -14,6 +14,7 @@ __all__ = [
     "DDIMInverseScheduler",
     "DDIMScheduler",
     "DDPMScheduler",
+    "DDPMWuerstchenScheduler",
     "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
@@ -29,6 +30,7 @@ __all__ = [
     "LMSDiscreteScheduler",
     "PNDMScheduler",
     "ScoreSdeVeScheduler",
+    "UnCLIPScheduler",
     "UniPCMultistepScheduler",
 ]
 

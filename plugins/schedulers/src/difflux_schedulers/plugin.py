@@ -37,6 +37,8 @@ SCHEDULERS: tuple[str, ...] = (
     f"{_PKG}.karras_ve:KarrasVeScheduler",
     f"{_PKG}.score_sde_ve:ScoreSdeVeScheduler",
     f"{_PKG}.consistency:CMStochasticIterativeScheduler",
+    f"{_PKG}.unclip:UnCLIPScheduler",
+    f"{_PKG}.wuerstchen:DDPMWuerstchenScheduler",
 )
 
 
