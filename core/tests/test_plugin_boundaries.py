@@ -282,6 +282,9 @@ def test_a_class_whose_plugin_is_excluded_says_so_not_pip_install(
     assert "pip install" not in message
     assert "'difflux-fake-provider', which is installed" in message
     assert "plugin 'fake-provider' is excluded" in message and "DIFFLUX_LOAD_PLUGINS" in message
+    # a third-party class that a folder's _difflux_plugins record names (not in core's table): the same
+    recorded = str(registry.unknown("pipeline", "NotInTheTable", distribution="difflux-fake-provider"))
+    assert "pip install" not in recorded and "plugin 'fake-provider' is excluded" in recorded
     monkeypatch.setenv("DIFFLUX_LOAD_PLUGINS", "fake-provider")
     assert difflux_registry.use().pipeline_class("FakeProvidedPipeline").__name__ == "FakeProvidedPipeline"
 
