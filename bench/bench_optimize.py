@@ -87,7 +87,7 @@ class Table:
         base = next((ms for n, ms, _, _ in self.rows if n == baseline), None)
         print(f"\n{self.title}")
         print(f"| {'case':<28} | {'ms/forward':>10} | {'vs ' + baseline:>20} | {'compile s':>9} | {'max |diff|':>10} |")
-        print(f"|{'-' * 30}|{'-' * 12}:|{'-' * 22}:|{'-' * 11}:|{'-' * 12}:|")
+        print(f"|{'-' * 30}|{'-' * 11}:|{'-' * 21}:|{'-' * 10}:|{'-' * 11}:|")
         for name, ms, comp, diff in self.rows:
             ratio = f"{ms / base:.2f}x" if base else "-"
             c = f"{comp:.1f}" if comp is not None else "-"

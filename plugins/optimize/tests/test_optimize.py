@@ -304,3 +304,44 @@ def test_cuda_max_matches_eager_in_fp16(kit: Any) -> None:
     assert len(unet.forward.graphs) == 1
     for i, e in enumerate(eager):
         assert (fast[2 * i + 1].float() - e.float()).abs().max().item() < 1e-2
+
+
+# -- the compile cache across processes -------------------------------------------------------------
+
+_CACHE_SCRIPT = """
+import json, logging, sys, time, torch
+logging.basicConfig(level=logging.INFO)
+sys.path.insert(0, sys.argv[2])
+from conftest import tiny_dit
+pipe = tiny_dit()
+t0 = time.perf_counter()
+pipe.optimize(components=["transformer"], cache_dir=sys.argv[1])
+pipe(class_labels=[1, 3], num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="latent")
+print(json.dumps({"seconds": time.perf_counter() - t0}))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_reuses_the_compiled_artefacts(tmp_path: Path) -> None:
+    """Two processes, each with an empty inductor cache: the second loads the first one's artefacts."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    times = []
+    for run in ("first", "second"):
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{run}")}
+        out = subprocess.run(
+            [sys.executable, "-c", _CACHE_SCRIPT, str(cache), str(Path(__file__).parent)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        times.append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+        if run == "second":
+            assert "difflux optimize: loaded compiled artefacts" in out.stderr
+    assert len(list(cache.glob("*.bin"))) == 1
+    assert times[1] < times[0], f"the second process took {times[1]:.1f} s, the first {times[0]:.1f} s"

@@ -53,13 +53,15 @@ class CUDAGraphedForward:
     :param max_graphs: signatures captured at most; later ones run eager (logged once).
     """
 
-    def __init__(self, forward: Callable[..., Any], warmup: int = 2, max_graphs: int = 4) -> None:
+    def __init__(self, forward: Callable[..., Any], device: torch.device, warmup: int = 2, max_graphs: int = 4) -> None:
         self.inner = forward
+        self.device = device
         self.warmup = warmup
         self.max_graphs = max_graphs
         self.graphs: dict[Hashable, _Captured] = {}
         self.seen: dict[Hashable, int] = {}
         self.pool: Any = None
+        self.failed: str | None = None
         self._full_logged = False
 
     @staticmethod
@@ -79,11 +81,19 @@ class CUDAGraphedForward:
         return tuple(key)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if torch.is_grad_enabled() or torch.cuda.is_current_stream_capturing():
+        if self.failed is not None or torch.is_grad_enabled() or torch.cuda.is_current_stream_capturing():
             return self.inner(*args, **kwargs)
         leaves, spec = tree_flatten((args, kwargs))
+        # a timestep often comes as a CPU scalar: move small CPU tensors to the GPU (a copy inside a
+        # graph cannot read host memory); the model would move them itself
+        leaves = [
+            leaf.to(self.device, non_blocking=True)
+            if isinstance(leaf, torch.Tensor) and leaf.device.type == "cpu" and leaf.numel() <= 64
+            else leaf
+            for leaf in leaves
+        ]
         key = self._signature(leaves, spec)
-        if key is None:
+        if key is None:  # an unhashable argument or a large tensor off the GPU
             return self.inner(*args, **kwargs)
         captured = self.graphs.get(key)
         if captured is None:
@@ -98,7 +108,15 @@ class CUDAGraphedForward:
             self.seen[key] = count
             if count <= self.warmup:
                 return self.inner(*args, **kwargs)
-            captured = self._capture(leaves, spec)
+            try:
+                captured = self._capture(leaves, spec)
+            except RuntimeError as exc:  # something in forward cannot be captured (a host sync ...)
+                torch.cuda.synchronize()
+                self.failed = " ".join(str(exc).split())[:300]
+                logger.warning(
+                    "difflux optimize: cuda_graphs: the forward runs eager: capture failed (%s)", self.failed
+                )
+                return self.inner(*args, **kwargs)
             self.graphs[key] = captured
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
         for static, new in zip(captured.inputs, tensors, strict=True):
@@ -137,6 +155,7 @@ def cuda_graphs(ctx: OptimizeContext) -> str | None:
         return "already applied"
     ctx.model.forward = CUDAGraphedForward(  # type: ignore[method-assign]
         ctx.model.forward,
+        ctx.device,
         warmup=int(ctx.options.get("cuda_graph_warmup", 2)),
         max_graphs=int(ctx.options.get("cuda_graph_max", 4)),
     )
