@@ -397,3 +397,27 @@ def test_slicing_lowers_measured_peak_memory_on_cuda() -> None:
     sliced_peak, sliced = peak(AttentionBackendChoice(SLICED_BACKEND, slice_size="max", inner="reference"))
     assert math_peak >= 2**30 and sliced_peak <= math_peak / 8
     assert (plain.float() - sliced.float()).abs().max().item() <= 1e-3
+
+
+def test_sliced_as_a_context_override_does_not_recurse(calls: Calls) -> None:
+    q, k, v = _qkv(dim=6)
+    with attention_backend(AttentionBackendChoice(SLICED_BACKEND, slice_size="max")):
+        got = attention(q, k, v)
+    assert (got - reference_attention(q, k, v)).abs().max().item() <= 1e-6
+    assert {name for name, _, _ in calls} == {"rec"} and len(calls) == 2 * 4
+
+
+def test_chunked_causal_needs_an_inner_backend_that_takes_masks(clean: pytest.MonkeyPatch) -> None:
+    recorded: Calls = []
+    specs = {"maskless": {"priority": 50, "supports_mask": False}, "masked": {"priority": 1}}
+    reset_registry(extra_plugins=[("p", _Recorder(recorded, specs))])
+    q, k, v = _qkv(n_q=6, n_k=6)
+    got = sliced_attention(q, k, v, None, None, True, slice_size=None, query_chunk_size=4)
+    assert {name for name, _, _ in recorded} == {"masked"}  # the chunks carry their part of the causal mask
+    assert (got - reference_attention(q, k, v, None, None, True)).abs().max().item() <= 1e-6
+    sliced_attention(q, k, v, None, None, True, slice_size="max")
+    assert recorded[-1][0] == "maskless"  # whole query rows: the inner backend's own causal mode
+    with pytest.raises(
+        AttentionBackendError, match=r"'maskless'.*cannot take these slices.*no attention mask"
+    ):
+        sliced_attention(q, k, v, None, None, True, query_chunk_size=4, inner="maskless")

@@ -16,17 +16,13 @@ sees every key, so no merge is needed).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 
-from .attention import (
-    AttentionBackendError,
-    attention,
-    attention_backend,
-    attention_backend_spec,
-    available_attention_backends,
-)
+from .attention import AttentionBackendError, attention_backend_spec, available_attention_backends
 
 __all__ = ["SLICED_BACKEND", "SliceSize", "check_slice_size", "heads_per_slice", "sliced_attention"]
 
@@ -67,14 +63,28 @@ def heads_per_slice(slice_size: SliceSize, heads: int) -> int:
     return min(int(slice_size), heads)
 
 
-def _inner_backend(q: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool, inner: str | None) -> str:
-    if inner is not None:
-        if str(inner) == SLICED_BACKEND:
-            raise AttentionBackendError("the sliced attention backend cannot use itself as its inner backend")
-        return inner
-    for name in available_attention_backends():
-        if name != SLICED_BACKEND and attention_backend_spec(name).check(q, attn_mask, is_causal) is None:
-            return name
+def _inner_kernel(
+    q: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool, inner: str | None
+) -> Callable[..., torch.Tensor]:
+    """The kernel that computes each slice, checked against the slices' inputs.
+
+    Called directly, not through :func:`~difflux.attention.attention`, so an outer
+    ``attention_backend("sliced")`` context cannot send the slices back here.
+    """
+    if inner is not None and str(inner) == SLICED_BACKEND:
+        raise AttentionBackendError("the sliced attention backend cannot use itself as its inner backend")
+    names = [inner] if inner is not None else [n for n in available_attention_backends() if n != SLICED_BACKEND]
+    for name in names:
+        spec = attention_backend_spec(name)
+        why = spec.available() or spec.check(q, attn_mask, is_causal)
+        if why is None:
+            fn = spec.load()
+            options = getattr(name, "options", None)
+            return functools.partial(fn, **options) if options else fn  # type: ignore[no-any-return]
+        if inner is not None:
+            raise AttentionBackendError(
+                f"sliced attention: its inner backend {name!r} (plugin {spec.plugin!r}) cannot take these slices: {why}"
+            )
     raise AttentionBackendError("sliced attention found no other backend that accepts these inputs")
 
 
@@ -115,7 +125,8 @@ def sliced_attention(
         (other than this one) that accepts the inputs.
     :return: ``(batch, heads, seq_q, head_dim_v)`` in the dtype of ``q``.
     :raises ValueError: a bad ``slice_size`` / ``query_chunk_size``.
-    :raises AttentionBackendError: no inner backend fits, or the named one rejects the inputs.
+    :raises AttentionBackendError: no inner backend fits, or the named one is unavailable or
+        rejects the slices (its constraint named).
     """
     batch, heads, n_q, _ = q.shape
     per = heads if slice_size is None else heads_per_slice(check_slice_size(slice_size), heads)
@@ -124,30 +135,28 @@ def sliced_attention(
     ):
         raise ValueError(f"query_chunk_size must be a positive int or None, not {query_chunk_size!r}")
     chunk = n_q if query_chunk_size is None else min(query_chunk_size, n_q)
-    name = _inner_backend(q, attn_mask, is_causal, inner)
+    chunked_causal = is_causal and chunk < n_q  # each chunk then gets its part of the causal mask
+    probe_mask = attn_mask if attn_mask is not None or not chunked_causal else torch.ones(1, 1, dtype=torch.bool)
+    kernel = _inner_kernel(q, probe_mask, is_causal and not chunked_causal, inner)
+    if per >= heads and chunk >= n_q:
+        return kernel(q, k, v, attn_mask, scale, is_causal)
     mask = attn_mask
     if mask is not None and mask.ndim < 4:
         mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
-    with attention_backend(name):
-        if per >= heads and chunk >= n_q:
-            return attention(q, k, v, attn_mask, scale, is_causal)
-        out = q.new_empty(batch, heads, n_q, v.shape[-1])
-        keys = torch.arange(k.shape[-2], device=q.device)
-        for b in range(batch):
-            for h0 in range(0, heads, per):
-                h = slice(h0, min(h0 + per, heads))
-                for r0 in range(0, n_q, chunk):
-                    rows = slice(r0, min(r0 + chunk, n_q))
-                    piece = None if mask is None else _piece(mask, b, h, rows)
-                    causal = is_causal
-                    if is_causal and chunk < n_q:
-                        keep = keys[None, :] <= torch.arange(rows.start, rows.stop, device=q.device)[:, None]
-                        if piece is None or piece.dtype == torch.bool:
-                            piece = keep if piece is None else piece & keep
-                        else:
-                            piece = piece.masked_fill(~keep, float("-inf"))
-                        causal = False
-                    out[b : b + 1, h, rows] = attention(
-                        q[b : b + 1, h, rows], k[b : b + 1, h], v[b : b + 1, h], piece, scale, causal
-                    )
-        return out
+    out = q.new_empty(batch, heads, n_q, v.shape[-1])
+    keys = torch.arange(k.shape[-2], device=q.device)
+    for b in range(batch):
+        for h0 in range(0, heads, per):
+            h = slice(h0, min(h0 + per, heads))
+            for r0 in range(0, n_q, chunk):
+                rows = slice(r0, min(r0 + chunk, n_q))
+                piece = None if mask is None else _piece(mask, b, h, rows)
+                if chunked_causal:
+                    keep = keys[None, :] <= torch.arange(rows.start, rows.stop, device=q.device)[:, None]
+                    if piece is None or piece.dtype == torch.bool:
+                        piece = keep if piece is None else piece & keep
+                    else:
+                        piece = piece.masked_fill(~keep, float("-inf"))
+                qs, ks, vs = q[b : b + 1, h, rows], k[b : b + 1, h], v[b : b + 1, h]
+                out[b : b + 1, h, rows] = kernel(qs, ks, vs, piece, scale, is_causal and not chunked_causal)
+    return out
