@@ -20,11 +20,12 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
         "UniPCMultistepScheduler", "DEISMultistepScheduler", "LCMScheduler", "KarrasVeScheduler",
         "ScoreSdeVeScheduler", "CMStochasticIterativeScheduler", "FlowMatchEulerDiscreteScheduler",
-        "EDMEulerScheduler",
+        "EDMEulerScheduler", "UnCLIPScheduler", "DDPMWuerstchenScheduler",
     ),
     "difflux-models": (
         "UNet1DModel", "UNet2DModel", "UNet2DConditionModel", "AutoencoderKL", "VQModel",
         "Transformer2DModel", "DiTTransformer2DModel", "PixArtTransformer2DModel",
+        "PriorTransformer", "UnCLIPTextProjModel",
     ),
     "difflux-pipelines-unconditional": (
         "DDPMPipeline", "DDIMPipeline", "PNDMPipeline", "LDMPipeline", "ScoreSdeVePipeline",

@@ -314,6 +314,23 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     # transformers
+    "prior_karlo": (
+        "PriorTransformer",
+        {"num_attention_heads": 2, "attention_head_dim": 4, "num_layers": 2, "embedding_dim": 8, "num_embeddings": 5},
+    ),
+    "prior_kandinsky": (
+        "PriorTransformer",
+        {
+            "num_attention_heads": 2,
+            "attention_head_dim": 4,
+            "num_layers": 1,
+            "embedding_dim": 8,
+            "num_embeddings": 5,
+            "norm_in_type": "layer",
+            "embedding_proj_norm_type": "layer",
+            "clip_embed_dim": 6,
+        },
+    ),
     "dit": ("DiTTransformer2DModel", DIT),
     "dit_learn_sigma": ("DiTTransformer2DModel", {**DIT, "out_channels": 8, "activation_fn": "gelu"}),
     "pixart": ("PixArtTransformer2DModel", PIXART),

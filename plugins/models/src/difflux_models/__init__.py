@@ -12,10 +12,12 @@ __all__ = [
     "AutoencoderKL",
     "DiTTransformer2DModel",
     "PixArtTransformer2DModel",
+    "PriorTransformer",
     "Transformer2DModel",
     "UNet1DModel",
     "UNet2DConditionModel",
     "UNet2DModel",
+    "UnCLIPTextProjModel",
     "VQModel",
 ]
 
@@ -23,7 +25,9 @@ _LOCATIONS = {
     "AutoencoderKL": "difflux_models.autoencoder_kl",
     "DiTTransformer2DModel": "difflux_models.transformers.dit",
     "PixArtTransformer2DModel": "difflux_models.transformers.pixart",
+    "PriorTransformer": "difflux_models.transformers.prior_transformer",
     "Transformer2DModel": "difflux_models.transformers.transformer_2d",
+    "UnCLIPTextProjModel": "difflux_models.unclip_text_proj",
     "UNet1DModel": "difflux_models.unet_1d",
     "UNet2DConditionModel": "difflux_models.unet_2d_condition",
     "UNet2DModel": "difflux_models.unet_2d",

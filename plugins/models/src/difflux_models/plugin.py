@@ -15,6 +15,8 @@ MODELS: tuple[str, ...] = (
     "difflux_models.transformers.dit:DiTTransformer2DModel",
     "difflux_models.transformers.pixart:PixArtTransformer2DModel",
     "difflux_models.transformers.transformer_2d:Transformer2DModel",
+    "difflux_models.transformers.prior_transformer:PriorTransformer",
+    "difflux_models.unclip_text_proj:UnCLIPTextProjModel",
 )
 
 
