@@ -7,13 +7,14 @@ so every plugin words its refusals the same way. Importing this module does not 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["additive_bias", "cuda_reason", "missing_module_reason"]
+__all__ = ["additive_bias", "cuda_reason", "import_kernel", "missing_module_reason", "require_plain_inputs"]
 
 
 def missing_module_reason(module: str, install: str) -> str | None:
@@ -73,3 +74,51 @@ def additive_bias(
         keep = torch.ones(n_q, n_k, dtype=torch.bool, device=bias.device).tril()
         bias = bias.masked_fill(~keep, float("-inf"))
     return bias
+
+
+def import_kernel(module: str, name: str | None, backend: str, install: str) -> Any:
+    """``module.name`` (or the module itself when ``name`` is ``None``), imported now: kernel
+    libraries load on first use, not with the plugin.
+
+    :raises AttentionBackendError: the module is missing, naming ``install`` (the plugin's extra).
+    """
+    from .attention import AttentionBackendError
+
+    try:
+        found = importlib.import_module(module)
+        return found if name is None else getattr(found, name)
+    except (ImportError, AttributeError) as exc:
+        what = module if name is None else f"{module}.{name}"
+        raise AttentionBackendError(
+            f"attention backend {backend!r} needs {what}: pip install {install!r} ({exc})"
+        ) from exc
+
+
+def require_plain_inputs(
+    backend: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+) -> None:
+    """Refuse what kernels without masks and with bottom-right causal alignment get wrong.
+
+    Such kernels (flash-attn, SageAttention) take no mask, align ``is_causal`` to the bottom right
+    when ``seq_q != seq_k`` (difflux's is top-left) and need q and v of one head dim.
+
+    :raises AttentionBackendError: naming ``backend`` and what to do.
+    """
+    from .attention import AttentionBackendError
+
+    if attn_mask is not None:
+        raise AttentionBackendError(f"attention backend {backend!r} takes no attention mask")
+    if is_causal and q.shape[-2] != k.shape[-2]:
+        raise AttentionBackendError(
+            f"attention backend {backend!r} aligns causal masks bottom-right; difflux's causal attention is "
+            f"top-left, so it needs seq_q == seq_k (got {q.shape[-2]} and {k.shape[-2]}); use sdpa for this call"
+        )
+    if v.shape[-1] != q.shape[-1]:
+        raise AttentionBackendError(
+            f"attention backend {backend!r} needs equal q and v head dims (got {q.shape[-1]} and {v.shape[-1]})"
+        )

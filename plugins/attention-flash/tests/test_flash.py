@@ -8,17 +8,16 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
-from difflux.attention import ENV_VAR, AttentionBackendError, attention, reference_attention, set_attention_backend
+from difflux.attention import AttentionBackendError, attention, reference_attention
 from difflux.cli import plugins_report
 from difflux.errors import ConfigError
 from difflux.modeling import ModelMixin
-from difflux.registry import get_registry, reset_registry
-from difflux.testing import AttentionBackendConformance
+from difflux.registry import get_registry
+from difflux.testing import AttentionBackendConformance, IsolatedRegistry
 from difflux_attention_flash import BACKEND_NAME, INSTALL
 from difflux_attention_flash.kernel import flash_attention
 
@@ -26,16 +25,9 @@ HAS_FLASH = importlib.util.find_spec("flash_attn") is not None
 
 
 @pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for var in ("DIFFLUX_DISABLE_PLUGIN_AUTOLOAD", ENV_VAR):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("DIFFLUX_LOAD_PLUGINS", "attention-flash,attention-sdpa")
-    reset_registry()
-    try:
-        yield
-    finally:
-        set_attention_backend(None)
-        reset_registry()
+def registry(difflux_registry: IsolatedRegistry) -> None:
+    """The installed plugins, in a registry of the test's own."""
+    difflux_registry.use(installed=True)
 
 
 class _Tiny(ModelMixin):

@@ -8,24 +8,21 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 from difflux.attention import (
-    ENV_VAR,
     AttentionBackendError,
     attention,
     available_attention_backends,
     reference_attention,
-    set_attention_backend,
 )
 from difflux.cli import plugins_report
 from difflux.errors import ConfigError
 from difflux.modeling import ModelMixin
-from difflux.registry import get_registry, reset_registry
-from difflux.testing import AttentionBackendConformance
+from difflux.registry import get_registry
+from difflux.testing import AttentionBackendConformance, IsolatedRegistry
 from difflux_attention_sage import BACKEND_NAME, INSTALL
 from difflux_attention_sage.kernel import accepts, sage_attention
 
@@ -33,16 +30,9 @@ HAS_SAGE = importlib.util.find_spec("sageattention") is not None
 
 
 @pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for var in ("DIFFLUX_DISABLE_PLUGIN_AUTOLOAD", ENV_VAR):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("DIFFLUX_LOAD_PLUGINS", "attention-sage,attention-sdpa")
-    reset_registry()
-    try:
-        yield
-    finally:
-        set_attention_backend(None)
-        reset_registry()
+def registry(difflux_registry: IsolatedRegistry) -> None:
+    """The installed plugins, in a registry of the test's own."""
+    difflux_registry.use(installed=True)
 
 
 class _Tiny(ModelMixin):
@@ -100,7 +90,7 @@ def test_kernel_passes_layout_scale_and_causal(fake: list[dict[str, Any]], causa
 
 def test_kernel_refusals(fake: list[dict[str, Any]]) -> None:
     q, k = torch.randn(1, 2, 4, 64), torch.randn(1, 2, 6, 64)
-    with pytest.raises(AttentionBackendError, match="causal attention only with seq_q == seq_k"):
+    with pytest.raises(AttentionBackendError, match="needs seq_q == seq_k"):
         sage_attention(q, k, k, is_causal=True)
     with pytest.raises(AttentionBackendError, match="takes no attention mask"):
         sage_attention(q, k, k, torch.ones(4, 6, dtype=torch.bool))

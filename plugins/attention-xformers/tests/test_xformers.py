@@ -8,24 +8,21 @@ import importlib.machinery
 import io
 import sys
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 from difflux.attention import (
-    ENV_VAR,
     AttentionBackendError,
     attention,
     attention_backend,
     reference_attention,
-    set_attention_backend,
 )
 from difflux.cli import main, plugins_report
 from difflux.errors import ConfigError
 from difflux.modeling import ModelMixin
 from difflux.registry import get_registry, reset_registry
-from difflux.testing import AttentionBackendConformance
+from difflux.testing import AttentionBackendConformance, IsolatedRegistry
 from difflux_attention_xformers import BACKEND_NAME, INSTALL
 from difflux_attention_xformers.kernel import aligned_bias, unavailable_reason, xformers_attention
 
@@ -33,16 +30,10 @@ HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
 
 
 @pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    for var in ("DIFFLUX_DISABLE_PLUGIN_AUTOLOAD", ENV_VAR):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("DIFFLUX_LOAD_PLUGINS", "attention-xformers,attention-sdpa")
-    reset_registry()
-    try:
-        yield monkeypatch
-    finally:
-        set_attention_backend(None)
-        reset_registry()
+def registry(difflux_registry: IsolatedRegistry, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The installed plugins, in a registry of the test's own."""
+    difflux_registry.use(installed=True)
+    return monkeypatch
 
 
 class _Attn(torch.nn.Module):

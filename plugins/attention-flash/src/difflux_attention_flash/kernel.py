@@ -6,11 +6,8 @@ Partitioning" (2023); exact attention, tiled so the scores never reach GPU main 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from difflux.attention import AttentionBackendError
-from difflux.attention_plugins import cuda_reason, missing_module_reason
+from difflux.attention_plugins import cuda_reason, import_kernel, missing_module_reason, require_plain_inputs
 
 from . import BACKEND_NAME, INSTALL
 
@@ -20,16 +17,6 @@ __all__ = ["flash_attention", "unavailable_reason"]
 def unavailable_reason() -> str | None:
     """Why the backend cannot run here (flash-attn missing, no CUDA device of sm80+), or ``None``."""
     return missing_module_reason("flash_attn", INSTALL) or cuda_reason((8, 0))
-
-
-def _flash_attn_func() -> Any:
-    try:
-        from flash_attn import flash_attn_func
-    except ImportError as exc:
-        raise AttentionBackendError(
-            f"attention backend {BACKEND_NAME!r} needs flash-attn: pip install {INSTALL!r} ({exc})"
-        ) from exc
-    return flash_attn_func
 
 
 def flash_attention(
@@ -51,18 +38,9 @@ def flash_attention(
     :raises AttentionBackendError: a mask, causal with unequal lengths, different q/v head dims,
         or flash-attn missing.
     """
-    if attn_mask is not None:
-        raise AttentionBackendError(f"attention backend {BACKEND_NAME!r} takes no attention mask")
-    if is_causal and q.shape[-2] != k.shape[-2]:
-        raise AttentionBackendError(
-            f"attention backend {BACKEND_NAME!r}: flash-attn aligns causal masks bottom-right; difflux's causal "
-            f"attention is top-left, so it needs seq_q == seq_k (got {q.shape[-2]} and {k.shape[-2]})"
-        )
-    if v.shape[-1] != q.shape[-1]:
-        raise AttentionBackendError(
-            f"attention backend {BACKEND_NAME!r} needs equal q and v head dims (got {q.shape[-1]} and {v.shape[-1]})"
-        )
-    out = _flash_attn_func()(
+    require_plain_inputs(BACKEND_NAME, q, k, v, attn_mask, is_causal)
+    flash_attn_func = import_kernel("flash_attn", "flash_attn_func", BACKEND_NAME, INSTALL)
+    out = flash_attn_func(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=0.0, softmax_scale=scale, causal=is_causal
     )
     return out.transpose(1, 2)  # type: ignore[no-any-return]

@@ -8,11 +8,8 @@ attention, more than fp16 kernels.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from difflux.attention import AttentionBackendError
-from difflux.attention_plugins import cuda_reason, missing_module_reason
+from difflux.attention_plugins import cuda_reason, import_kernel, missing_module_reason, require_plain_inputs
 
 from . import BACKEND_NAME, HEAD_DIMS, INSTALL
 
@@ -31,16 +28,6 @@ def accepts(q: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) ->
     return None
 
 
-def _sageattn() -> Any:
-    try:
-        from sageattention import sageattn
-    except ImportError as exc:
-        raise AttentionBackendError(
-            f"attention backend {BACKEND_NAME!r} needs sageattention: pip install {INSTALL!r} ({exc})"
-        ) from exc
-    return sageattn
-
-
 def sage_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -55,21 +42,12 @@ def sage_attention(
         ``v`` ``(batch, heads, seq_k, head_dim)``.
     :param attn_mask: must be ``None`` (SageAttention takes no mask).
     :param scale: ``sm_scale`` (``1 / sqrt(head_dim)`` when ``None``).
-    :param is_causal: top-left causal; only with ``seq_q == seq_k``.
+    :param is_causal: top-left causal; only with ``seq_q == seq_k`` (see ``require_plain_inputs``).
     :return: ``(batch, heads, seq_q, head_dim)`` in the dtype of ``q`` (approximate; see the module).
     :raises AttentionBackendError: a mask, causal with unequal lengths, different q/v head dims, or
         sageattention missing.
     """
-    if attn_mask is not None:
-        raise AttentionBackendError(f"attention backend {BACKEND_NAME!r} takes no attention mask")
-    if is_causal and q.shape[-2] != k.shape[-2]:
-        raise AttentionBackendError(
-            f"attention backend {BACKEND_NAME!r} does causal attention only with seq_q == seq_k "
-            f"(got {q.shape[-2]} and {k.shape[-2]})"
-        )
-    if v.shape[-1] != q.shape[-1]:
-        raise AttentionBackendError(
-            f"attention backend {BACKEND_NAME!r} needs equal q and v head dims (got {q.shape[-1]} and {v.shape[-1]})"
-        )
-    out = _sageattn()(q, k, v, tensor_layout="HND", is_causal=is_causal, sm_scale=scale)
+    require_plain_inputs(BACKEND_NAME, q, k, v, attn_mask, is_causal)
+    sageattn = import_kernel("sageattention", "sageattn", BACKEND_NAME, INSTALL)
+    out = sageattn(q, k, v, tensor_layout="HND", is_causal=is_causal, sm_scale=scale)
     return out  # type: ignore[no-any-return]

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from difflux.attention import AttentionBackendError
-from difflux.attention_plugins import additive_bias, cuda_reason, missing_module_reason
+from difflux.attention_plugins import additive_bias, cuda_reason, import_kernel, missing_module_reason
 
 from . import BACKEND_NAME, INSTALL
 
@@ -21,16 +21,6 @@ __all__ = ["aligned_bias", "unavailable_reason", "xformers_attention"]
 def unavailable_reason() -> str | None:
     """Why the backend cannot run in this process (xFormers missing, no CUDA device), or ``None``."""
     return missing_module_reason("xformers", INSTALL) or cuda_reason()
-
-
-def _ops() -> Any:
-    try:
-        import xformers.ops as ops
-    except ImportError as exc:
-        raise AttentionBackendError(
-            f"attention backend {BACKEND_NAME!r} needs xFormers: pip install {INSTALL!r} ({exc})"
-        ) from exc
-    return ops
 
 
 def aligned_bias(bias: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Tensor:
@@ -69,7 +59,7 @@ def xformers_attention(
         key are zeros.
     :raises AttentionBackendError: xFormers is missing, or no operator of it takes these inputs.
     """
-    ops = _ops()
+    ops = import_kernel("xformers.ops", None, BACKEND_NAME, INSTALL)
     b, h, n_q, _ = q.shape
     n_k = k.shape[-2]
     bias: Any = None
