@@ -121,6 +121,21 @@ def test_offload_state_dict_reads_tensor_by_tensor_or_by_shard(saved: Any, tmp_p
         torch.testing.assert_close(model(X), expected, rtol=0, atol=0)
 
 
+def test_offload_on_a_split_component_is_refused(saved: Any, tmp_path: Path) -> None:
+    folder, _ = saved
+
+    class One(DiffusionPipeline):
+        model_cpu_offload_seq = "net"
+
+        def __init__(self, net: TinyNet) -> None:
+            super().__init__()
+            self.register_modules(net=net)
+
+    split = TinyNet.from_pretrained(folder, device_map={"": "cpu", "blocks": "disk"}, offload_folder=tmp_path)
+    with pytest.raises(ConfigError, match="component 'net' was loaded with a per-module device_map"):
+        One(split).enable_model_cpu_offload(device="cpu")
+
+
 def test_device_map_refusals(saved: Any, tmp_path: Path) -> None:
     folder, _ = saved
     with pytest.raises(ConfigError, match="offload_folder"):

@@ -640,6 +640,13 @@ def enable(pipe: Any, strategy: str, device: torch.device, options: Mapping[str,
             f"{name} was loaded with device_map={getattr(pipe, 'hf_device_map', None)!r}; offload cannot be "
             "put on top of a device map: call pipe.reset_device_map() first, then enable the offload"
         )
+    for component, module in pipe._torch_modules():
+        placed = getattr(module, "hf_device_map", None)
+        if isinstance(placed, Mapping) and len(set(placed.values())) > 1:
+            raise ConfigError(
+                f"{name}: component {component!r} was loaded with a per-module device_map ({dict(placed)}); "
+                "offload cannot be put on top of it: load it without device_map, then enable the offload"
+            )
     fn = get_registry().offload_strategy(strategy)
     if strategy == "model" and getattr(pipe, "model_cpu_offload_seq", None) is None:
         raise ConfigError(
