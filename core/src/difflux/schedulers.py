@@ -204,10 +204,10 @@ class SchedulerMixin(ConfigMixin, PushToHubMixin):
 
     @classmethod
     def _quiet_config_keys(cls, config: Mapping[str, Any]) -> frozenset[str]:
-        source = config.get("_class_name")
-        if source == cls.__name__ or source not in cls._compatibles:
-            return frozenset()
+        """Keys of any compatible scheduler class: expected in a swapped-in config, not worth a warning."""
         registry = get_registry()
-        if source not in registry.schedulers:
-            return frozenset()
-        return frozenset(registry.scheduler_class(source).init_parameter_names())
+        keys: set[str] = set()
+        for name in set(cls._compatibles) - {cls.__name__}:
+            if name in registry.schedulers:
+                keys |= registry.scheduler_class(name).init_parameter_names()
+        return frozenset(keys)

@@ -15,7 +15,7 @@ from difflux.schedulers import SchedulerOutput
 from difflux.torch_utils import randn_tensor
 
 from . import schedules
-from ._base import BaseScheduler, Generator
+from ._base import BaseScheduler, Generator, custom_array
 from .sampling import add_noise_sigma, edm_scalings
 
 __all__ = ["CMStochasticIterativeScheduler", "cm_sigma_to_t"]
@@ -102,7 +102,7 @@ class CMStochasticIterativeScheduler(BaseScheduler):
                 "CMStochasticIterativeScheduler.set_timesteps: pass one of num_inference_steps or timesteps="
             )
         if timesteps is not None:
-            ts = list(timesteps)
+            ts = [int(t) for t in custom_array(timesteps, "timesteps", type(self).__name__)]
             if not ts:
                 raise ValueError("CMStochasticIterativeScheduler.set_timesteps: timesteps= is empty")
             if any(b >= a for a, b in itertools.pairwise(ts)):

@@ -10,7 +10,7 @@ import torch
 from difflux.schedulers import SchedulerOutput
 
 from . import sampling
-from ._base import KARRAS_COMPATIBLES, Generator, TrainedBetas, VPScheduler
+from ._base import KARRAS_COMPATIBLES, Generator, TrainedBetas, VPScheduler, custom_array
 from .sampling import PredictionType
 from .schedules import TimestepSpacing
 
@@ -73,13 +73,12 @@ class DDPMScheduler(VPScheduler):
         self._check_set_timesteps_args(num_inference_steps, timesteps, sigmas, accepts_sigmas=False)
         cfg = self.config
         if timesteps is not None:
-            ts = np.array(timesteps, dtype=np.int64)
+            ts = custom_array(timesteps, "timesteps", "DDPMScheduler").astype(np.int64)
             if np.any(ts[1:] >= ts[:-1]):
-                raise ValueError(f"DDPMScheduler: custom timesteps must be strictly descending, got {list(timesteps)}")
+                raise ValueError(f"DDPMScheduler: custom timesteps must be strictly descending, got {ts.tolist()}")
             if ts[0] >= cfg.num_train_timesteps or ts[-1] < 0:
                 raise ValueError(
-                    f"DDPMScheduler: custom timesteps must lie in [0, {cfg.num_train_timesteps - 1}], "
-                    f"got {list(timesteps)}"
+                    f"DDPMScheduler: custom timesteps must lie in [0, {cfg.num_train_timesteps - 1}], got {ts.tolist()}"
                 )
             self.custom_timesteps = True
             self.num_inference_steps = len(ts)

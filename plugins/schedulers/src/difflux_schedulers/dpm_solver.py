@@ -17,7 +17,7 @@ import torch
 from difflux.schedulers import SchedulerMixin, SchedulerOutput
 from difflux.torch_utils import randn_tensor
 
-from ._base import KARRAS_COMPATIBLES, BaseScheduler, TrainedBetas
+from ._base import KARRAS_COMPATIBLES, BaseScheduler, TrainedBetas, custom_array
 from .flow_match import shift_sigmas
 from .sampling import broadcast_to, eps_from_roots_vp, threshold_sample, x0_from_roots_vp
 from .schedules import (
@@ -337,7 +337,7 @@ class LambdaSolverScheduler(BaseScheduler):
 
     def _ramp_schedule(self, ramp: np.ndarray, log_sigmas: np.ndarray, rounding: bool) -> tuple[np.ndarray, np.ndarray]:
         """Timesteps of ramp sigmas, by interpolation in log-sigma (rounded when ``rounding``)."""
-        steps = np.array([sigma_to_t(s, log_sigmas) for s in ramp])
+        steps = np.asarray(sigma_to_t(np.asarray(ramp), log_sigmas))
         return (steps.round() if rounding else steps), ramp
 
     def _check_steps(self, num_inference_steps: int | None) -> int:
@@ -349,6 +349,17 @@ class LambdaSolverScheduler(BaseScheduler):
     def _install_schedule(
         self, timesteps: np.ndarray, sigmas: np.ndarray, final_sigma: float, device: str | torch.device | None
     ) -> None:
+        """Install a schedule; a noise level repeated in a row (a zero-length step, which makes the
+        multistep differences divide by zero: NaN in Diffusers) is refused with a clear error."""
+        levels = np.asarray(sigmas, dtype=np.float32)
+        repeated = np.flatnonzero(levels[1:] == levels[:-1])
+        if len(repeated):
+            i = int(repeated[0])
+            raise ValueError(
+                f"{type(self).__name__}.set_timesteps: {len(levels)} steps with timestep_spacing="
+                f"{self.config.get('timestep_spacing', 'linspace')!r} repeat a noise level (timesteps "
+                f"{np.asarray(timesteps)[i : i + 2].tolist()}): a zero-length step; use fewer steps"
+            )
         self.sigmas = with_final_sigma(sigmas, final_sigma)
         self.timesteps = torch.from_numpy(np.asarray(timesteps)).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(timesteps)
@@ -534,7 +545,7 @@ class DPMSolverMultistepScheduler(LambdaSolverScheduler):
                     "DPMSolverMultistepScheduler: custom timesteps cannot be combined with karras / exponential / "
                     "beta sigmas or lu lambdas"
                 )
-            steps = np.array(timesteps).astype(np.int64)
+            steps = custom_array(timesteps, "timesteps", type(self).__name__).astype(np.int64)
             for t in steps:
                 if not 0 <= t < config.num_train_timesteps:
                     raise ValueError(f"custom timestep {int(t)} is outside [0, {config.num_train_timesteps})")
@@ -683,7 +694,7 @@ class DPMSolverSinglestepScheduler(LambdaSolverScheduler):
                 "beta sigmas"
             )
         if timesteps is not None:
-            steps = np.array(timesteps).astype(np.int64)
+            steps = custom_array(timesteps, "timesteps", type(self).__name__).astype(np.int64)
             n = len(steps)
         else:
             n = self._check_steps(num_inference_steps)

@@ -16,7 +16,7 @@ from difflux.schedulers import SchedulerOutput
 from difflux.torch_utils import randn_tensor
 
 from . import schedules
-from ._base import BaseScheduler, Generator
+from ._base import BaseScheduler, Generator, custom_array
 from .sampling import add_noise_sigma, edm_c_in, edm_scalings, euler_step
 
 __all__ = ["EDMEulerScheduler", "edm_sigmas"]
@@ -130,7 +130,7 @@ class EDMEulerScheduler(BaseScheduler):
             schedules.check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps)
             ramp = torch.linspace(0, 1, num_inference_steps, dtype=torch.float64)
         else:
-            ramp = torch.as_tensor(sigmas).to(torch.float64).reshape(-1)
+            ramp = torch.from_numpy(custom_array(sigmas, "sigmas", "EDMEulerScheduler"))
             if len(ramp) < 1:
                 raise ValueError("EDMEulerScheduler.set_timesteps: sigmas= is empty")
         self.num_inference_steps = len(ramp)

@@ -16,7 +16,7 @@ from difflux.schedulers import SchedulerOutput
 from difflux.torch_utils import randn_tensor
 
 from . import schedules
-from ._base import BaseScheduler, Generator
+from ._base import BaseScheduler, Generator, custom_array
 from .sampling import broadcast_to
 
 __all__ = [
@@ -90,6 +90,7 @@ class FlowMatchEulerDiscreteScheduler(BaseScheduler):
     init_noise_sigma: float = 1.0
 
     _steps_on_training_schedule = True
+    _sigma_list: list[float]
 
     def _prepare_training_schedule(self) -> None:
         """Step on the fresh training sigmas, down to 0 after the last."""
@@ -126,7 +127,7 @@ class FlowMatchEulerDiscreteScheduler(BaseScheduler):
         self.sigma_min: float = sigmas[-1].item()
         self.sigma_max: float = sigmas[0].item()
         self.num_inference_steps = None
-        self._sigma_list: list[float] = []
+        self._sigma_list = []
 
     # -- state ----------------------------------------------------------------------------
 
@@ -172,9 +173,10 @@ class FlowMatchEulerDiscreteScheduler(BaseScheduler):
         schedules.check_num_inference_steps(num_inference_steps, n_train)
         self.num_inference_steps = num_inference_steps
 
-        custom_t = None if timesteps is None else np.asarray(timesteps, dtype=np.float32)
+        name = type(self).__name__
+        custom_t = None if timesteps is None else custom_array(timesteps, "timesteps", name).astype(np.float32)
         if sigmas is not None:
-            s = np.asarray(sigmas, dtype=np.float32)
+            s = custom_array(sigmas, "sigmas", name).astype(np.float32)
         else:
             t = custom_t
             if t is None:

@@ -18,7 +18,7 @@ from difflux.schedulers import SchedulerOutput
 from difflux.torch_utils import randn_tensor
 
 from . import schedules
-from ._base import Generator, TrainedBetas, VPScheduler
+from ._base import Generator, TrainedBetas, VPScheduler, custom_array
 from .sampling import x0_from_roots_vp
 
 __all__ = ["LCMScheduler", "LCMSchedulerOutput", "lcm_boundary_scalings", "lcm_origin_timesteps"]
@@ -119,7 +119,9 @@ class LCMScheduler(VPScheduler):
             )
         origin = lcm_origin_timesteps(n_train, original, strength)
         if timesteps is not None:
-            chosen = self._custom_schedule(list(timesteps), origin, original, strength)
+            chosen = self._custom_schedule(
+                [int(t) for t in custom_array(timesteps, "timesteps", "LCMScheduler")], origin, original, strength
+            )
         else:
             num_inference_steps = self._required_steps(type(self).__name__, num_inference_steps)
             schedules.check_num_inference_steps(num_inference_steps, n_train)

@@ -7,6 +7,7 @@ with the Diffusers schedulers bit for bit; the per-step maths runs in torch.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
@@ -162,8 +163,9 @@ def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     """Fractional training timesteps of ``sigmas``, by linear interpolation in log-sigma."""
     sigmas = np.asarray(sigmas)
     log_sigma = np.log(np.maximum(sigmas, 1e-10))
-    dists = log_sigma - log_sigmas[:, np.newaxis]
-    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    # the last training index whose log-sigma is <= log_sigma (0 below the first): the training
+    # log-sigmas increase with t, so a binary search finds it
+    low = (np.searchsorted(log_sigmas, log_sigma, side="right") - 1).clip(min=0, max=log_sigmas.shape[0] - 2)
     high = low + 1
     w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high]), 0, 1)
     t = (1 - w) * low + w * high
@@ -173,8 +175,7 @@ def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
 def sigma_to_t_torch(sigmas: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
     """:func:`sigma_to_t` evaluated in torch, in the precision of ``sigmas`` (float32 midpoints of KDPM2)."""
     log_sigma = torch.from_numpy(np.log(np.maximum(sigmas.numpy(), 1e-10)))
-    dists = log_sigma - log_sigmas[:, None]
-    low = torch.cumsum(dists >= 0, dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+    low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(min=0, max=log_sigmas.shape[0] - 2)
     high = low + 1
     w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high])).clamp(0, 1)
     return (1 - w) * low + w * high
@@ -247,8 +248,15 @@ def beta_sigmas(
     sigma_min: float, sigma_max: float, num_inference_steps: int, alpha: float = 0.6, beta: float = 0.6
 ) -> np.ndarray:
     """Descending sigmas placed at Beta(alpha, beta) quantiles (Lee et al. 2024, "Beta sampling")."""
+    quantiles = np.array(_beta_quantiles(num_inference_steps, alpha, beta))
+    return np.asarray(sigma_min + quantiles * (sigma_max - sigma_min))
+
+
+@functools.lru_cache(maxsize=64)
+def _beta_quantiles(num_inference_steps: int, alpha: float, beta: float) -> tuple[float, ...]:
+    """Beta(alpha, beta) quantiles at ``1 - linspace(0, 1, n)`` (cached: the bisection is slow in Python)."""
     qs = 1 - np.linspace(0, 1, num_inference_steps)
-    return np.array([sigma_min + beta_ppf(float(q), alpha, beta) * (sigma_max - sigma_min) for q in qs])
+    return tuple(beta_ppf(float(q), alpha, beta) for q in qs)
 
 
 _Ramp = TypeVar("_Ramp", np.ndarray, torch.Tensor)

@@ -85,6 +85,7 @@ class ScoreSdeVeScheduler(BaseScheduler):
         self.timesteps = torch.linspace(1, eps, num_inference_steps, device=device)
         self.set_sigmas(num_inference_steps)
         self.num_inference_steps = num_inference_steps
+        self._reset_step_state()
 
     def set_sigmas(
         self,
