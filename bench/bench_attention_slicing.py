@@ -35,18 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: The published SD1.5 UNet config: Diffusers' defaults plus these.
-SD15: dict[str, Any] = {"sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8}
-SMALL: dict[str, Any] = {
-    "sample_size": 16,
-    "block_out_channels": (32, 64),
-    "layers_per_block": 1,
-    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    "cross_attention_dim": 32,
-    "attention_head_dim": 4,
-    "norm_num_groups": 8,
-}
+# The SD1.5 UNet config and the tiny one, as the model bench defines them (run as a script, bench/ is on sys.path).
+from bench_models import SD15, SMALL
+
 RUNS = (("difflux", "plain"), ("diffusers", "plain"), ("difflux", "max"), ("diffusers", "max"))
 
 

@@ -31,18 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from gpu_models import SD15, TINY  # the model GPU bench's configs (bench/ is on sys.path as a script)
 
-SD15: dict[str, Any] = {"sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8}
-TINY: dict[str, Any] = {
-    "sample_size": 8,
-    "block_out_channels": (32, 64),
-    "layers_per_block": 1,
-    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    "cross_attention_dim": 32,
-    "attention_head_dim": 4,
-    "norm_num_groups": 8,
-}
 BACKENDS = (
     "sdpa",
     "sdpa-flash",
