@@ -10,7 +10,7 @@ from difflux.registry import get_registry
 def _pipelines() -> list[tuple[str, type]]:
     registry = get_registry()
     found: dict[type, str] = {}
-    for name, reg in sorted(registry.pipelines.items()):
+    for name in sorted(registry.pipelines):
         cls = registry.pipeline_class(name)
         if isinstance(cls, type) and issubclass(cls, DiffusionPipeline):
             found.setdefault(cls, name)
