@@ -418,3 +418,30 @@ def test_group_offload_on_a_model_mixin() -> None:
     torch.testing.assert_close(net(torch.ones(1, 8)), expected, rtol=0, atol=0)
     with pytest.raises(ConfigError, match="keeps weights on the CPU"):
         net.enable_group_offload("cpu", offload_device="cuda")
+
+
+# -- on a real accelerator ---------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    "enable",
+    [
+        lambda p: p.enable_model_cpu_offload(),
+        lambda p: p.enable_sequential_cpu_offload(),
+        lambda p: p.enable_group_offload("cuda", num_blocks_per_group=1, use_stream=True),
+        lambda p: p.enable_group_offload("cuda", offload_type="leaf_level", use_stream=True),
+    ],
+    ids=["model", "sequential", "group-block-stream", "group-leaf-stream"],
+)
+def test_offload_on_cuda_gives_the_cuda_output(enable: Any) -> None:
+    plain, _ = _toy()
+    expected = plain.to("cuda")(X).cpu()
+    pipe, _ = _toy()
+    enable(pipe)
+    assert pipe.device.type == "cuda"
+    for _ in range(3):  # the first call records the group order, later ones prefetch along it
+        torch.testing.assert_close(pipe(X).cpu(), expected, rtol=1e-6, atol=1e-6)
+    weights = [pipe.encoder.proj.weight, pipe.denoiser.blocks[0].weight, pipe.decoder.out.weight]
+    assert all(w.device.type in ("cpu", "meta") for w in weights)  # nothing left on the GPU after the call
