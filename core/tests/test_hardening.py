@@ -42,7 +42,9 @@ class Sched(SchedulerMixin):
 class Pipe(DiffusionPipeline):
     _optional_components = ("extra",)
 
-    def __init__(self, model: Net, scheduler: Sched, extra: Net | None = None) -> None:
+    def __init__(
+        self, model: Net, scheduler: Sched, extra: Net | None = None, requires_check: bool = True, gain: float = 1.0
+    ) -> None:
         super().__init__()
         self.register_modules(model=model, scheduler=scheduler, extra=extra)
 
@@ -737,3 +739,35 @@ def test_forced_failures_leave_a_symlinked_folder_as_it_was(
         Net(hidden=5).save_pretrained(tmp_path / "alias")
     assert listing(tmp_path) == before
     assert stat.S_ISLNK(os.lstat(tmp_path / "alias").st_mode)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("requires_check", "maybe", "requires_check='maybe': Input should be a valid boolean"),
+        ("requires_check", [True], "requires_check=[True]"),
+        ("gain", float("nan"), "gain=nan: NaN"),
+        ("gain", "loud", "gain='loud'"),
+    ],
+)
+def test_pipeline_config_values_are_validated_like_any_config(tmp_path: Path, key: str, value: Any, words: str) -> None:
+    folder = make_pipe().save_pretrained(tmp_path / "p")
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index[key] == {"requires_check": True, "gain": 1.0}[key]
+    index[key] = value
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ConfigError) as info:
+        DiffusionPipeline.from_pretrained(folder)
+    assert str(folder / "model_index.json") in str(info.value) and words in str(info.value)
+    with pytest.raises(ConfigError, match="invalid config for Pipe"):
+        Pipe(Net(), Sched(), **{key: value})
+
+
+def test_pipeline_config_values_from_json_keep_their_meaning(tmp_path: Path) -> None:
+    folder = make_pipe().save_pretrained(tmp_path / "p")
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(requires_check=False, gain=2)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    loaded = DiffusionPipeline.from_pretrained(folder)
+    assert loaded.config["requires_check"] is False and loaded.config["gain"] == 2.0
+    assert isinstance(loaded.config["gain"], float)

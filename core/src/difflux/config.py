@@ -333,6 +333,7 @@ class ConfigMixin:
     _difflux_config_model: ClassVar[type[pydantic.BaseModel] | None] = None
     _difflux_config_fields: ClassVar[dict[str, tuple[Any, Any]] | None] = None
     _difflux_config_bounds: ClassVar[dict[str, tuple[Bound, ...]] | None] = None
+    _difflux_part_models: ClassVar[dict[frozenset[str], type[pydantic.BaseModel]] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -464,17 +465,48 @@ class ConfigMixin:
             extra.update(values.pop(n, {}))
         validated = _plainly_valid(cls._config_fields(), values)
         if validated is None:
-            try:
-                model = cls._config_model().model_validate(values)
-            except pydantic.ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(str(x) for x in e['loc'])}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
-                )
-                raise ConfigError(f"invalid config for {cls.__name__}: {problems}") from None
-            validated = {name: getattr(model, name) for name in values}
+            validated = cls._run_model(cls._config_model(), values)
         cls._check_ranges(validated)
         validated.update(extra)
         return validated, frozenset(values) - given
+
+    @classmethod
+    def _run_model(cls, model: type[pydantic.BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            checked = model.model_validate(dict(values))
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in e['loc'])}={_short(e.get('input'))}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"invalid config for {cls.__name__}: {problems}") from None
+        return {name: getattr(checked, name) for name in values}
+
+    @classmethod
+    def _validated_values(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate some ``__init__`` arguments only (a pipeline's config values, not its components),
+        against their annotations and ranges, as :meth:`_validated_init_kwargs` does for all of them."""
+        fields = cls._config_fields()
+        part = {name: fields[name] for name in values}
+        validated = _plainly_valid(part, values)
+        if validated is None:
+            models = cls.__dict__.get("_difflux_part_models")
+            if models is None:
+                models = {}
+                cls._difflux_part_models = models
+            key = frozenset(part)
+            model = models.get(key)
+            if model is None:
+                model = pydantic.create_model(  # type: ignore[call-overload]
+                    f"{cls.__name__}Values",
+                    __config__=pydantic.ConfigDict(
+                        arbitrary_types_allowed=True, extra="forbid", protected_namespaces=()
+                    ),
+                    **part,
+                )
+                models[key] = model
+            validated = cls._run_model(model, values)
+        cls._check_ranges(validated)
+        return validated
 
     # -- the public API -------------------------------------------------------------------
 

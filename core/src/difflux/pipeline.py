@@ -327,7 +327,9 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
 
     @classmethod
     def _record_init(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[dict[str, Any], FrozenConfig]:
-        """A pipeline's config is its config values; its components are not recorded."""
+        """A pipeline's config is its config values, validated against their annotations and ranges
+        like any config (``requires_safety_checker="maybe"`` is a ``ConfigError``); its components
+        are not recorded (overrides are type-checked by ``from_pretrained``)."""
         try:
             bound = cls._init_signature().bind(None, *args, **kwargs)
         except TypeError as exc:
@@ -335,7 +337,11 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         bound.apply_defaults()
         arguments = dict(list(bound.arguments.items())[1:])
         names = cls.config_value_names()
-        return arguments, FrozenConfig({k: v for k, v in arguments.items() if k in names})
+        values = {k: v for k, v in arguments.items() if k in names}
+        if values:
+            values = cls._validated_values(values)
+            arguments.update(values)
+        return arguments, FrozenConfig(values)
 
     @classmethod
     def component_names(cls) -> tuple[str, ...]:
@@ -525,7 +531,12 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
 
         values = {k: index[k] for k in value_names if k in index}
         values.update({k: v for k, v in rest.items() if k in value_names})
-        pipe = pipeline_class(**loaded, **values)
+        try:
+            pipe = pipeline_class(**loaded, **values)
+        except ConfigError as exc:  # a config value of model_index.json (or its override) is invalid
+            if len(exc.args) == 1 and isinstance(exc.args[0], str) and exc.args[0].startswith("invalid config"):
+                exc.args = (f"{index_file}: {exc.args[0]}",)
+            raise
         device_map.finish_pipeline(pipe, plan)
 
         known = set(component_names) | set(value_names)
