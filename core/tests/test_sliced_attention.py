@@ -417,7 +417,26 @@ def test_chunked_causal_needs_an_inner_backend_that_takes_masks(clean: pytest.Mo
     assert (got - reference_attention(q, k, v, None, None, True)).abs().max().item() <= 1e-6
     sliced_attention(q, k, v, None, None, True, slice_size="max")
     assert recorded[-1][0] == "maskless"  # whole query rows: the inner backend's own causal mode
-    with pytest.raises(
-        AttentionBackendError, match=r"'maskless'.*cannot take these slices.*no attention mask"
-    ):
+    with pytest.raises(AttentionBackendError, match=r"'maskless'.*cannot take these slices.*no attention mask"):
         sliced_attention(q, k, v, None, None, True, query_chunk_size=4, inner="maskless")
+
+
+def test_cuda_probe_needs_no_torch_where_cuda_is_ruled_out() -> None:
+    """``difflux plugins`` lists the CUDA-only backends as unavailable without importing torch."""
+    import os
+
+    code = (
+        "import sys, io\nfrom difflux.attention_plugins import cuda_reason\nfrom difflux.cli import main\n"
+        "why = cuda_reason()\nmain(['plugins'], io.StringIO())\nprint(repr(why), 'torch' in sys.modules)\n"
+    )
+    plugins = "attention-sdpa,attention-xformers,attention-flash,attention-sage"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFLUX_")} | {"DIFFLUX_LOAD_PLUGINS": plugins}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    why, imported = done.stdout.strip().rsplit(" ", 1)
+    if torch.cuda.is_available():
+        assert why == "None"
+    elif torch.__version__.endswith("+cpu") or not os.path.exists("/proc/driver/nvidia/version"):
+        assert "needs a CUDA device" in why and imported == "False"
+    from difflux.attention_plugins import cuda_reason
+
+    assert (cuda_reason() is None) == torch.cuda.is_available()  # with torch imported: torch's own answer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,8 +29,36 @@ def missing_module_reason(module: str, install: str) -> str | None:
     return None
 
 
+def _cuda_ruled_out_without_torch() -> str | None:
+    """Why there can be no CUDA device, when that is certain without importing torch (else ``None``).
+
+    ``difflux plugins`` stays torch-free on CPU machines: a ``+cpu`` torch build never has CUDA,
+    and on Linux no NVIDIA driver means no CUDA device. Anything else imports torch and asks it.
+    """
+    import sys
+    from importlib import metadata
+
+    if "torch" in sys.modules:
+        return None
+    try:
+        version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "needs torch, which is not installed"
+    if version.endswith("+cpu"):
+        return f"needs a CUDA device; this torch build ({version}) has no CUDA"
+    if sys.platform == "linux" and "rocm" not in version and not os.path.exists("/proc/driver/nvidia/version"):
+        return "needs a CUDA device; this machine has no NVIDIA driver"
+    return None
+
+
 def cuda_reason(min_capability: tuple[int, int] | None = None) -> str | None:
-    """``None`` when torch sees a CUDA device (of at least ``min_capability``), else why not."""
+    """``None`` when torch sees a CUDA device (of at least ``min_capability``), else why not.
+
+    Imports torch only when the answer is not certain without it (see ``_cuda_ruled_out_without_torch``).
+    """
+    why = _cuda_ruled_out_without_torch()
+    if why is not None:
+        return why
     import torch
 
     if not torch.cuda.is_available():

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 import torch
 from difflux.attention import ENV_VAR, AttentionBackendError, attention, reference_attention, set_attention_backend
+from difflux.attention_plugins import cuda_reason
 from difflux.cli import plugins_report
 from difflux.errors import ConfigError
 from difflux.modeling import ModelMixin
 from difflux.registry import get_registry, reset_registry
 from difflux.testing import AttentionBackendConformance
-from difflux_attention_sdpa.kernels import cuda_probe, flash_accepts, flex_accepts
+from difflux_attention_sdpa.kernels import flash_accepts, flex_accepts
 
 SUBKERNELS = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "flex")
 
@@ -118,7 +119,7 @@ def test_cuda_only_kernels_are_unavailable_with_the_reason(registry: None) -> No
     for name in ("sdpa-efficient", "sdpa-cudnn"):
         assert entries[name]["available"] is False
         assert "needs a CUDA device" in entries[name]["unavailable"]
-    assert cuda_probe() is not None
+    assert cuda_reason() is not None
     q, k, v = _inputs(3, 4, 4, 8, torch.float32)
     with pytest.raises(AttentionBackendError, match=r"'sdpa-efficient'.*not usable here: needs a CUDA device"):
         attention(q, k, v, backend="sdpa-efficient")

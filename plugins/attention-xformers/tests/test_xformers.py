@@ -24,7 +24,8 @@ from difflux.modeling import ModelMixin
 from difflux.registry import get_registry, reset_registry
 from difflux.testing import AttentionBackendConformance, IsolatedRegistry
 from difflux_attention_xformers import BACKEND_NAME, INSTALL
-from difflux_attention_xformers.kernel import aligned_bias, unavailable_reason, xformers_attention
+from difflux_attention_xformers.kernel import aligned_bias, xformers_attention
+from difflux_attention_xformers.plugin import unavailable_reason
 
 HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
 
@@ -185,9 +186,9 @@ def test_aligned_bias_pads_storage_not_shape() -> None:
 def test_enabled_on_models_with_the_op_and_refuses_cpu_inputs(
     fake: list[dict[str, Any]], registry: pytest.MonkeyPatch
 ) -> None:
-    import difflux_attention_xformers.kernel as kernel
+    import difflux_attention_xformers.plugin as plugin
 
-    registry.setattr(kernel, "cuda_reason", lambda: None)  # pretend a GPU: availability only
+    registry.setattr(plugin, "cuda_reason", lambda: None)  # pretend a GPU: availability only
     reset_registry()
     net = _Net()
     net.enable_xformers_memory_efficient_attention(attention_op="my-op")

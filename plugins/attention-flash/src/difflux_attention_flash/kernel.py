@@ -7,16 +7,11 @@ Partitioning" (2023); exact attention, tiled so the scores never reach GPU main 
 from __future__ import annotations
 
 import torch
-from difflux.attention_plugins import cuda_reason, import_kernel, missing_module_reason, require_plain_inputs
+from difflux.attention_plugins import import_kernel, require_plain_inputs
 
 from . import BACKEND_NAME, INSTALL
 
-__all__ = ["flash_attention", "unavailable_reason"]
-
-
-def unavailable_reason() -> str | None:
-    """Why the backend cannot run here (flash-attn missing, no CUDA device of sm80+), or ``None``."""
-    return missing_module_reason("flash_attn", INSTALL) or cuda_reason((8, 0))
+__all__ = ["flash_attention"]
 
 
 def flash_attention(

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from difflux import hookimpl
+from difflux.attention_plugins import cuda_reason, missing_module_reason
 from difflux.registry import RegisterAttentionBackend
 
-from . import BACKEND_NAME, PRIORITY
+from . import BACKEND_NAME, INSTALL, PRIORITY
+
+
+def unavailable_reason() -> str | None:
+    """Why the backend cannot run in this process (flash-attn missing, no CUDA device of sm80+), or ``None``.
+
+    Imports no torch where CUDA is ruled out without it, so ``difflux plugins`` stays light.
+    """
+    return missing_module_reason("flash_attn", INSTALL) or cuda_reason((8, 0))
 
 
 @hookimpl
@@ -20,5 +29,5 @@ def difflux_register_attention_backends(register: RegisterAttentionBackend) -> N
         dtypes={"float16", "bfloat16"},
         supports_mask=False,
         max_head_dim=256,
-        probe="difflux_attention_flash.kernel:unavailable_reason",
+        probe=unavailable_reason,
     )

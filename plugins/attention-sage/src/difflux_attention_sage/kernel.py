@@ -9,16 +9,11 @@ attention, more than fp16 kernels.
 from __future__ import annotations
 
 import torch
-from difflux.attention_plugins import cuda_reason, import_kernel, missing_module_reason, require_plain_inputs
+from difflux.attention_plugins import import_kernel, require_plain_inputs
 
 from . import BACKEND_NAME, HEAD_DIMS, INSTALL
 
-__all__ = ["accepts", "sage_attention", "unavailable_reason"]
-
-
-def unavailable_reason() -> str | None:
-    """Why the backend cannot run here (sageattention missing, no CUDA device of sm80+), or ``None``."""
-    return missing_module_reason("sageattention", INSTALL) or cuda_reason((8, 0))
+__all__ = ["accepts", "sage_attention"]
 
 
 def accepts(q: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> str | None:

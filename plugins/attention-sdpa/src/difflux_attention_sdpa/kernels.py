@@ -26,15 +26,12 @@ from typing import Any
 
 import torch
 from difflux.attention import AttentionBackendError
-from difflux.attention_plugins import cuda_reason
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .kernel import sdpa_attention
 
 __all__ = [
-    "cuda_probe",
     "cudnn_accepts",
-    "cudnn_probe",
     "efficient_accepts",
     "flash_accepts",
     "flex_accepts",
@@ -87,19 +84,6 @@ sdpa_math = _pinned("sdpa-math", SDPBackend.MATH)
 
 
 # -- availability and per-input checks (registered as probe= / accepts=) ---------------------
-
-
-def cuda_probe() -> str | None:
-    """``None`` when this process sees a CUDA device, else why not."""
-    return cuda_reason()
-
-
-def cudnn_probe() -> str | None:
-    """``None`` with a CUDA device of compute capability 8.0+ and cuDNN, else why not."""
-    why = cuda_reason((8, 0))
-    if why is None and not torch.backends.cudnn.is_available():
-        why = "needs cuDNN, which this torch build does not have"
-    return why
 
 
 def flash_accepts(q: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> str | None:

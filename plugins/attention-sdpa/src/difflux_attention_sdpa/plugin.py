@@ -6,9 +6,21 @@ Importing this module must stay cheap (no torch): the kernel is registered as a 
 from __future__ import annotations
 
 from difflux import hookimpl
+from difflux.attention_plugins import cuda_reason
 from difflux.registry import RegisterAttentionBackend
 
 from . import BACKEND_NAME, PRIORITY
+
+
+def cudnn_reason() -> str | None:
+    """``None`` with a CUDA device of compute capability 8.0+ and cuDNN, else why not."""
+    why = cuda_reason((8, 0))
+    if why is None:
+        import torch
+
+        if not torch.backends.cudnn.is_available():
+            why = "needs cuDNN, which this torch build does not have"
+    return why
 
 
 @hookimpl
@@ -34,7 +46,7 @@ def difflux_register_attention_backends(register: RegisterAttentionBackend) -> N
         devices={"cuda"},
         dtypes={"float16", "bfloat16", "float32"},
         accepts=f"{k}:efficient_accepts",
-        probe=f"{k}:cuda_probe",
+        probe=cuda_reason,
         requires=("torch",),
     )
     register(
@@ -46,7 +58,7 @@ def difflux_register_attention_backends(register: RegisterAttentionBackend) -> N
         max_head_dim=128,
         supports_mask=False,  # torch's cuDNN path takes masks only in recent versions / cuDNN builds
         accepts=f"{k}:cudnn_accepts",
-        probe=f"{k}:cudnn_probe",
+        probe=cudnn_reason,
         requires=("torch",),
     )
     register("sdpa-math", f"{k}:sdpa_math", priority=10, requires=("torch",))

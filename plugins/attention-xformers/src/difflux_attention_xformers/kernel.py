@@ -11,16 +11,11 @@ from typing import Any
 
 import torch
 from difflux.attention import AttentionBackendError
-from difflux.attention_plugins import additive_bias, cuda_reason, import_kernel, missing_module_reason
+from difflux.attention_plugins import additive_bias, import_kernel
 
 from . import BACKEND_NAME, INSTALL
 
-__all__ = ["aligned_bias", "unavailable_reason", "xformers_attention"]
-
-
-def unavailable_reason() -> str | None:
-    """Why the backend cannot run in this process (xFormers missing, no CUDA device), or ``None``."""
-    return missing_module_reason("xformers", INSTALL) or cuda_reason()
+__all__ = ["aligned_bias", "xformers_attention"]
 
 
 def aligned_bias(bias: torch.Tensor, shape: tuple[int, int, int, int]) -> torch.Tensor:

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from difflux import hookimpl
+from difflux.attention_plugins import cuda_reason, missing_module_reason
 from difflux.registry import RegisterAttentionBackend
 
-from . import BACKEND_NAME, PRIORITY
+from . import BACKEND_NAME, INSTALL, PRIORITY
+
+
+def unavailable_reason() -> str | None:
+    """Why the backend cannot run in this process (xFormers missing, no CUDA device), or ``None``.
+
+    Imports no torch where CUDA is ruled out without it, so ``difflux plugins`` stays light.
+    """
+    return missing_module_reason("xformers", INSTALL) or cuda_reason()
 
 
 @hookimpl
@@ -19,5 +28,5 @@ def difflux_register_attention_backends(register: RegisterAttentionBackend) -> N
         priority=PRIORITY,
         devices={"cuda"},
         dtypes={"float16", "bfloat16", "float32"},
-        probe="difflux_attention_xformers.kernel:unavailable_reason",
+        probe=unavailable_reason,
     )
