@@ -168,6 +168,41 @@ class PipelineConformance:
         pipe.to(dtype=torch.float32)
         assert pipe.dtype == torch.float32
 
+    def test_model_offload_gives_the_same_output(self) -> None:
+        """``enable_model_cpu_offload`` (CPU as execution device): the declared sequence names
+        components, exactly the running model is onloaded, the output is unchanged, and everything
+        is offloaded again when the call ends."""
+        from .. import offload
+
+        expected = self.run(self.make_pipeline())
+        pipe = self.make_pipeline()
+        assert self.pipeline_class.model_cpu_offload_seq, "declare model_cpu_offload_seq on the class"
+        pipe.enable_model_cpu_offload(device="cpu")
+        state = offload.active(pipe)
+        assert state is not None and pipe.device == torch.device("cpu")
+        weights = state.handle.weights  # type: ignore[attr-defined]
+        wrong: list[tuple[str, list[str]]] = []
+        handles = []
+        for name, module in pipe.components.items():
+            leaves = [m for m in module.modules() if next(m.parameters(recurse=False), None) is not None] if (
+                isinstance(module, torch.nn.Module) and name in weights
+            ) else []
+            if leaves:
+                def probe(*_: Any, name: str = name) -> None:
+                    onloaded = sorted(n for n, w in weights.items() if w.on is not None)
+                    if onloaded != [name]:
+                        wrong.append((name, onloaded))
+
+                handles.append(leaves[-1].register_forward_pre_hook(probe))
+        try:
+            self.assert_close(self.run(pipe), expected)
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert not wrong, f"models on the device while another ran: {wrong[:3]}"
+        assert all(w.on is None for w in weights.values()), "a model stayed on the device after the call"
+        pipe.remove_all_hooks()
+
     def test_call_runs_without_autograd(self) -> None:
         pipe = self.make_pipeline()
         grad_seen: list[bool] = []
