@@ -11,7 +11,15 @@ __all__ = [
     "PluginError",
     "RemoteCodeError",
     "UnknownClassError",
+    "add_context",
 ]
+
+
+def add_context(exc: BaseException, where: str) -> None:
+    """Prefix ``exc``'s message with ``where`` (a file, a component), in place so its type is kept,
+    unless the message already starts with it or is not a single string."""
+    if len(exc.args) == 1 and isinstance(exc.args[0], str) and not exc.args[0].startswith(where):
+        exc.args = (f"{where}: {exc.args[0]}",)
 
 
 class DiffluxError(Exception):

@@ -26,7 +26,7 @@ import torch
 
 from ._pushing import PushToHubMixin
 from .config import Bound, ConfigMixin
-from .errors import ConfigError, LoadError
+from .errors import ConfigError, LoadError, add_context
 from .options import LoadOptions, check_bool
 from .registry import get_registry
 from .serialization import (
@@ -502,8 +502,7 @@ class ModelMixin(torch.nn.Module, ConfigMixin, PushToHubMixin):
             try:
                 return cls.from_config(config)
             except ConfigError as exc:  # name the file the bad value came from
-                if len(exc.args) == 1 and isinstance(exc.args[0], str):
-                    exc.args = (f"{folder / cls.config_name}: {exc.args[0]}",)
+                add_context(exc, str(folder / cls.config_name))
                 raise
 
         model: ModelMixin

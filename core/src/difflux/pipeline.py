@@ -21,7 +21,7 @@ from . import _providers
 from ._files import check_regular_file, max_json_bytes
 from ._pushing import PushToHubMixin
 from .config import DIFFUSERS_FORMAT_VERSION, ConfigMixin, FrozenConfig, read_json, write_json_atomic
-from .errors import ConfigError, LoadError, UnknownClassError
+from .errors import ConfigError, LoadError, UnknownClassError, add_context
 from .image import numpy_to_pil
 from .options import LoadOptions, check_bool, require_trust
 from .outputs import BaseOutput
@@ -521,7 +521,7 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
                     registry, name, library, class_name, folder, device_map.options_for(options, plan, name), hint
                 )
             except (LoadError, ConfigError) as exc:  # UnknownClassError names the entry already
-                _name_component(exc, name, library, class_name)
+                add_context(exc, f"component {name!r} ({library}.{class_name})")
                 raise
             for replacement in registry.hook.difflux_component_loaded(name=name, component=component, options=options):
                 component = replacement
@@ -534,8 +534,8 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         try:
             pipe = pipeline_class(**loaded, **values)
         except ConfigError as exc:  # a config value of model_index.json (or its override) is invalid
-            if len(exc.args) == 1 and isinstance(exc.args[0], str) and exc.args[0].startswith("invalid config"):
-                exc.args = (f"{index_file}: {exc.args[0]}",)
+            if str(exc).startswith("invalid config"):
+                add_context(exc, str(index_file))
             raise
         device_map.finish_pipeline(pipe, plan)
 
@@ -997,13 +997,6 @@ class DiffusionPipeline(ConfigMixin, PushToHubMixin):
         if not (isinstance(found, type) and issubclass(found, DiffusionPipeline)):
             raise ConfigError(f"custom code for {folder} gave {found!r}, which is not a DiffusionPipeline subclass")
         return typing.cast(type[Self], found)
-
-
-def _name_component(exc: Exception, name: str, library: str, class_name: str) -> None:
-    """Put the component into ``exc``'s message (in place, keeping its type) unless it is there."""
-    prefix = f"component {name!r} ({library}.{class_name})"
-    if len(exc.args) == 1 and isinstance(exc.args[0], str) and not exc.args[0].startswith(prefix):
-        exc.args = (f"{prefix}: {exc.args[0]}",)
 
 
 def _check_json_files(folder: Path) -> None:

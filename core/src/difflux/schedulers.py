@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from ._pushing import PushToHubMixin
 from .config import Bound, ConfigMixin, FrozenConfig
-from .errors import ConfigError, ConfigRangeError
+from .errors import ConfigError, ConfigRangeError, add_context
 from .options import LoadOptions
 from .outputs import BaseOutput
 from .registry import get_registry
@@ -97,8 +97,7 @@ class SchedulerMixin(ConfigMixin, PushToHubMixin):
         try:
             return cls.from_config(config, **overrides)
         except ConfigError as exc:  # name the file the bad value came from
-            if len(exc.args) == 1 and isinstance(exc.args[0], str):
-                exc.args = (f"{Path(folder, subfolder or '', cls.config_name)}: {exc.args[0]}",)
+            add_context(exc, str(Path(folder, subfolder or "", cls.config_name)))
             raise
 
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
