@@ -101,6 +101,12 @@ def _model_kwargs(folder: Path, options: LoadOptions) -> dict[str, Any]:
     device_map = options.device_map
     if device_map is not None:
         kwargs["device_map"] = str(device_map) if not isinstance(device_map, (str, dict)) else device_map
+        # transformers plans its own per-module maps; it reads its shards lazily, so offload_state_dict has no
+        # counterpart there
+        if options.max_memory is not None:
+            kwargs["max_memory"] = dict(options.max_memory)
+        if options.offload_folder is not None:
+            kwargs["offload_folder"] = str(options.offload_folder)
     return kwargs
 
 
