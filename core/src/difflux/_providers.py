@@ -25,7 +25,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
     "difflux-models": (
         "UNet1DModel", "UNet2DModel", "UNet2DConditionModel", "AutoencoderKL", "VQModel",
         "Transformer2DModel", "DiTTransformer2DModel", "PixArtTransformer2DModel",
-        "PriorTransformer", "UnCLIPTextProjModel",
+        "PriorTransformer", "UnCLIPTextProjModel", "Kandinsky3UNet",
     ),
     "difflux-pipelines-unconditional": (
         "DDPMPipeline", "DDIMPipeline", "PNDMPipeline", "LDMPipeline", "ScoreSdeVePipeline",

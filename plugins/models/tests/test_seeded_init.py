@@ -313,6 +313,18 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
             "sample_size": 16,
         },
     ),
+    "kandinsky3": (
+        "Kandinsky3UNet",
+        {
+            "time_embedding_dim": 16,
+            "groups": 4,
+            "attention_head_dim": 4,
+            "layers_per_block": 2,
+            "block_out_channels": (16, 16, 32, 32),
+            "cross_attention_dim": 12,
+            "encoder_hid_dim": 10,
+        },
+    ),
     # transformers
     "prior_karlo": (
         "PriorTransformer",

@@ -11,6 +11,7 @@ from typing import Any
 __all__ = [
     "AutoencoderKL",
     "DiTTransformer2DModel",
+    "Kandinsky3UNet",
     "PixArtTransformer2DModel",
     "PriorTransformer",
     "Transformer2DModel",
@@ -24,6 +25,7 @@ __all__ = [
 _LOCATIONS = {
     "AutoencoderKL": "difflux_models.autoencoder_kl",
     "DiTTransformer2DModel": "difflux_models.transformers.dit",
+    "Kandinsky3UNet": "difflux_models.unet_kandinsky3",
     "PixArtTransformer2DModel": "difflux_models.transformers.pixart",
     "PriorTransformer": "difflux_models.transformers.prior_transformer",
     "Transformer2DModel": "difflux_models.transformers.transformer_2d",

@@ -17,6 +17,7 @@ MODELS: tuple[str, ...] = (
     "difflux_models.transformers.transformer_2d:Transformer2DModel",
     "difflux_models.transformers.prior_transformer:PriorTransformer",
     "difflux_models.unclip_text_proj:UnCLIPTextProjModel",
+    "difflux_models.unet_kandinsky3:Kandinsky3UNet",
 )
 
 
