@@ -227,3 +227,15 @@ def test_balanced_map_refusals(two_models: Any) -> None:
         DiffusionPipeline.from_pretrained(folder, device_map="balanced", max_memory={"cpu": 100})
     with pytest.raises(ConfigError, match="use 'balanced'"):
         DiffusionPipeline.from_pretrained(folder, device_map="sequential")
+
+
+def test_auto_dtype_keeps_the_checkpoint_dtype(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TinyNet().eval().half()
+    model.save_pretrained(tmp_path / "half")
+    loaded = TinyNet.from_pretrained(
+        tmp_path / "half", torch_dtype="auto", device_map={"": "cpu", "blocks": "disk"}, offload_folder=tmp_path / "o"
+    )
+    assert loaded.inp.weight.dtype == torch.float16
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(X.half()), model(X.half()), rtol=0, atol=0)

@@ -198,6 +198,13 @@ def load_dispatched(
     weights = find_weight_files(
         folder, prefix=cls.weights_name, variant=options.variant, use_safetensors=options.use_safetensors
     )
+    raw = options.torch_dtype
+    if isinstance(raw, Mapping):
+        raw = raw.get(component, raw.get("default")) if component else raw.get("default")
+    if raw == "auto" and weights.files[0].suffix == ".safetensors":  # the checkpoint's own floating dtype
+        kinds = [kind for _, kind in _file_keys(weights.files[0]).values() if kind.upper() in _FLOATS]
+        floats = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+        dtype = floats.get(kinds[0].upper()) if kinds else None
     with parameters_on_meta():
         model = cls.from_config(config)
     keep = tuple(cls._keep_in_fp32_modules)
