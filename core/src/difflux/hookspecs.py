@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from .registry import (
         RegisterAttentionBackend,
         RegisterComponent,
-        RegisterPipeline,
         RegisterOffloadStrategy,
+        RegisterPipeline,
         RegisterScheduler,
     )
 
@@ -96,7 +96,6 @@ def difflux_register_optimizations(register: RegisterOptimization) -> None:
     """
 
 
-# -- behaviour hooks ----------------------------------------------------------------------------
 @hookspec
 def difflux_register_offload_strategies(register: RegisterOffloadStrategy) -> None:
     """Register ways to keep models off the accelerator until they run (see ``docs/memory.md``).
@@ -111,6 +110,7 @@ def difflux_register_offload_strategies(register: RegisterOffloadStrategy) -> No
     """
 
 
+# -- behaviour hooks ----------------------------------------------------------------------------
 
 
 @hookspec(firstresult=True)
