@@ -157,3 +157,34 @@ def diffusers_sdxl_components(tmp_path: Path, scheduler: str = "EulerDiscreteSch
         "image_encoder": None,
         "feature_extractor": None,
     }
+
+
+# -- session-scoped pipelines (build once; tests make new pipelines from their components) -------------
+
+
+@pytest.fixture(scope="session")
+def sd_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """``(Diffusers StableDiffusionPipeline, the difflux one loaded from its saved folder)``, DDIM."""
+    folder = tmp_path_factory.mktemp("sd-pair")
+    ref = diffusers_pipeline("StableDiffusionPipeline", diffusers_sd_components(folder), requires_safety_checker=False)
+    ref.save_pretrained(folder / "sd")
+    return ref, load_difflux(folder / "sd")
+
+
+@pytest.fixture(scope="session")
+def sdxl_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """``(Diffusers StableDiffusionXLPipeline, the difflux one loaded from its saved folder)``, Euler."""
+    folder = tmp_path_factory.mktemp("sdxl-pair")
+    ref = diffusers_pipeline("StableDiffusionXLPipeline", diffusers_sdxl_components(folder))
+    ref.save_pretrained(folder / "sdxl")
+    return ref, load_difflux(folder / "sdxl")
+
+
+def unet_like(unet: Any, **changes: Any) -> Any:
+    """A seeded difflux UNet with ``unet``'s config and ``changes`` (e.g. ``in_channels=9``)."""
+    from difflux_models import UNet2DConditionModel
+
+    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    config.update(changes)
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**config)
