@@ -395,7 +395,7 @@ def test_slicing_lowers_measured_peak_memory_on_cuda() -> None:
 
     math_peak, plain = peak("reference")  # float32 scores: (2, 8, 4096, 4096) is 1 GiB
     sliced_peak, sliced = peak(AttentionBackendChoice(SLICED_BACKEND, slice_size="max", inner="reference"))
-    assert math_peak >= 2**30 and sliced_peak <= math_peak / 8
+    assert math_peak >= 2**30 and sliced_peak <= math_peak / 4
     assert (plain.float() - sliced.float()).abs().max().item() <= 1e-3
 
 

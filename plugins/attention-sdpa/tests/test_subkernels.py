@@ -3,7 +3,7 @@
 On the CPU: ``sdpa-flash`` (torch's CPU flash kernel), ``sdpa-math`` and ``flex`` run the shared
 conformance kit (reference parity over masks, causal, dtypes, head dims, scales); ``sdpa-efficient``
 / ``sdpa-cudnn`` are unavailable with the reason. On a GPU
-(``gpu`` mark) every one runs against the reference computed in float64.
+(``gpu`` mark) every one runs the kit on CUDA inputs.
 """
 
 from __future__ import annotations
@@ -41,25 +41,6 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def _inputs(seed: int, n_q: int, n_k: int, dim: int, dtype: torch.dtype, device: str = "cpu") -> Any:
     g = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(2, 3, n, dim, generator=g).to(device, dtype) for n in (n_q, n_k, n_k))
-
-
-def _mask(kind: str, shape: tuple[int, ...], dtype: torch.dtype, device: str = "cpu") -> torch.Tensor | None:
-    g = torch.Generator().manual_seed(11)
-    if kind == "none":
-        return None
-    keep = torch.rand(shape, generator=g) > 0.4
-    keep[..., 0] = True
-    if kind == "bool":
-        return keep.to(device)
-    return torch.randn(shape, generator=g).masked_fill(~keep, float("-inf")).to(device, dtype)
-
-
-def _against_reference(name: str, q: Any, k: Any, v: Any, mask: Any, scale: Any, causal: bool) -> float:
-    got = attention(q, k, v, mask, scale, causal, backend=name)
-    assert got.dtype == q.dtype and got.shape == (*q.shape[:-1], v.shape[-1]) and got.device == q.device
-    wide = mask.double() if mask is not None and mask.dtype != torch.bool else mask
-    exact = reference_attention(q.double(), k.double(), v.double(), wide, scale, causal)
-    return float((got.double() - exact).abs().max())
 
 
 def test_pinned_kernel_is_really_pinned(registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,32 +115,6 @@ class _Tiny(ModelMixin):
         self.lin = torch.nn.Linear(2, 2)
 
 
-# -- on a GPU --------------------------------------------------------------------------------
-
-GPU_TOLERANCE = {torch.float32: 2e-3, torch.float16: 3e-3, torch.bfloat16: 2e-2}
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", SUBKERNELS)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("mask_kind", ["none", "float"])
-@pytest.mark.parametrize("causal", [False, True])
-def test_subkernels_match_reference_on_cuda(
-    registry: None, name: str, dtype: torch.dtype, mask_kind: str, causal: bool
-) -> None:
-    q, k, v = _inputs(5, 64, 77, 64, dtype, "cuda")
-    mask = _mask(mask_kind, (2, 1, 64, 77), dtype, "cuda")
-    spec = get_registry().attention_backends[name]
-    why = spec.available() or spec.check(q, mask, causal)
-    if why is not None:  # the constraint is stated: the call must refuse, naming it
-        with pytest.raises(AttentionBackendError, match=name):
-            attention(q, k, v, mask, None, causal, backend=name)
-        return
-    err = _against_reference(name, q, k, v, mask, None, causal)
-    assert err <= GPU_TOLERANCE[dtype], f"{name}: max abs error {err:.3g}"
-
-
 # -- the shared attention-backend conformance kit ---------------------------------------------------
 
 
@@ -182,21 +137,40 @@ class TestFlexConformance(AttentionBackendConformance):
     dtypes = (torch.float32, torch.bfloat16)
 
 
+class _MatchesOrRefuses(AttentionBackendConformance):
+    """For torch's fused CUDA kernels, whose limits on unequal causal lengths and on v's head dim
+    vary by version and GPU and cannot be declared up front: each such case must either match
+    the reference or raise ``AttentionBackendError`` naming the backend; never a wrong answer."""
+
+    def _match_or_refuse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
+        try:
+            attention(q, k, v, None, None, causal, backend=self.backend_name)
+        except AttentionBackendError as exc:
+            assert self.backend_name in str(exc)
+            return
+        self.assert_matches_reference(q, k, v, causal=causal)
+
+    @pytest.mark.parametrize(("n_q", "n_k"), [(3, 8), (8, 3), (1, 1)])
+    def test_causal_is_top_left_aligned_for_unequal_lengths(self, n_q: int, n_k: int) -> None:
+        q, k, v = self.inputs(2, n_q, n_k, self.head_dims[-1], self.dtypes[0])
+        self._match_or_refuse(q, k, v, True)
+
+    def test_value_head_dim_may_differ(self) -> None:
+        q, k, v = self.inputs(4, 5, 6, self.head_dims[-1], self.dtypes[0], v_dim=self.head_dims[-1] // 2)
+        self._match_or_refuse(q, k, v, False)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-class TestSdpaFlashCudaConformance(TestSdpaFlashConformance):
+class TestSdpaFlashCudaConformance(_MatchesOrRefuses):
+    backend_name = "sdpa-flash"
     device = "cuda"
     dtypes = (torch.float16, torch.bfloat16)
 
-    def test_value_head_dim_may_differ(self) -> None:  # no mask on CUDA; same check on CUDA inputs
-        q, k, v = self.inputs(4, 5, 6, 64, torch.float16, v_dim=128)
-        with pytest.raises(AttentionBackendError, match="sdpa-flash"):
-            attention(q, k, v, backend=self.backend_name)
-
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-class TestSdpaEfficientCudaConformance(AttentionBackendConformance):
+class TestSdpaEfficientCudaConformance(_MatchesOrRefuses):
     backend_name = "sdpa-efficient"
     device = "cuda"
     head_dims = (8, 40, 64)
@@ -204,7 +178,7 @@ class TestSdpaEfficientCudaConformance(AttentionBackendConformance):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-class TestSdpaCudnnCudaConformance(AttentionBackendConformance):
+class TestSdpaCudnnCudaConformance(_MatchesOrRefuses):
     backend_name = "sdpa-cudnn"
     device = "cuda"
     dtypes = (torch.float16, torch.bfloat16)
@@ -220,7 +194,10 @@ class TestSdpaMathCudaConformance(AttentionBackendConformance):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-class TestFlexCudaConformance(AttentionBackendConformance):
+class TestFlexCudaConformance(_MatchesOrRefuses):
+    """Compiled flex: one dtype and head dim keep the number of compilations small."""
+
     backend_name = "flex"
     device = "cuda"
-    head_dims = (16, 64, 128)
+    dtypes = (torch.float16,)
+    head_dims = (64,)
