@@ -154,12 +154,31 @@ def compile_regions(
             continue
         block.compile(backend=backend, mode=mode, fullgraph=True, dynamic=None if dynamic else False)
         compiled = block._compiled_call_impl
-        assert compiled is not None
+        if compiled is None:
+            raise RuntimeError("compile_regions: internal check failed: compiled is not None")
         state = states.setdefault(type(block), _ClassState())
         # nn.Module.__call__ calls _compiled_call_impl when set: put the fallback in front of it
         block._compiled_call_impl = _Region(compiled, block._call_impl, state, type(block).__name__, dynamic)
         done.append(block)
     return done
+
+
+def prime_attention(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Run each attention backend ``model`` uses once, eagerly, on a tiny input.
+
+    The first call of a backend resolves and imports it (``difflux.attention`` builds its state
+    from the plugin registry then): work torch.compile must not trace. After this, a compiled
+    block sees only the cached dispatch.
+    """
+    from difflux.attention import attention
+
+    names = {getattr(m, "attention_backend", None) for m in model.modules() if hasattr(m, "attention_backend")}
+    q = torch.zeros(1, 1, 2, 8, device=device, dtype=dtype)
+    for name in names or {None}:
+        try:
+            attention(q, q, q, backend=name)
+        except Exception as exc:  # a backend that rejects this input: the compiled call will say so
+            logger.debug("difflux optimize: priming attention backend %r failed: %s", name, exc)
 
 
 # -- the compile cache ----------------------------------------------------------------------------
@@ -237,5 +256,6 @@ def regional_compile(ctx: OptimizeContext) -> str | None:
     if cache_dir is not None and backend == "inductor":
         settings = {"backend": backend, "mode": mode, "dynamic": dynamic, "blocks": blocks, "opt": ctx.mode}
         use_compile_cache(ctx.model, Path(cache_dir) / f"{type(ctx.model).__name__}-{_cache_key(ctx, settings)}.bin")
+    prime_attention(ctx.model, ctx.device, ctx.dtype)
     compile_regions(ctx.model, backend=backend, mode=mode, dynamic=dynamic, blocks=blocks)
     return None
