@@ -9,7 +9,7 @@ the same commit that registers it, and only then.
 
 from __future__ import annotations
 
-__all__ = ["PROVIDERS"]
+__all__ = ["PROVIDERS", "install_hint"]
 
 # fmt: off
 _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
@@ -40,6 +40,30 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionSafetyChecker",
     ),
 }
+
+#: First-party distributions that register no class named in checkpoints (backends, bridges, tools).
+_OTHER_FIRST_PARTY = frozenset({
+    "difflux-transformers", "difflux-optimize", "difflux-attention-sdpa", "difflux-attention-xformers",
+    "difflux-attention-flash", "difflux-attention-sage",
+})
 # fmt: on
 
 PROVIDERS: dict[str, str] = {name: dist for dist, names in _BY_DISTRIBUTION.items() for name in names}
+
+
+def install_hint(distribution: str) -> str:
+    """How to install ``distribution``: ``pip install NAME``, and for a first-party one, also from a checkout.
+
+    A first-party distribution may not be on the package index; its folder in a difflux checkout is
+    ``core/`` (``difflux``), ``hub/`` (``difflux-hub``) or ``plugins/<name>/`` (``difflux-<name>``).
+    """
+    hint = f"pip install {distribution}"
+    if distribution == "difflux":
+        folder = "core"
+    elif distribution == "difflux-hub":
+        folder = "hub"
+    elif distribution in PROVIDERS.values() or distribution in _OTHER_FIRST_PARTY:
+        folder = "plugins/" + distribution.removeprefix("difflux-")
+    else:
+        return hint
+    return f"{hint} (or, from a difflux checkout, pip install -e ./{folder})"

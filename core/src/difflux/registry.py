@@ -739,9 +739,9 @@ class Registry:
                 f"a newer version may: pip install -U {dist}"
             )
         elif distribution is not None:
-            hint = f"the folder was saved with it from the distribution {dist!r}: pip install {dist}"
+            hint = f"the folder was saved with it from the distribution {dist!r}: {_providers.install_hint(dist)}"
         elif dist is not None:
-            hint = f"it is provided by the distribution {dist!r}: pip install {dist}"
+            hint = f"it is provided by the distribution {dist!r}: {_providers.install_hint(dist)}"
         else:
             hint = "install the plugin distribution that provides it; `difflux plugins` lists what is installed"
             if self.excluded:
