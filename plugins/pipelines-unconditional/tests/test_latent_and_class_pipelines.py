@@ -84,8 +84,8 @@ class TestLDMConformance(PipelineConformance):
         return {"generator": seeded(seed), "num_inference_steps": 2, "output_type": "np", "eta": 1.0}
 
 
-@pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_ldm_parity(eta: float, tmp_path: Path) -> None:
+@pytest.mark.parametrize("eta", [0.0])  # at eta > 0 Diffusers draws the noise from the global RNG, difflux
+def test_ldm_parity(eta: float, tmp_path: Path) -> None:  # from the generator (test_run_contract checks that)
     torch.manual_seed(0)
     vqvae = diffusers.VQModel(**VQ)
     reference = diffusers.LDMPipeline(

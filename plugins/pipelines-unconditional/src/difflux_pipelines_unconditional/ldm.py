@@ -53,7 +53,7 @@ class LDMPipeline(UNetSamplingPipeline):
             latents=latents,
             output_type=output_type,
             return_dict=return_dict,
-            step_options={"eta": eta},
+            step_options={"eta": eta, "generator": generator},
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
