@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -116,6 +115,33 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class PeakRSS:
+    """The largest resident set size seen while the block runs (sampled every 2 ms), above the start."""
+
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        self.start = _rss()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+
 def child(lib: str, case: str, folder: str, out: str) -> None:
     """Runs in a fresh process: load, decode once, write figures and the image."""
     if lib == "difflux":
@@ -126,24 +152,22 @@ def child(lib: str, case: str, folder: str, out: str) -> None:
     if case == "device_map":
         kwargs = {"device_map": "auto", "max_memory": {"cpu": LIMIT}, "offload_folder": out + ".offload"}
     torch.set_grad_enabled(False)
-    before = _rss()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    start = time.perf_counter()
-    vae = AutoencoderKL.from_pretrained(folder, **kwargs)
-    load = time.perf_counter() - start
-    after = _rss()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
-    image = vae.decode(latent).sample
-    decode = time.perf_counter() - start
+    before = _rss()
+    with PeakRSS() as whole:
+        with PeakRSS() as loading:
+            start = time.perf_counter()
+            vae = AutoencoderKL.from_pretrained(folder, **kwargs)
+            load = time.perf_counter() - start
+        start = time.perf_counter()
+        image = vae.decode(latent).sample
+        decode = time.perf_counter() - start
     np.save(out + ".npy", image.float().numpy())
-    run_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     figures = {
         "load": load,
         "decode": decode,
-        "peak": max(peak - peak_before, after - before),
-        "run_peak": run_peak - peak_before,
+        "peak": loading.growth,
+        "run_peak": whole.growth,
         "held": _rss() - before,
     }
     with open(out + ".json", "w") as fh:
@@ -169,7 +193,8 @@ def loading() -> None:
             diff = float(np.abs(np.load(a["image"]) - np.load(b["image"])).max())  # type: ignore[arg-type]
             print(
                 f"  {case:>10}: peak RSS growth in load+decode difflux {a['run_peak'] / 2**20:.0f} MiB vs "
-                f"diffusers {b['run_peak'] / 2**20:.0f} MiB (ratio {a['run_peak'] / b['run_peak']:.2f}), in the load "
+                f"diffusers {b['run_peak'] / 2**20:.0f} MiB (ratio {a['run_peak'] / max(b['run_peak'], 1):.2f}), "
+                f"in the load "
                 f"alone {a['peak'] / 2**20:.0f} vs {b['peak'] / 2**20:.0f} MiB; resident after decode "
                 f"{a['held'] / 2**20:.0f} vs {b['held'] / 2**20:.0f} MiB; load {a['load']:.2f}s vs {b['load']:.2f}s "
                 f"(ratio {a['load'] / b['load']:.2f}); decode {a['decode']:.2f}s vs {b['decode']:.2f}s "
