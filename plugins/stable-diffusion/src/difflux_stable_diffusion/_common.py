@@ -20,7 +20,6 @@ __all__ = [
     "guidance_scale_embedding",
     "rescale_noise_cfg",
     "set_schedule",
-    "strength_schedule",
 ]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -66,39 +65,6 @@ def set_schedule(
     steps = scheduler.timesteps
     count = len(steps) if timesteps is not None or sigmas is not None else int(num_inference_steps or 0)
     return steps, count
-
-
-def strength_schedule(
-    scheduler: Scheduler,
-    timesteps: torch.Tensor,
-    num_inference_steps: int,
-    strength: float,
-    *,
-    denoising_start: float | None = None,
-) -> tuple[torch.Tensor, int]:
-    """The tail of the schedule that image-to-image runs: the last ``strength`` of it.
-
-    With ``denoising_start`` (an SDXL refiner taking over), the steps whose timestep lies below
-    ``(1 - denoising_start)`` of the training range, and ``strength`` is ignored.
-    Returns ``(timesteps, steps left)`` and tells the scheduler where it starts.
-    """
-    order = scheduler.order
-    if denoising_start is None:
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1], got {strength}")
-        init = min(int(num_inference_steps * strength), num_inference_steps)
-        start = max(num_inference_steps - init, 0)
-        tail = timesteps[start * order :]
-        scheduler.set_begin_index(start * order)
-        return tail, num_inference_steps - start
-    cutoff = round(scheduler.config["num_train_timesteps"] - denoising_start * scheduler.config["num_train_timesteps"])
-    count = int((timesteps < cutoff).sum().item())
-    if order == 2 and count % 2 == 0:
-        # a second-order sampler must not start between its two evaluations of one step
-        count += 1
-    begin = len(timesteps) - count
-    scheduler.set_begin_index(begin)
-    return timesteps[begin:], count
 
 
 def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
