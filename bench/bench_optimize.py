@@ -73,8 +73,9 @@ def max_diff(a: Any, b: Any) -> float:
 class Table:
     """Rows of ``(name, ms, compile s, max |diff| vs diffusers eager)``, printed with ratios."""
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, unit: str = "ms/forward") -> None:
         self.title = title
+        self.unit = unit
         self.rows: list[tuple[str, float, float | None, float | None]] = []
 
     def add(self, name: str, seconds: float, compile_s: float | None = None, diff: float | None = None) -> None:
@@ -86,7 +87,7 @@ class Table:
     def print(self, baseline: str = "diffusers eager") -> None:
         base = next((ms for n, ms, _, _ in self.rows if n == baseline), None)
         print(f"\n{self.title}")
-        print(f"| {'case':<28} | {'ms/forward':>10} | {'vs ' + baseline:>20} | {'compile s':>9} | {'max |diff|':>10} |")
+        print(f"| {'case':<28} | {self.unit:>10} | {'vs ' + baseline:>20} | {'compile s':>9} | {'max |diff|':>10} |")
         print(f"|{'-' * 30}|{'-' * 11}:|{'-' * 21}:|{'-' * 10}:|{'-' * 11}:|")
         for name, ms, comp, diff in self.rows:
             ratio = f"{ms / base:.2f}x" if base else "-"

@@ -40,13 +40,21 @@ def elapsed() -> str:
     return f"[{time.perf_counter() - START:5.0f} s]"
 
 
+def time_left(args: argparse.Namespace, need: float, what: str) -> bool:
+    """Whether ``need`` seconds fit in ``--budget``; prints the skip when they do not."""
+    left = args.budget - (time.perf_counter() - START)
+    if left < need:
+        print(f"skipped {what}: {left:.0f} s of the {args.budget:.0f} s budget left, it needs about {need:.0f} s")
+    return left >= need
+
+
 def bench_unet(name: str, config: dict[str, Any], args: argparse.Namespace, dev: str, dtype: torch.dtype) -> None:
     """The table (and kernel profile) for one UNet."""
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     ref = diffusers_unet(config, dev, dtype)
     call_args, kw = unet_inputs(config, dev, dtype)
     s = config["sample_size"]
-    table = Table(f"{name} UNet step, batch 2, {s}x{s} latents, {str(dtype).removeprefix('torch.')}, {dev}")
+    table = Table(f"{name} UNet step, batch 2, {s}x{s} latents, {str(dtype).removeprefix('torch.')}, {dev}", "ms/step")
 
     def call(model: Any) -> Callable[[], Any]:
         return lambda: model(*call_args, **kw, return_dict=False)[0]
@@ -79,7 +87,12 @@ def bench_unet(name: str, config: dict[str, Any], args: argparse.Namespace, dev:
         )
         print(elapsed(), 'optimize("max") done', flush=True)
 
-        if dev == "cuda" and (name != "SDXL" or args.diffusers_compile_sdxl) and not args.no_diffusers_compile:
+        if (
+            dev == "cuda"
+            and (name != "SDXL" or args.diffusers_compile_sdxl)
+            and not args.no_diffusers_compile
+            and time_left(args, 80 if name != "SDXL" else 320, f"{name} diffusers torch.compile")
+        ):
             ref.to(memory_format=torch.channels_last)
             compiled = torch.compile(ref, fullgraph=True)
             first = timed_first(call(compiled), sync)
@@ -168,7 +181,7 @@ def bench_pipeline(size: str, dev: str, dtype: torch.dtype, steps: int, compile_
             sync()
         return time.perf_counter() - t0
 
-    table = Table(f"{size} pipeline, {steps} steps, {px}x{px}, {str(dtype).removeprefix('torch.')}, {dev}")
+    table = Table(f"{size} pipeline, {steps} steps, {px}x{px}, {str(dtype).removeprefix('torch.')}, {dev}", "ms/image")
     table.add("diffusers eager", run(theirs))
     table.add("difflux eager", run(ours))
     ours.optimize("max", components=["unet"], compile_backend=compile_backend)
@@ -206,7 +219,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="smoke mode: tiny models, fp32, 2 steps")
     ap.add_argument("--models", default="sd15,sdxl")
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--budget", type=float, default=280, help="seconds; later cases that would not fit are skipped")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--no-pipelines", action="store_true")
     ap.add_argument("--no-unets", action="store_true", help="only the pipelines")
@@ -218,10 +232,12 @@ def main() -> None:
     dev = args.device
     dtype = torch.float32 if args.tiny or dev == "cpu" else torch.float16
     if args.tiny:
-        args.iters, args.steps = min(args.iters, 3), 2
+        args.iters, args.steps, args.budget = min(args.iters, 3), 2, float("inf")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if dev == 'cuda' else 'cpu'}", flush=True)
     for name in [] if args.no_unets else args.models.split(","):
         config = {"sd15": TINY if args.tiny else SD15, "sdxl": TINY_XL if args.tiny else SDXL}[name]
+        if name == "sdxl" and not time_left(args, 80, "the SDXL UNet table"):
+            continue
         bench_unet(name.upper().replace("SD15", "SD1.5"), config, args, dev, dtype)
         scheduler_step_cost(config, dev, dtype, args.iters)
         print(elapsed(), flush=True)
@@ -229,7 +245,8 @@ def main() -> None:
             torch.cuda.empty_cache()
     if not args.no_pipelines:
         for name in args.models.split(","):
-            bench_pipeline("tiny" if args.tiny else name, dev, dtype, args.steps, args.compile_backend)
+            if time_left(args, 25 if name == "sd15" else 45, f"the {name} pipeline"):
+                bench_pipeline("tiny" if args.tiny else name, dev, dtype, args.steps, args.compile_backend)
             print(elapsed(), flush=True)
             if dev == "cuda":
                 torch.cuda.empty_cache()
