@@ -51,6 +51,7 @@ class TinyScheduler(SchedulerMixin):
 
 class TinyPipeline(DiffusionPipeline):
     _optional_components = ("extra",)
+    model_cpu_offload_seq = "model->extra"
 
     def __init__(
         self, model: TinyModel, scheduler: TinyScheduler, extra: TinyModel | None = None, gain: float = 1.0
