@@ -22,6 +22,9 @@ class HelloPipeline(DiffusionPipeline):
     (any scheduler with the usual ``set_timesteps`` / ``scale_model_input`` / ``step``).
     """
 
+    #: the order the models run in, for ``enable_model_cpu_offload`` (every pipeline declares it)
+    model_cpu_offload_seq = "denoiser"
+
     denoiser: HelloDenoiser
     scheduler: SchedulerMixin
 
