@@ -21,6 +21,10 @@ Forward = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
 #: fp32 CPU tolerance of the parity contract.
 ATOL = 1e-4
 
+# The models here are tiny: one intra-op thread is as fast as several on an idle machine and keeps
+# the suite fast on a loaded one (a busy thread pool made single forwards 100x slower).
+torch.set_num_threads(1)
+
 
 def sample_of(model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
     """``model(**inputs)``'s first output (``.sample`` or ``[0]``)."""

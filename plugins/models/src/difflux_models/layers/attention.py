@@ -351,7 +351,7 @@ class Attention(nn.Module):
 class AttentionProcessorMixin:
     """``attn_processors``, ``set_attn_processor`` and q/k/v fusion for a model holding :class:`Attention` modules."""
 
-    def _attention_modules(self) -> Iterator[tuple[str, Attention]]:
+    def _named_attention_modules(self) -> Iterator[tuple[str, Attention]]:
         assert isinstance(self, nn.Module)
         for name, module in self.named_modules():
             if isinstance(module, Attention):
@@ -360,11 +360,11 @@ class AttentionProcessorMixin:
     @property
     def attn_processors(self) -> dict[str, AttentionProcessor]:
         """Every attention processor, keyed ``"<module path>.processor"``."""
-        return {f"{name}.processor": m.processor for name, m in self._attention_modules()}
+        return {f"{name}.processor": m.processor for name, m in self._named_attention_modules()}
 
     def set_attn_processor(self, processor: AttentionProcessor | Mapping[str, AttentionProcessor]) -> None:
         """Use ``processor`` for every attention module, or a mapping keyed like :attr:`attn_processors`."""
-        modules = dict(self._attention_modules())
+        modules = dict(self._named_attention_modules())
         if isinstance(processor, Mapping):
             keys = {f"{n}.processor" for n in modules}
             missing = sorted(keys - set(processor))
@@ -387,12 +387,12 @@ class AttentionProcessorMixin:
 
     def fuse_qkv_projections(self) -> None:
         """Fuse q/k/v (self attention) and k/v (cross attention) projections of every attention module."""
-        for _, m in self._attention_modules():
+        for _, m in self._named_attention_modules():
             m.fuse_projections()
 
     def unfuse_qkv_projections(self) -> None:
         """Undo :meth:`fuse_qkv_projections`."""
-        for _, m in self._attention_modules():
+        for _, m in self._named_attention_modules():
             m.unfuse_projections()
 
 
