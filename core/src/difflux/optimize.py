@@ -238,6 +238,20 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _context(
+    model: torch.nn.Module, name: str, pipeline: Any, mode: str, options: Mapping[str, Any]
+) -> OptimizeContext:
+    return OptimizeContext(
+        model=model,
+        name=name,
+        pipeline=pipeline,
+        mode=mode,
+        device=_model_device(model),
+        dtype=_model_dtype(model),
+        options=options,
+    )
+
+
 def _select(mode: str, skip: Iterable[str], only: Iterable[str] | None) -> list[OptimizationSpec]:
     if mode not in MODES:
         raise ConfigError(f"optimize(mode={mode!r}): mode must be one of {list(MODES)}")
@@ -305,16 +319,7 @@ def optimize_model(
     """
     specs = _select(mode, skip, only)
     report = report if report is not None else OptimizeReport(mode)
-    ctx = OptimizeContext(
-        model=model,
-        name=name,
-        pipeline=pipeline,
-        mode=mode,
-        device=_model_device(model),
-        dtype=_model_dtype(model),
-        options=options,
-    )
-    _apply(ctx, specs, report)
+    _apply(_context(model, name, pipeline, mode, options), specs, report)
     return report
 
 
@@ -346,15 +351,5 @@ def optimize_pipeline(
         )
     report = OptimizeReport(mode)
     for name in names:
-        model = found[name]
-        ctx = OptimizeContext(
-            model=model,
-            name=name,
-            pipeline=pipeline,
-            mode=mode,
-            device=_model_device(model),
-            dtype=_model_dtype(model),
-            options=options,
-        )
-        _apply(ctx, specs, report)
+        _apply(_context(found[name], name, pipeline, mode, options), specs, report)
     return report

@@ -75,6 +75,9 @@ def test_bad_mode_and_names_are_errors_before_anything_changes(kit: Any) -> None
         unet.optimize(skip=("tensorrt",))
     assert not unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert not _regions(unet)
+    pipe = kit.tiny_dit()
+    with pytest.raises(ConfigError, match=r"\['scheduler'\] are not torch modules of this DiTPipeline"):
+        pipe.optimize(components=["scheduler"])
 
 
 # -- pipelines keep their outputs and do not recompile ------------------------------------------
