@@ -161,7 +161,8 @@ def plan_model(
             if not any(p == "" or key == p or key.startswith(p + ".") for p in plan):
                 plan[key] = _device_for(key, plan)
         return plan
-    assert isinstance(value, str)
+    if not isinstance(value, str):
+        raise RuntimeError("plan_model: internal check failed: isinstance(value, str)")
     budget = _max_memory(options.max_memory)
     no_split = list(cls._no_split_modules)
     if value != "sequential":
@@ -412,7 +413,8 @@ def options_for(options: LoadOptions, plan: Mapping[str, int | str], name: str) 
     if device is None:  # no weights: tokenizers, schedulers, processors
         return options.replace(device_map=None, max_memory=None, offload_folder=None)
     if device == "disk":
-        assert options.offload_folder is not None
+        if options.offload_folder is None:
+            raise RuntimeError("options_for: internal check failed: options.offload_folder is not None")
         folder = Path(options.offload_folder) / name
         return options.replace(device_map={"": "disk"}, max_memory=None, offload_folder=folder)
     return options.replace(device_map={"": str(_torch_device(device))}, max_memory=None, offload_folder=None)

@@ -65,7 +65,8 @@ def _register_parameter_on_meta(self: torch.nn.Module, name: str, param: torch.n
     if param is None or not getattr(_local, "depth", 0) or param.device.type == "meta":
         return
     real = self._parameters[name]
-    assert real is not None
+    if real is None:
+        raise RuntimeError("_register_parameter_on_meta: internal check failed: real is not None")
     meta = real.detach().to("meta")
     try:
         moved = type(real)(meta, requires_grad=real.requires_grad)
@@ -215,7 +216,8 @@ def _owner(model: torch.nn.Module, key: str) -> tuple[torch.nn.Module, str]:
 def _get_tensor(model: torch.nn.Module, key: str) -> torch.Tensor:
     module, name = _owner(model, key)
     tensor = module._parameters[name] if name in module._parameters else module._buffers[name]
-    assert tensor is not None
+    if tensor is None:
+        raise RuntimeError("_get_tensor: internal check failed: tensor is not None")
     return tensor
 
 

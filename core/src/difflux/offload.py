@@ -233,7 +233,8 @@ class _Weights:
         if self._event is None or self.on is None:
             return
         module = _device_module(self.on)
-        assert module is not None
+        if module is None:
+            raise RuntimeError("_Weights.wait: internal check failed: module is not None")
         current = module.current_stream(self.on)
         current.wait_event(self._event)
         self._event = None
@@ -685,7 +686,8 @@ def remove(pipe: Any) -> ActiveOffload | None:
 def refuse_move(pipe: Any, device: torch.device) -> None:
     """The error for ``pipe.to(device)`` while offload is active and ``device`` is not the CPU."""
     state = active(pipe)
-    assert state is not None
+    if state is None:
+        raise RuntimeError("refuse_move: internal check failed: state is not None")
     raise ConfigError(
         f"{type(pipe).__name__} runs with {state.strategy!r} offload (models move to {state.device} when they "
         f"run), so .to({str(device)!r}) would fight the offload hooks; either leave the placement to the "

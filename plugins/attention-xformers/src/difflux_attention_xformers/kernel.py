@@ -61,7 +61,8 @@ def xformers_attention(
     blind = None
     if attn_mask is not None:
         full = additive_bias(attn_mask, q.dtype, n_q, n_k, is_causal=is_causal)
-        assert full is not None
+        if full is None:
+            raise RuntimeError("xformers_attention: internal check failed: full is not None")
         bias = aligned_bias(full, (b, h, n_q, n_k))
         blind = torch.isneginf(full).all(dim=-1, keepdim=True)  # rows with no visible key
         blind = blind if bool(blind.any()) else None

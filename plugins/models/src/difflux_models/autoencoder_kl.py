@@ -166,7 +166,8 @@ class AutoencoderKL(AutoencoderBase):
     ) -> DecoderOutput | tuple[torch.Tensor]:
         """Encode then decode; ``sample_posterior`` draws from the posterior instead of its mode."""
         out = self.encode(sample)
-        assert isinstance(out, AutoencoderKLOutput)
+        if not isinstance(out, AutoencoderKLOutput):
+            raise RuntimeError("AutoencoderKL.forward: internal check failed: isinstance(out, AutoencoderKLOutput)")
         posterior = out.latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         return self.decode(z, return_dict=return_dict)

@@ -166,7 +166,11 @@ class BlockOptions:
         """Self-attention layers; ``groups``: their GroupNorm groups (``"resnet"``: ``resnet_groups``,
         ``None``: no norm)."""
         norm_groups = self.resnet_groups if groups == "resnet" else groups
-        assert norm_groups is None or isinstance(norm_groups, int)
+        if not (norm_groups is None or isinstance(norm_groups, int)):
+            raise RuntimeError(
+                "BlockOptions.self_attention: internal check failed: "
+                "norm_groups is None or isinstance(norm_groups, int)"
+            )
         spatial = self.resnet_time_scale_shift == "spatial"  # MoVQ: a spatial norm of temb instead
         if spatial:
             norm_groups = None

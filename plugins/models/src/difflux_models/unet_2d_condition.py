@@ -477,7 +477,10 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
                     states = (*states[:-1], sample)
             skips += states
         if is_controlnet:
-            assert down_block_additional_residuals is not None
+            if down_block_additional_residuals is None:
+                raise RuntimeError(
+                    "UNet2DConditionModel.forward: internal check failed: down_block_additional_residuals is not None"
+                )
             skips = tuple(s + r for s, r in zip(skips, down_block_additional_residuals, strict=True))
 
         if self.mid_block is not None:

@@ -208,7 +208,11 @@ class SkipUpBlock2D(nn.Module):
         if skip_sample is not None:
             skip_sample = self.upsampler(skip_sample)
         if self.resnet_up is not None:
-            assert self.skip_conv is not None and self.skip_norm is not None and self.act is not None
+            if not (self.skip_conv is not None and self.skip_norm is not None and self.act is not None):
+                raise RuntimeError(
+                    "SkipUpBlock2D.forward: internal check failed: "
+                    "self.skip_conv is not None and self.skip_norm is not None and self.act is not None"
+                )
             projected = self.skip_conv(self.act(self.skip_norm(hidden_states)))
             skip_sample = projected if skip_sample is None else skip_sample + projected
             hidden_states = self.resnet_up(hidden_states, temb)

@@ -145,7 +145,8 @@ class Decoder(nn.Module, OutputHeadMixin):
         if isinstance(self.conv_norm_out, SpatialNorm):
             if latent_embeds is None:
                 raise ValueError("a spatial-norm (MoVQ) decoder needs latent_embeds, the quantized latent")
-            assert self.conv_act is not None
+            if self.conv_act is None:
+                raise RuntimeError("Decoder.forward: internal check failed: self.conv_act is not None")
             out: torch.Tensor = self.conv_out(self.conv_act(self.conv_norm_out(sample, latent_embeds)))
             return out
         return self._output_head(sample)

@@ -124,10 +124,13 @@ class VQModel(AutoencoderBase):
         self, sample: torch.Tensor, return_dict: bool = True
     ) -> DecoderOutput | tuple[torch.Tensor, torch.Tensor]:
         out = self.encode(sample)
-        assert isinstance(out, VQEncoderOutput)
+        if not isinstance(out, VQEncoderOutput):
+            raise RuntimeError("VQModel.forward: internal check failed: isinstance(out, VQEncoderOutput)")
         dec = self.decode(out.latents)
-        assert isinstance(dec, DecoderOutput)
+        if not isinstance(dec, DecoderOutput):
+            raise RuntimeError("VQModel.forward: internal check failed: isinstance(dec, DecoderOutput)")
         if not return_dict:
-            assert dec.commit_loss is not None
+            if dec.commit_loss is None:
+                raise RuntimeError("VQModel.forward: internal check failed: dec.commit_loss is not None")
             return dec.sample, dec.commit_loss
         return dec

@@ -29,14 +29,17 @@ class KarrasVePipeline(UNetSamplingPipeline):
     def karras_step(self, sample: torch.Tensor, t: int, generator: Generator) -> torch.Tensor:
         """One level down: churn the noise up, an Euler step, and a Heun correction unless at the last level."""
         scheduler = self.scheduler
-        assert scheduler.schedule is not None
+        if scheduler.schedule is None:
+            raise RuntimeError("KarrasVePipeline.karras_step: internal check failed: scheduler.schedule is not None")
         sigma = scheduler.schedule[t]
         sigma_prev = scheduler.schedule[t - 1] if t > 0 else 0
         sample_hat, sigma_hat = scheduler.add_noise_to_input(sample, sigma, generator=generator)
         out = scheduler.step(self.denoiser(sample_hat, sigma_hat), sigma_hat, sigma_prev, sample_hat)
-        assert isinstance(out, KarrasVeOutput)
+        if not isinstance(out, KarrasVeOutput):
+            raise RuntimeError("KarrasVePipeline.karras_step: internal check failed: isinstance(out, KarrasVeOutput)")
         if sigma_prev != 0:
-            assert out.derivative is not None
+            if out.derivative is None:
+                raise RuntimeError("KarrasVePipeline.karras_step: internal check failed: out.derivative is not None")
             out = scheduler.step_correct(
                 self.denoiser(out.prev_sample, sigma_prev),
                 sigma_hat,
@@ -45,7 +48,10 @@ class KarrasVePipeline(UNetSamplingPipeline):
                 out.prev_sample,
                 out.derivative,
             )
-            assert isinstance(out, KarrasVeOutput)
+            if not isinstance(out, KarrasVeOutput):
+                raise RuntimeError(
+                    "KarrasVePipeline.karras_step: internal check failed: isinstance(out, KarrasVeOutput)"
+                )
         return out.prev_sample
 
     def __call__(

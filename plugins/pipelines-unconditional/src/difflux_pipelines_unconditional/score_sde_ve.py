@@ -65,8 +65,16 @@ class ScoreSdeVePipeline(UNetSamplingPipeline):
             for _ in range(scheduler.config.correct_steps):
                 sample = prev_sample(scheduler.step_correct(self.score(sample, sigma), sample, generator=generator))
             output = scheduler.step_pred(self.score(sample, sigma), t, sample, generator=generator)
-            assert isinstance(output, SdeVeOutput)
-            assert output.prev_sample_mean is not None
+            if not isinstance(output, SdeVeOutput):
+                raise RuntimeError(
+                    "ScoreSdeVePipeline.denoise_sde: internal check failed: isinstance(output, SdeVeOutput)"
+                )
+            if not (
+                output.prev_sample_mean is not None
+            ):
+                raise RuntimeError(
+                    "ScoreSdeVePipeline.denoise_sde: internal check failed: output.prev_sample_mean is not None"
+                )
             sample, mean = output.prev_sample, output.prev_sample_mean
             if callback is not None:
                 state = step_callback(self, callback, i, t, {"latents": sample}, callback_inputs)

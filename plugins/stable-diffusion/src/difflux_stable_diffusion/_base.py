@@ -377,7 +377,10 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
         noise = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
         if full_strength and add_noise:
             return noise * self.scheduler.init_noise_sigma, noise, image_latents
-        assert image_latents is not None
+        if image_latents is None:
+            raise RuntimeError(
+                "StableDiffusionBase.inpaint_latents: internal check failed: image_latents is not None"
+            )
         if not add_noise:
             return image_latents, noise, image_latents
         start = self.scheduler.add_noise(image_latents, noise, timesteps[:1].repeat(total))
@@ -415,10 +418,14 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
         """Condition the loop on the mask: blend the known region back, or feed mask and masked latents to the UNet."""
         run.extra.update(mask=mask, masked_image_latents=masked_latents)
         if not blending:
-            assert masked_latents is not None
+            if masked_latents is None:
+                raise RuntimeError(
+                    "StableDiffusionBase.inpaint_run: internal check failed: masked_latents is not None"
+                )
             run.channels = ("mask", "masked_image_latents")
             return run
-        assert image_latents is not None
+        if image_latents is None:
+            raise RuntimeError("StableDiffusionBase.inpaint_run: internal check failed: image_latents is not None")
         steps, known = run.timesteps, image_latents
 
         def blend(i: int, current: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -471,12 +478,14 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
                 if self._interrupt:
                     break
                 current = tensors["latents"]
-                assert current is not None
+                if current is None:
+                    raise RuntimeError("StableDiffusionBase.denoise: internal check failed: current is not None")
                 latents = current
                 guiding = opts.guidance and self.do_classifier_free_guidance
                 model_input = torch.cat([latents] * 2) if guiding else latents
                 embeds = fit(tensors["prompt_embeds"], model_input.shape[0])
-                assert embeds is not None
+                if embeds is None:
+                    raise RuntimeError("StableDiffusionBase.denoise: internal check failed: embeds is not None")
                 if run.predict is not None:
                     noise_pred = run.predict(i, t, model_input, embeds)
                 else:
@@ -491,7 +500,8 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
                 )[0]
                 if run.blend is not None:
                     mask = tensors["mask"]
-                    assert mask is not None
+                    if mask is None:
+                        raise RuntimeError("StableDiffusionBase.denoise: internal check failed: mask is not None")
                     latents = run.blend(i, latents, mask)
                 tensors["latents"] = latents
                 if opts.callback is not None:
@@ -499,7 +509,8 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
                 call_legacy(opts.legacy, i, length, order, t, latents)
                 bar.update()
         final = tensors["latents"]
-        assert final is not None
+        if final is None:
+            raise RuntimeError("StableDiffusionBase.denoise: internal check failed: final is not None")
         return final
 
     def after_step(
@@ -510,7 +521,8 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
         A returned negative part (``negative_prompt_embeds``, ``negative_pooled_prompt_embeds``,
         ``negative_add_time_ids``) replaces the negative half of the stacked tensor the UNet sees.
         """
-        assert opts.callback is not None
+        if opts.callback is None:
+            raise RuntimeError("StableDiffusionBase.after_step: internal check failed: opts.callback is not None")
         out = step_callback(self, opts.callback, i, t, tensors, opts.callback_names)
         for negative, whole_name in _NEGATIVE_HALF.items():
             new, whole = out.get(negative), out.get(whole_name)

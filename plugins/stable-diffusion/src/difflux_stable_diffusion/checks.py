@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -73,6 +73,12 @@ class Inputs:
     takes_prompt: bool = True
     #: SDXL: pooled embeddings come with prompt embeddings
     pooled: bool = False
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any], **overrides: Any) -> Inputs:
+        """The inputs among a call's ``arguments`` (its ``locals()``), with ``overrides`` (flags, replaced values)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in {**arguments, **overrides}.items() if k in names})
 
 
 def _cross_attention_width(unet: Any) -> int | None:

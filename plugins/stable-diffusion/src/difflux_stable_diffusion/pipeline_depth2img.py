@@ -71,7 +71,10 @@ class StableDiffusionDepth2ImgPipeline(ImagesOnly, _StableDiffusion):
             images = list(image) if isinstance(image, (list, tuple)) else [image]
             pixels = self.feature_extractor(images=images, return_tensors="pt").pixel_values
             depth_map = self.depth_estimator(pixels.to(device=self.device, dtype=dtype)).predicted_depth
-        assert depth_map is not None
+        if depth_map is None:
+            raise RuntimeError(
+                "StableDiffusionDepth2ImgPipeline.depth_conditioning: internal check failed: depth_map is not None"
+            )
         size = (height // self.vae_scale_factor, width // self.vae_scale_factor)
         depth = torch.nn.functional.interpolate(
             depth_map.to(device=self.device, dtype=dtype).unsqueeze(1), size=size, mode="bicubic", align_corners=False
@@ -107,13 +110,7 @@ class StableDiffusionDepth2ImgPipeline(ImagesOnly, _StableDiffusion):
         callback_steps: int | None = None,
     ) -> Any:
         """Transform ``image`` guided by ``prompt`` while keeping its depth."""
-        total = self.check_inputs(Inputs(
-            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, image=image, needs_image=True, strength=strength,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type,
-            num_images_per_prompt=num_images_per_prompt, generator=generator, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )) * num_images_per_prompt
+        total = self.check_inputs(Inputs.of(locals(), needs_image=True)) * num_images_per_prompt
         if depth_map is not None:
             check_finite(depth_map, "depth_map", type(self).__name__)
         opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs,

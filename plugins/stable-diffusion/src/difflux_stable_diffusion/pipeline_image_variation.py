@@ -55,7 +55,11 @@ class StableDiffusionImageVariationPipeline(StableDiffusionBase):
             if self.feature_extractor is None:
                 raise ValueError(f"{type(self).__name__} needs a feature_extractor for PIL images; pass a tensor")
             image = self.feature_extractor(images=image, return_tensors="pt").pixel_values
-        assert isinstance(image, torch.Tensor)
+        if not isinstance(image, torch.Tensor):
+            raise RuntimeError(
+                "StableDiffusionImageVariationPipeline.encode_image: internal check failed: "
+                "isinstance(image, torch.Tensor)"
+            )
         embeds = self.image_encoder(image.to(device=self.device, dtype=dtype)).image_embeds.unsqueeze(1)
         embeds = repeat_per_image(embeds, num_images_per_prompt)
         return PromptEmbeds(embeds, torch.zeros_like(embeds) if guidance else None)
@@ -85,12 +89,7 @@ class StableDiffusionImageVariationPipeline(StableDiffusionBase):
             batch = image.shape[0] if image.ndim == 4 else 1
         else:
             batch = 1 if isinstance(image, PIL.Image.Image) else len(image)
-        self.check_inputs(Inputs(
-            takes_prompt=False, image=image, needs_image=True, height=height, width=width, latents=latents,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type,
-            num_images_per_prompt=num_images_per_prompt, generator=None, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        ), image_minimum=1)
+        self.check_inputs(Inputs.of(locals(), takes_prompt=False, needs_image=True, generator=None), image_minimum=1)
         check_batch(batch * num_images_per_prompt, generator)
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt

@@ -142,14 +142,7 @@ class StableDiffusionPipeline(_StableDiffusion):
         callback_steps: int | None = None,
     ) -> Any:
         """Generate images for ``prompt``: check → encode → prepare latents → denoise → decode."""
-        batch = self.check_inputs(Inputs(
-            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, height=height, width=width, latents=latents,
-            num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
-            guidance_scale=guidance_scale, output_type=output_type, num_images_per_prompt=num_images_per_prompt,
-            generator=generator, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        ))
+        batch = self.check_inputs(Inputs.of(locals()))
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
         opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
@@ -193,14 +186,7 @@ class StableDiffusionImg2ImgPipeline(_StableDiffusion):
         callback_steps: int | None = None,
     ) -> Any:
         """Transform ``image`` guided by ``prompt``."""
-        total = self.check_inputs(Inputs(
-            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, image=image, needs_image=True, strength=strength,
-            num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
-            guidance_scale=guidance_scale, output_type=output_type, num_images_per_prompt=num_images_per_prompt,
-            generator=generator, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )) * num_images_per_prompt
+        total = self.check_inputs(Inputs.of(locals(), needs_image=True)) * num_images_per_prompt
         opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
                              callback_on_step_end, callback_on_step_end_tensor_inputs,
                              legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
@@ -255,16 +241,7 @@ class StableDiffusionInpaintPipeline(_StableDiffusion):
         callback_steps: int | None = None,
     ) -> Any:
         """Repaint the masked part of ``image`` guided by ``prompt``."""
-        total = self.check_inputs(Inputs(
-            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, height=height, width=width, image=image,
-            mask_image=mask_image, masked_image_latents=masked_image_latents, needs_image=True, needs_mask=True,
-            latents=latents, strength=strength, num_inference_steps=num_inference_steps, timesteps=timesteps,
-            sigmas=sigmas, guidance_scale=guidance_scale, output_type=output_type,
-            num_images_per_prompt=num_images_per_prompt, generator=generator,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )) * num_images_per_prompt
+        total = self.check_inputs(Inputs.of(locals(), needs_image=True, needs_mask=True)) * num_images_per_prompt
         height, width = self.default_size(height, width)
         blending = self.inpaint_blending()
         opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs,
@@ -275,7 +252,11 @@ class StableDiffusionInpaintPipeline(_StableDiffusion):
                                     negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
         steps = self.schedule(num_inference_steps, timesteps, sigmas, strength=strength)
         dtype = embeds.embeds.dtype
-        assert image is not None and mask_image is not None
+        if not (image is not None and mask_image is not None):
+            raise RuntimeError(
+                "StableDiffusionInpaintPipeline.__call__: internal check failed: "
+                "image is not None and mask_image is not None"
+            )
         pixels = preprocess_image(image, height, width, multiple=self.vae_scale_factor).to(dtype)
         shape = self.latent_shape(total, height, width, self.vae.config.latent_channels)
         latents, noise, image_latents = self.inpaint_latents(

@@ -105,7 +105,8 @@ class _StableDiffusionXL(StableDiffusionBase):
     def _projection_dim(self, embeds: PromptEmbeds) -> int:
         if self.text_encoder_2 is not None:
             return int(self.text_encoder_2.config.projection_dim)
-        assert embeds.pooled is not None
+        if embeds.pooled is None:
+            raise RuntimeError("_StableDiffusionXL._projection_dim: internal check failed: embeds.pooled is not None")
         return int(embeds.pooled.shape[-1])
 
     def time_ids(self, values: Sequence[float], projection_dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -132,9 +133,9 @@ class _StableDiffusionXL(StableDiffusionBase):
             ids = torch.cat([negative_time_ids.repeat(total, 1), ids])
         return {"text_embeds": pooled, "time_ids": ids.to(self.device)}
 
-    def inputs(self, **values: Any) -> Inputs:
-        """The validator's view of an SDXL call (pooled embeddings required with embeddings)."""
-        return Inputs(pooled=True, **values)
+    def inputs(self, arguments: dict[str, Any], **flags: Any) -> Inputs:
+        """The validator's view of an SDXL call's ``locals()`` (pooled embeddings required with embeddings)."""
+        return Inputs.of(arguments, pooled=True, **flags)
 
     def run(
         self,
@@ -198,17 +199,7 @@ class StableDiffusionXLPipeline(_StableDiffusionXL):
         callback_steps: int | None = None,
     ) -> Any:
         """Generate images for ``prompt`` (``prompt_2`` for the second text encoder)."""
-        total = self.check_inputs(self.inputs(
-            prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
-            denoising_end=denoising_end, guidance_scale=guidance_scale, output_type=output_type,
-            num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            height=height, width=width,
-        )) * num_images_per_prompt
+        total = self.check_inputs(self.inputs(locals())) * num_images_per_prompt
         height, width = self.default_size(height, width)
         opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
                              callback_on_step_end, callback_on_step_end_tensor_inputs,
@@ -325,17 +316,7 @@ class StableDiffusionXLImg2ImgPipeline(_StableDiffusionXL):
         callback_steps: int | None = None,
     ) -> Any:
         """Transform ``image`` (pixels, or a base model's latents when refining) guided by ``prompt``."""
-        total = self.check_inputs(self.inputs(
-            prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
-            denoising_end=denoising_end, guidance_scale=guidance_scale, output_type=output_type,
-            num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            image=image, needs_image=True, strength=strength, denoising_start=denoising_start,
-        )) * num_images_per_prompt
+        total = self.check_inputs(self.inputs(locals(), needs_image=True)) * num_images_per_prompt
         opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
                              callback_on_step_end, callback_on_step_end_tensor_inputs,
                              legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
@@ -410,18 +391,7 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImg2ImgPipeline):
         callback_steps: int | None = None,
     ) -> Any:
         """Repaint where ``mask_image`` is white."""
-        total = self.check_inputs(self.inputs(
-            prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt, negative_prompt_2=negative_prompt_2,
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
-            denoising_end=denoising_end, guidance_scale=guidance_scale, output_type=output_type,
-            num_images_per_prompt=num_images_per_prompt, generator=generator, latents=latents,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            height=height, width=width, image=image, mask_image=mask_image, needs_image=True, needs_mask=True,
-            masked_image_latents=masked_image_latents, strength=strength, denoising_start=denoising_start,
-        )) * num_images_per_prompt
+        total = self.check_inputs(self.inputs(locals(), needs_image=True, needs_mask=True)) * num_images_per_prompt
         height, width = self.default_size(height, width)
         blending = self.inpaint_blending()
         opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
@@ -436,7 +406,11 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImg2ImgPipeline):
         steps = self.schedule(num_inference_steps, timesteps, sigmas, strength=strength,
                               denoising_start=denoising_start, denoising_end=denoising_end)
         dtype = embeds.embeds.dtype
-        assert image is not None and mask_image is not None
+        if not (image is not None and mask_image is not None):
+            raise RuntimeError(
+                "StableDiffusionXLInpaintPipeline.__call__: internal check failed: "
+                "image is not None and mask_image is not None"
+            )
         pixels = preprocess_image(image, height, width, multiple=self.vae_scale_factor).to(dtype)
         shape = self.latent_shape(total, height, width, self.vae.config.latent_channels)
         latents, noise, image_latents = self.inpaint_latents(

@@ -136,13 +136,7 @@ class StableDiffusionUpscalePipeline(_StableDiffusion):
         callback_steps: int | None = None,
     ) -> Any:
         """Upscale ``image`` four times, guided by ``prompt``."""
-        total = self.check_inputs(Inputs(
-            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, image=image, needs_image=True, latents=latents,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type,
-            num_images_per_prompt=num_images_per_prompt, generator=generator, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        ), image_minimum=1) * num_images_per_prompt
+        total = self.check_inputs(Inputs.of(locals(), needs_image=True), image_minimum=1) * num_images_per_prompt
         opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs,
                              callback_on_step_end, callback_on_step_end_tensor_inputs,
                              legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
@@ -244,13 +238,7 @@ class StableDiffusionLatentUpscalePipeline(ImagesOnly, StableDiffusionBase):
         callback_steps: int | None = None,
     ) -> Any:
         """Upscale ``image`` (latents or pixels) twice, guided by ``prompt``."""
-        batch = self.check_inputs(Inputs(
-            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, image=image, needs_image=True, latents=latents,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type,
-            generator=generator, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        ), image_minimum=1)
+        batch = self.check_inputs(Inputs.of(locals(), needs_image=True), image_minimum=1)
         opts = self.sampling(
             guidance_scale, callback=callback_on_step_end, callback_names=callback_on_step_end_tensor_inputs,
             legacy=callback, legacy_steps=callback_steps,

@@ -79,7 +79,8 @@ def prompt_batch_size(prompt: Prompt | None, prompt_embeds: torch.Tensor | None)
     prompts = prompt_list(prompt)
     if prompts is not None:
         return len(prompts)
-    assert prompt_embeds is not None
+    if prompt_embeds is None:
+        raise RuntimeError("prompt_batch_size: internal check failed: prompt_embeds is not None")
     return int(prompt_embeds.shape[0])
 
 
@@ -117,7 +118,8 @@ def _negatives(negative_prompt: Prompt | None, prompt: Prompt | None, batch_size
             f"{type(negative_prompt).__name__} and {type(prompt).__name__}"
         )
     negatives = prompt_list(negative_prompt)
-    assert negatives is not None
+    if negatives is None:
+        raise RuntimeError("_negatives: internal check failed: negatives is not None")
     if len(negatives) == 1 and batch_size > 1 and isinstance(negative_prompt, str):
         return negatives * batch_size
     if len(negatives) != batch_size:
@@ -178,7 +180,8 @@ def encode_prompt(
     batch_size = prompt_batch_size(prompt, prompt_embeds)
     prompts = prompt_list(prompt)
     if prompt_embeds is None:
-        assert prompts is not None
+        if prompts is None:
+            raise RuntimeError("encode_prompt: internal check failed: prompts is not None")
         prompt_embeds = _encode_sd(text_encoder, tokenizer, prompts, device, clip_skip=clip_skip)
     prompt_embeds = repeat_per_image(prompt_embeds.to(dtype=dtype, device=device), num_images_per_prompt)
     negative = None
@@ -255,7 +258,8 @@ def encode_prompt_sdxl(
     batch_size = prompt_batch_size(prompt, prompt_embeds)
     prompts = prompt_list(prompt)
     if prompt_embeds is None:
-        assert prompts is not None
+        if prompts is None:
+            raise RuntimeError("encode_prompt_sdxl: internal check failed: prompts is not None")
         second = prompt_list(prompt_2) or prompts
         layer = -2 if clip_skip is None else -(clip_skip + 2)
         hidden: list[torch.Tensor] = []
@@ -292,7 +296,8 @@ def encode_prompt_sdxl(
         pooled=repeat_per_image(pooled_prompt_embeds.to(device=device), num_images_per_prompt),
     )
     if guidance:
-        assert negative_prompt_embeds is not None
+        if negative_prompt_embeds is None:
+            raise RuntimeError("encode_prompt_sdxl: internal check failed: negative_prompt_embeds is not None")
         if negative_pooled_prompt_embeds is None:
             raise ValueError("negative_prompt_embeds were given without negative_pooled_prompt_embeds; SDXL needs both")
         embeds.negative = repeat_per_image(negative_prompt_embeds.to(dtype=dtype, device=device), num_images_per_prompt)

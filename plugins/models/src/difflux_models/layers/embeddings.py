@@ -94,7 +94,8 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, sample: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         if condition is not None:
-            assert self.cond_proj is not None, "a condition was given but this embedding has no cond_proj"
+            if self.cond_proj is None:
+                raise RuntimeError("a condition was given but this embedding has no cond_proj")
             sample = sample + self.cond_proj(condition)
         sample = self.linear_2(self.act(self.linear_1(sample)))
         if self.post_act is not None:

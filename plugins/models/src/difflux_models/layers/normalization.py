@@ -33,9 +33,11 @@ class AdaLayerNorm(nn.Module):
         self, x: torch.Tensor, timestep: torch.Tensor | None = None, temb: torch.Tensor | None = None
     ) -> torch.Tensor:
         if self.emb is not None:
-            assert timestep is not None
+            if timestep is None:
+                raise RuntimeError("AdaLayerNorm.forward: internal check failed: timestep is not None")
             temb = self.emb(timestep)
-        assert temb is not None
+        if temb is None:
+            raise RuntimeError("AdaLayerNorm.forward: internal check failed: temb is not None")
         scale, shift = self.linear(self.silu(temb)).chunk(2, dim=0)
         return self.norm(x) * (1 + scale) + shift  # type: ignore[no-any-return]
 
@@ -61,9 +63,13 @@ class AdaLayerNormZero(nn.Module):
         emb: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.emb is not None:
-            assert timestep is not None and class_labels is not None
+            if not (timestep is not None and class_labels is not None):
+                raise RuntimeError(
+                    "AdaLayerNormZero.forward: internal check failed: timestep is not None and class_labels is not None"
+                )
             emb = self.emb(timestep, class_labels, hidden_dtype=hidden_dtype)
-        assert emb is not None
+        if emb is None:
+            raise RuntimeError("AdaLayerNormZero.forward: internal check failed: emb is not None")
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.linear(self.silu(emb)).chunk(6, dim=1)
         x = self.norm(x) * (1 + scale_msa[:, None]) + shift_msa[:, None]
         return x, gate_msa, shift_mlp, scale_mlp, gate_mlp
@@ -130,7 +136,8 @@ class SpatialNorm(nn.Module):
         self.conv_b = nn.Conv2d(zq_channels, f_channels, kernel_size=1)
 
     def forward(self, f: torch.Tensor, zq: torch.Tensor | None) -> torch.Tensor:
-        assert zq is not None, "SpatialNorm needs the quantized latent"
+        if zq is None:
+            raise RuntimeError("SpatialNorm needs the quantized latent")
         zq = F.interpolate(zq, size=f.shape[-2:], mode="nearest")
         return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)  # type: ignore[no-any-return]
 

@@ -90,7 +90,8 @@ class ResnetBlock2D(nn.Module):
                 return upsample_2d(x, kernel=(1, 3, 3, 1))
             if self.kernel == "sde_vp":
                 return F.interpolate(x, scale_factor=2.0, mode="nearest")
-            assert self.upsample is not None
+            if self.upsample is None:
+                raise RuntimeError("ResnetBlock2D._resample: internal check failed: self.upsample is not None")
             return self.upsample(x)  # type: ignore[no-any-return]
         if self.kernel == "fir":
             from .fir import downsample_2d
@@ -98,7 +99,8 @@ class ResnetBlock2D(nn.Module):
             return downsample_2d(x, kernel=(1, 3, 3, 1))
         if self.kernel == "sde_vp":
             return F.avg_pool2d(x, kernel_size=2, stride=2)
-        assert self.downsample is not None
+        if self.downsample is None:
+            raise RuntimeError("ResnetBlock2D._resample: internal check failed: self.downsample is not None")
         return self.downsample(x)  # type: ignore[no-any-return]
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:

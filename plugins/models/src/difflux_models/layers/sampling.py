@@ -95,7 +95,8 @@ class Upsample2D(nn.Module):
                 hidden_states = F.interpolate(hidden_states, size=output_size, mode="nearest")
         if self.use_conv:
             layer = self.conv if self.name == "conv" else self.Conv2d_0
-            assert layer is not None
+            if layer is None:
+                raise RuntimeError("Upsample2D.forward: internal check failed: layer is not None")
             hidden_states = layer(hidden_states)
         return hidden_states
 
@@ -151,7 +152,8 @@ class Upsample1D(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.use_conv_transpose:
-            assert self.conv is not None
+            if self.conv is None:
+                raise RuntimeError("Upsample1D.forward: internal check failed: self.conv is not None")
             return self.conv(inputs)  # type: ignore[no-any-return]
         outputs = F.interpolate(inputs, scale_factor=2.0, mode="nearest")
         if self.conv is not None:

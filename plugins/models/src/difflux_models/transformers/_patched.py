@@ -201,7 +201,11 @@ class PatchedTransformerMixin(nn.Module):
     ) -> torch.Tensor:
         """DiT's final layer: shift and scale from the first block's timestep + class embedding."""
         norm1 = self.transformer_blocks[0].norm1
-        assert isinstance(norm1, AdaLayerNormZero) and norm1.emb is not None
+        if not (isinstance(norm1, AdaLayerNormZero) and norm1.emb is not None):
+            raise RuntimeError(
+                "PatchedTransformerMixin._ada_zero_head: internal check failed: "
+                "isinstance(norm1, AdaLayerNormZero) and norm1.emb is not None"
+            )
         if timestep is None or class_labels is None:
             raise ValueError(f"{type(self).__name__}: `timestep` and `class_labels` are required")
         conditioning = norm1.emb(timestep, class_labels, hidden_dtype=tokens.dtype)

@@ -127,7 +127,11 @@ class Transformer2DModel(ModelMixin, AttentionProcessorMixin, PatchedTransformer
         }
 
         if self.is_input_patches:
-            assert in_channels is not None and patch_size is not None
+            if not (in_channels is not None and patch_size is not None):
+                raise RuntimeError(
+                    "Transformer2DModel.__init__: internal check failed: "
+                    "in_channels is not None and patch_size is not None"
+                )
             if sample_size is None:
                 raise ValueError("Transformer2DModel: patched inputs need sample_size")
             self._init_patched(
@@ -161,7 +165,8 @@ class Transformer2DModel(ModelMixin, AttentionProcessorMixin, PatchedTransformer
         # Diffusers' creation (and registration) order: input layers, blocks, output layers
         self.proj_in: nn.Module
         if self.is_input_continuous:
-            assert in_channels is not None
+            if in_channels is None:
+                raise RuntimeError("Transformer2DModel.__init__: internal check failed: in_channels is not None")
             self.norm = nn.GroupNorm(num_groups=norm_num_groups, num_channels=in_channels, eps=1e-6, affine=True)
             linear = use_linear_projection
             self.proj_in = nn.Linear(in_channels, inner_dim) if linear else nn.Conv2d(in_channels, inner_dim, 1)
@@ -170,7 +175,10 @@ class Transformer2DModel(ModelMixin, AttentionProcessorMixin, PatchedTransformer
                 nn.Linear(inner_dim, self.out_channels) if linear else nn.Conv2d(inner_dim, self.out_channels, 1)
             )
         else:
-            assert num_vector_embeds is not None
+            if num_vector_embeds is None:
+                raise RuntimeError(
+                    "Transformer2DModel.__init__: internal check failed: num_vector_embeds is not None"
+                )
             if sample_size is None:
                 raise ValueError("Transformer2DModel: discrete (num_vector_embeds) inputs need sample_size")
             self.height = self.width = sample_size
