@@ -99,6 +99,16 @@ class RePaintScheduler(SchedulerMixin):
         return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at ``timesteps[begin_index]`` (the scheduler contract; RePaint's own loop starts at 0).
+
+        :raises ValueError: if ``begin_index`` is not an index into ``timesteps``.
+        """
+        size = len(self.timesteps)
+        if isinstance(begin_index, bool) or not isinstance(begin_index, int) or not 0 <= begin_index < max(size, 1):
+            raise ValueError(
+                f"RePaintScheduler.set_begin_index: begin_index={begin_index!r} is outside the schedule of {size} "
+                "timesteps; pass an index into scheduler.timesteps"
+            )
         self._begin_index = begin_index
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
