@@ -39,6 +39,9 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",
         "StableDiffusionSafetyChecker",
     ),
+    "difflux-controlnet": (
+        "ControlNetModel", "MultiControlNetModel",
+    ),
 }
 
 #: First-party distributions that register no class named in checkpoints (backends, bridges, tools).
