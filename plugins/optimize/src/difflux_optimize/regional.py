@@ -155,7 +155,7 @@ def compile_regions(
         block.compile(backend=backend, mode=mode, fullgraph=True, dynamic=None if dynamic else False)
         compiled = block._compiled_call_impl
         if compiled is None:
-            raise RuntimeError("compile_regions: internal check failed: compiled is not None")
+            raise RuntimeError(f"compile_regions: nn.Module.compile() left no compiled call on {type(block).__name__}")
         state = states.setdefault(type(block), _ClassState())
         # nn.Module.__call__ calls _compiled_call_impl when set: put the fallback in front of it
         block._compiled_call_impl = _Region(compiled, block._call_impl, state, type(block).__name__, dynamic)
