@@ -143,7 +143,9 @@ def sliced_attention(
     mask = attn_mask
     if mask is not None and mask.ndim < 4:
         mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))
-    out = q.new_empty(batch, heads, n_q, v.shape[-1])
+    # (batch, seq, heads, dim) storage seen as (batch, heads, seq, dim), as SDPA returns for the
+    # head-split projections models pass: their merge back to (batch, seq, heads * dim) is then a view.
+    out = q.new_empty(batch, n_q, heads, v.shape[-1]).transpose(1, 2)
     keys = torch.arange(k.shape[-2], device=q.device)
     for b in range(batch):
         for h0 in range(0, heads, per):
