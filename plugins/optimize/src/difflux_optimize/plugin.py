@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from difflux import hookimpl
-from difflux.optimize import RegisterOptimization
+
+if TYPE_CHECKING:  # difflux.optimize imports torch; building the registry must not
+    from difflux.optimize import RegisterOptimization
 
 
 @hookimpl
