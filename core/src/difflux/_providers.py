@@ -40,7 +40,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionSafetyChecker",
     ),
     "difflux-controlnet": (
-        "ControlNetModel", "MultiControlNetModel",
+        "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",
     ),
 }
 

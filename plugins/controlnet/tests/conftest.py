@@ -173,3 +173,20 @@ def saved_controlnets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tup
         model.save_pretrained(root / name)
         out[name] = (model, root / name)
     return out
+
+
+@pytest.fixture(scope="session")
+def sd_controlnet_pairs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Any]]:
+    """``{"single" | "multi": (Diffusers pipeline, the difflux one loaded from its saved folder)}``."""
+    import diffusers
+
+    folder = tmp_path_factory.mktemp("sd-controlnet")
+    nets = [diffusers_controlnet(0), diffusers_controlnet(1)]
+    out = {}
+    for name, controlnet in (("single", nets[0]), ("multi", nets)):
+        components = diffusers_sd_components(folder, controlnet)
+        ref = diffusers.StableDiffusionControlNetPipeline(**components, requires_safety_checker=False)
+        ref.set_progress_bar_config(disable=True)
+        ref.save_pretrained(folder / name)
+        out[name] = (ref, load_difflux(folder / name))
+    return out

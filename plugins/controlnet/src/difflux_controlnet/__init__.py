@@ -12,6 +12,7 @@ _LAZY = {
     "ControlNetModel": "controlnet",
     "ControlNetOutput": "controlnet",
     "MultiControlNetModel": "multicontrolnet",
+    "StableDiffusionControlNetPipeline": "pipeline_controlnet",
 }
 
 __all__ = sorted(_LAZY)

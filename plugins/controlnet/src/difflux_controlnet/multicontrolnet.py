@@ -70,7 +70,9 @@ class MultiControlNetModel(ModelMixin):
             )
         down: list[torch.Tensor] = []
         mid: torch.Tensor | None = None
-        for image, scale, net in zip(controlnet_cond, conditioning_scale, self.nets, strict=True):
+        runs = list(zip(controlnet_cond, conditioning_scale, self.nets, strict=True))
+        active = [r for r in runs if r[1] != 0] or runs[:1]  # a net at scale 0 adds exact zeros: skip it
+        for image, scale, net in active:
             out = net(
                 sample,
                 timestep,

@@ -14,7 +14,7 @@ MODELS: tuple[str, ...] = (
 )
 
 #: every pipeline class the plugin provides, as a lazy reference
-PIPELINES: tuple[str, ...] = ()
+PIPELINES: tuple[str, ...] = (f"{_PKG}.pipeline_controlnet:StableDiffusionControlNetPipeline",)
 
 
 @hookimpl

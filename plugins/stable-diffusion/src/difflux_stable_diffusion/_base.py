@@ -46,6 +46,13 @@ Generator = torch.Generator | Sequence[torch.Generator] | None
 Blend = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``predict(step_index, timestep, latents (doubled when guiding), embeds) -> noise prediction``
 Predict = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``control(step_index, timestep, scaled latents (doubled when guiding), embeds, added_cond_kwargs, tensors)``
+#: -> extra UNet keywords (ControlNet's ``down_block_additional_residuals`` / ``mid_block_additional_residual``);
+#: ``tensors``: the loop's current tensors by callback name (``run.extra`` as a step callback left it)
+Control = Callable[
+    [int, torch.Tensor, torch.Tensor, torch.Tensor, "dict[str, Any] | None", "dict[str, torch.Tensor | None]"],
+    dict[str, Any],
+]
 
 
 def say_once(key: str, level: int, message: str, *args: Any) -> None:
@@ -108,6 +115,7 @@ class Denoise:
     channels: tuple[str, ...] = ()  # names in ``extra`` concatenated to the UNet input, in this order
     blend: Blend | None = None
     predict: Predict | None = None  # replaces the UNet call (pipelines whose UNet takes other inputs)
+    control: Control | None = None  # adds keywords to each UNet call (control residuals)
 
 
 class StableDiffusionBase(DenoisingState, DiffusionPipeline):
@@ -489,7 +497,7 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
                 if run.predict is not None:
                     noise_pred = run.predict(i, t, model_input, embeds)
                 else:
-                    noise_pred = self.predict_noise(run, t, model_input, embeds, tensors)
+                    noise_pred = self.predict_noise(run, t, model_input, embeds, tensors, step=i)
                 if guiding:
                     uncond, text = noise_pred.chunk(2)
                     noise_pred = uncond + self._guidance_scale * (text - uncond)
@@ -539,14 +547,18 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
         model_input: torch.Tensor,
         embeds: torch.Tensor,
         tensors: dict[str, torch.Tensor | None] | None = None,
+        *,
+        step: int = 0,
     ) -> Any:
         """The UNet's prediction for the (scaled) ``model_input`` with ``run``'s extra channels and conditioning.
 
         ``tensors``: the loop's current tensors by callback name (default: those ``run`` started with).
+        ``step``: the index in ``run.timesteps`` (what ``run.control`` is told).
         """
         source = run.extra if tensors is None else tensors
         batch = model_input.shape[0]
         model_input = self.scheduler.scale_model_input(model_input, t)
+        latents_in = model_input
         if run.channels:
             parts = [fit(source[name], batch) for name in run.channels]
             model_input = torch.cat([model_input, *(p for p in parts if p is not None)], dim=1)
@@ -555,6 +567,7 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
             text = source.get("add_text_embeds", run.added_cond_kwargs["text_embeds"])
             ids = source.get("add_time_ids", run.added_cond_kwargs["time_ids"])
             added = {"text_embeds": fit(text, batch), "time_ids": fit(ids, batch)}
+        control = run.control(step, t, latents_in, embeds, added, source) if run.control is not None else {}
         return self.unet(
             model_input,
             t,
@@ -564,6 +577,7 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
             cross_attention_kwargs=self._cross_attention_kwargs,
             added_cond_kwargs=added,
             return_dict=False,
+            **control,
         )[0]
 
     # -- decoding --------------------------------------------------------------------------

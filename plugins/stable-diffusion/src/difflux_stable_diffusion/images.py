@@ -10,7 +10,14 @@ import PIL.Image
 import torch
 from difflux.image import normalize, numpy_to_pt, pil_to_numpy
 
-__all__ = ["ImageInput", "default_size", "is_image_input", "preprocess_image", "preprocess_mask"]
+__all__ = [
+    "ImageInput",
+    "default_size",
+    "is_image_input",
+    "preprocess_control_image",
+    "preprocess_image",
+    "preprocess_mask",
+]
 
 #: What ``image=`` / ``mask_image=`` accept: one image or a list, as PIL, ``HWC``/``NHWC`` numpy
 #: arrays in ``[0, 1]``, or ``CHW``/``NCHW`` tensors in ``[0, 1]`` (tensors in ``[-1, 1]`` are taken as-is).
@@ -104,6 +111,18 @@ def preprocess_image(
     if latents or tensor.min() < 0:  # latents, or already in [-1, 1]
         return tensor
     return normalize(tensor)
+
+
+def preprocess_control_image(
+    image: ImageInput, height: int | None = None, width: int | None = None, *, multiple: int = 8
+) -> torch.Tensor:
+    """Condition images (ControlNet, T2I-Adapter) as an ``NCHW`` RGB tensor in ``[0, 1]``, not normalised.
+
+    PIL images are converted to RGB and resized (Lanczos) to ``height`` x ``width`` (default: their
+    own size rounded down to a multiple of ``multiple``); arrays and tensors are resized nearest.
+    """
+    tensor, _ = _to_tensor(image, height, width, multiple, grayscale=False, keep_channels=None)
+    return tensor
 
 
 def preprocess_mask(

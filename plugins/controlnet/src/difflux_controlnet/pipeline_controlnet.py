@@ -1,0 +1,175 @@
+"""Stable Diffusion 1.x / 2.x with ControlNet: the SD pipeline plus control residuals from condition images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from difflux.pipeline_utils import LegacyCallback, StepCallback
+from difflux.protocols import Scheduler
+from difflux_stable_diffusion._base import Denoise, StableDiffusionBase
+from difflux_stable_diffusion.checks import Inputs
+from difflux_stable_diffusion.images import ImageInput
+from difflux_stable_diffusion.prompts import Prompt, PromptEmbeds, encode_prompt
+
+from .control import ControlNetSteps, as_controlnet
+
+__all__ = ["StableDiffusionControlNetPipeline"]
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+
+class _ControlNetSD(ControlNetSteps, StableDiffusionBase):
+    """Components and prompt encoding of the SD 1.x / 2.x ControlNet pipelines."""
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    _optional_components: ClassVar[tuple[str, ...]] = ("safety_checker", "feature_extractor", "image_encoder")
+    _callback_tensor_inputs: tuple[str, ...] = ("latents", "prompt_embeds", "negative_prompt_embeds", "image")
+
+    def __init__(
+        self,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        unet: Any,
+        controlnet: Any,
+        scheduler: Scheduler,
+        safety_checker: Any = None,
+        feature_extractor: Any = None,
+        image_encoder: Any = None,
+        requires_safety_checker: bool = True,
+    ) -> None:
+        super().__init__()
+        self.warn_about_safety_checker(safety_checker, feature_extractor, requires_safety_checker)
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            controlnet=as_controlnet(controlnet),
+            scheduler=scheduler,
+            safety_checker=safety_checker,
+            feature_extractor=feature_extractor,
+            image_encoder=image_encoder,
+        )
+
+    def encode_prompt(
+        self,
+        prompt: Prompt | None,
+        *,
+        num_images_per_prompt: int = 1,
+        guidance: bool = False,
+        negative_prompt: Prompt | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        clip_skip: int | None = None,
+    ) -> PromptEmbeds:
+        """Prompt (and negative prompt) embeddings, repeated per image (the SD prompt encoder)."""
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+        return encode_prompt(
+            self.text_encoder,
+            self.tokenizer,
+            prompt,
+            device=self.device,
+            dtype=dtype,
+            num_images_per_prompt=num_images_per_prompt,
+            guidance=guidance,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            clip_skip=clip_skip,
+        )
+
+
+class StableDiffusionControlNetPipeline(_ControlNetSD):
+    """Text-to-image with Stable Diffusion 1.x / 2.x steered by one or more ControlNets.
+
+    ControlNet: Zhang, Rao and Agrawala, *Adding Conditional Control to Text-to-Image Diffusion
+    Models* (2023, arXiv:2302.05543). Each step the ControlNet(s) read the noisy latents, the
+    prompt and the condition image and add residuals to the UNet's skip connections and mid block.
+    """
+
+    def __call__(
+        self,
+        prompt: Prompt | None = None,
+        image: ImageInput | Sequence[ImageInput] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        timesteps: Sequence[int] | None = None,
+        sigmas: Sequence[float] | None = None,
+        guidance_scale: float = 7.5,
+        negative_prompt: Prompt | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        controlnet_conditioning_scale: float | Sequence[float] = 1.0,
+        guess_mode: bool = False,
+        control_guidance_start: float | Sequence[float] = 0.0,
+        control_guidance_end: float | Sequence[float] = 1.0,
+        clip_skip: int | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
+    ) -> Any:
+        """Generate images for ``prompt`` that follow the condition ``image``.
+
+        :param image: the condition image (PIL, ``HWC`` array or ``CHW``/``NCHW`` tensor in ``[0, 1]``,
+            or a list per prompt); with several ControlNets, a list with one per net. Its size sets
+            ``height`` / ``width`` when they are not given.
+        :param controlnet_conditioning_scale: multiplies the residuals (a number, or one per net).
+        :param guess_mode: the ControlNets see only the prompt-conditioned half and their residuals are
+            scaled from 0.1 to 1.0 across the UNet depth (ControlNet's "guess mode"; best with
+            ``guidance_scale`` 3-5).
+        :param control_guidance_start: the fraction of steps after which the ControlNet(s) start (per net).
+        :param control_guidance_end: the fraction of steps after which they stop (per net).
+
+        The other arguments are :class:`~difflux_stable_diffusion.StableDiffusionPipeline`'s.
+        Returns ``StableDiffusionPipelineOutput`` (or ``(images, nsfw flags)``).
+
+        :raises TypeError | ValueError: for bad input, before any model runs.
+        """
+        batch = self.check_inputs(Inputs.of(locals(), image=None))
+        control = self.check_control(
+            image, controlnet_conditioning_scale, control_guidance_start, control_guidance_end, guess_mode, batch
+        )
+        height, width = self.control_size(control, height, width)
+        total = batch * num_images_per_prompt
+        opts = self.sampling(
+            guidance_scale,
+            0.0,
+            eta,
+            generator,
+            cross_attention_kwargs,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            legacy=callback,
+            legacy_steps=callback_steps,
+            clip_skip=clip_skip,
+        )
+        embeds = self.encode_prompt(
+            prompt,
+            num_images_per_prompt=num_images_per_prompt,
+            guidance=opts.guidance,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            clip_skip=clip_skip,
+        )
+        images = self.control_images(control, height, width, total, num_images_per_prompt, opts.guidance)
+        steps = self.schedule(num_inference_steps, timesteps, sigmas)
+        latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
+        cond = self.guidance_embedding(opts.guidance_scale, total, embeds.embeds.dtype)
+        run = Denoise(steps, embeds.for_unet(), opts, timestep_cond=cond)
+        run.extra["image"] = images[0] if len(images) == 1 else None
+        run.control = self.control_step(control, images, len(steps), total)
+        latents = self.denoise(latents, run, embeds.negative)
+        return self.output(latents, output_type, return_dict, generator)
