@@ -738,8 +738,11 @@ class Registry:
                 f"the installed {dist} {loaded[dist].version} does not register it; "
                 f"a newer version may: pip install -U {dist}"
             )
-        elif distribution is not None:
-            hint = f"the folder was saved with it from the distribution {dist!r}: {_providers.install_hint(dist)}"
+        elif distribution:
+            hint = (
+                f"the folder was saved with it from the distribution {distribution!r}: "
+                f"{_providers.install_hint(distribution)}"
+            )
         elif dist is not None:
             hint = f"it is provided by the distribution {dist!r}: {_providers.install_hint(dist)}"
         else:
