@@ -88,3 +88,19 @@ def test_readme_folder_table_lists_every_distribution() -> None:
         if (folder / "pyproject.toml").is_file():
             name = tomllib.loads((folder / "pyproject.toml").read_text())["project"]["name"]
             assert rows.get(str(folder.relative_to(ROOT))) == name, f"README's folder table misses {folder.name}"
+
+
+def test_install_hints_name_the_checkout_folder() -> None:
+    """Every first-party distribution's install hint says ``pip install NAME`` and the checkout folder
+    (``pip install -e ./plugins/<name>``) that holds it, since it may not be on the package index."""
+    import tomllib
+
+    from difflux._providers import install_hint
+
+    folders = [ROOT / "core", ROOT / "hub", *sorted((ROOT / "plugins").iterdir())]
+    for folder in folders:
+        if (folder / "pyproject.toml").is_file():
+            name = tomllib.loads((folder / "pyproject.toml").read_text())["project"]["name"]
+            hint = install_hint(name)
+            assert hint.startswith(f"pip install {name} ") and f"pip install -e ./{folder.relative_to(ROOT)}" in hint
+    assert install_hint("not-difflux") == "pip install not-difflux"
