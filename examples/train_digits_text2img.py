@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import random
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from difflux_models import AutoencoderKL, UNet2DConditionModel
 from difflux_schedulers.ddim import DDIMScheduler
 from difflux_stable_diffusion import StableDiffusionPipeline
+from difflux_transformers.testing import write_tiny_clip_vocab
 from sklearn.datasets import load_digits
 from sklearn.svm import SVC
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -142,42 +142,8 @@ SCHEDULE: dict[str, Any] = {
 # -- tokenizer -------------------------------------------------------------------------------------
 
 
-def _byte_symbols() -> list[str]:
-    """The printable stand-ins byte-level BPE uses for the 256 byte values (GPT-2 / CLIP order)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    symbols = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in symbols:
-            symbols[b] = chr(256 + extra)
-            extra += 1
-    return list(symbols.values())
-
-
-def write_vocab(folder: Path, words: tuple[str, ...] = WORDS) -> None:
-    """``vocab.json`` / ``merges.txt`` of a CLIP byte-level BPE: every byte (alone and word-final), one
-    left-to-right merge chain per word (so each word is one token), and the two special tokens."""
-    folder.mkdir(parents=True, exist_ok=True)
-    symbols = _byte_symbols()
-    vocab: dict[str, int] = {}
-    for token in [*symbols, *(s + "</w>" for s in symbols)]:
-        vocab.setdefault(token, len(vocab))
-    merges: list[str] = []
-    for word in words:
-        pieces = [*word[:-1], word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merges.append(f"{pieces[0]} {pieces[1]}")
-            pieces = [pieces[0] + pieces[1], *pieces[2:]]
-            vocab.setdefault(pieces[0], len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    unique = list(dict.fromkeys(merges))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(unique) + "\n", encoding="utf-8")
-
-
 def make_tokenizer(folder: Path) -> CLIPTokenizer:
-    write_vocab(folder)
+    write_tiny_clip_vocab(folder, WORDS)  # every byte, one merged token per caption word
     tokenizer: CLIPTokenizer = CLIPTokenizer.from_pretrained(
         str(folder), model_max_length=MAX_TOKENS, local_files_only=True
     )

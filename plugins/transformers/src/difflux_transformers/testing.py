@@ -40,8 +40,10 @@ def _byte_symbols() -> list[str]:
     return list(symbols.values())
 
 
-def write_tiny_clip_vocab(folder: str | Path) -> Path:
-    """Write ``vocab.json`` and ``merges.txt`` of a tiny CLIP BPE vocabulary into ``folder``."""
+def write_tiny_clip_vocab(folder: str | Path, words: tuple[str, ...] = WORDS) -> Path:
+    """Write ``vocab.json`` and ``merges.txt`` of a tiny CLIP BPE vocabulary into ``folder``: every byte
+    (alone and word-final), one left-to-right merge chain per word of ``words`` (each becomes one
+    token) and the two CLIP special tokens."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     symbols = _byte_symbols()
@@ -49,7 +51,7 @@ def write_tiny_clip_vocab(folder: str | Path) -> Path:
     for token in [*symbols, *(s + "</w>" for s in symbols)]:
         vocab.setdefault(token, len(vocab))
     merges: list[str] = []
-    for word in WORDS:
+    for word in words:
         # merge left to right: c+a -> ca, ca+t</w> -> cat</w>
         pieces = [*word[:-1], word[-1] + "</w>"]
         while len(pieces) > 1:
