@@ -64,6 +64,7 @@ class RePaintScheduler(SchedulerMixin):
         self.eta = eta
         self._known_timesteps: frozenset[int] = frozenset()
         self._begin_index: int | None = None
+        self._step_index: int | None = None
 
     # -- the schedule ---------------------------------------------------------------------------
 
@@ -93,10 +94,16 @@ class RePaintScheduler(SchedulerMixin):
         self.timesteps = torch.from_numpy(steps).to(device)
         self._known_timesteps = frozenset(int(t) for t in steps)
         self._begin_index = None
+        self._step_index = None
 
     @property
     def begin_index(self) -> int | None:
         return self._begin_index
+
+    @property
+    def step_index(self) -> int | None:
+        """``step`` calls so far, counted from the begin index (or the first timestep's position)."""
+        return self._step_index
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start at ``timesteps[begin_index]`` (the scheduler contract; RePaint's own loop starts at 0).
@@ -148,6 +155,9 @@ class RePaintScheduler(SchedulerMixin):
                 f"RePaintScheduler: timestep {t} is not in the schedule set by set_timesteps; pass one of "
                 "scheduler.timesteps"
             )
+        if self._step_index is None:
+            self._step_index = self._begin_index if self._begin_index is not None else self.timesteps.tolist().index(t)
+        self._step_index += 1
         eta = self.eta if eta is None else eta
         alpha_t = self.alphas_cumprod[t]
         alpha_prev = self._alpha_prev(t - stride)
