@@ -41,6 +41,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
     ),
     "difflux-controlnet": (
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",
+        "StableDiffusionControlNetImg2ImgPipeline",
     ),
 }
 

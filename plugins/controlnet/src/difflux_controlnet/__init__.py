@@ -12,6 +12,7 @@ _LAZY = {
     "ControlNetModel": "controlnet",
     "ControlNetOutput": "controlnet",
     "MultiControlNetModel": "multicontrolnet",
+    "StableDiffusionControlNetImg2ImgPipeline": "pipeline_controlnet",
     "StableDiffusionControlNetPipeline": "pipeline_controlnet",
 }
 

@@ -52,6 +52,9 @@ class ControlNetSteps:
 
     controlnet: Any
     vae_scale_factor: int
+    #: the callback name of the prepared condition image (Diffusers: ``image``, or ``control_image`` where
+    #: ``image`` is the init image)
+    _control_image_name: str = "image"
 
     def _nets(self) -> list[ControlNetModel]:
         net = self.controlnet
@@ -113,8 +116,6 @@ class ControlNetSteps:
         # conditioning scale: a number, or one per net
         scale = controlnet_conditioning_scale
         scales = list(scale) if isinstance(scale, (list, tuple)) else [scale] * n
-        if not multi and isinstance(scale, (list, tuple)):
-            scales = scales[:1]
         if len(scales) != n or not all(_is_number(s) for s in scales):
             raise ValueError(
                 f"{name}: controlnet_conditioning_scale must be a finite number or a list of {n} numbers (one per "
@@ -212,8 +213,9 @@ class ControlNetSteps:
             text = embeds[-total:] if half else embeds
             extra = None if added is None else {k: v[-x.shape[0] :] for k, v in added.items()}
             current = images
-            if not multi and isinstance(tensors.get("image"), torch.Tensor):
-                current = [tensors["image"]]  # type: ignore[list-item]
+            replaced = tensors.get(self._control_image_name)
+            if not multi and isinstance(replaced, torch.Tensor):
+                current = [replaced]
             conds = [_fit(img, x.shape[0]) for img in current]
             kw = {"guess_mode": args.guess_mode, "added_cond_kwargs": extra, "return_dict": False}
             if multi:

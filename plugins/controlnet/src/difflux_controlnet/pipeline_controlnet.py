@@ -10,12 +10,12 @@ from difflux.pipeline_utils import LegacyCallback, StepCallback
 from difflux.protocols import Scheduler
 from difflux_stable_diffusion._base import Denoise, StableDiffusionBase
 from difflux_stable_diffusion.checks import Inputs
-from difflux_stable_diffusion.images import ImageInput
+from difflux_stable_diffusion.images import ImageInput, preprocess_image
 from difflux_stable_diffusion.prompts import Prompt, PromptEmbeds, encode_prompt
 
 from .control import ControlNetSteps, as_controlnet
 
-__all__ = ["StableDiffusionControlNetPipeline"]
+__all__ = ["StableDiffusionControlNetImg2ImgPipeline", "StableDiffusionControlNetPipeline"]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
@@ -169,7 +169,112 @@ class StableDiffusionControlNetPipeline(_ControlNetSD):
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         cond = self.guidance_embedding(opts.guidance_scale, total, embeds.embeds.dtype)
         run = Denoise(steps, embeds.for_unet(), opts, timestep_cond=cond)
-        run.extra["image"] = images[0] if len(images) == 1 else None
+        run.extra[self._control_image_name] = images[0] if len(images) == 1 else None
+        run.control = self.control_step(control, images, len(steps), total)
+        latents = self.denoise(latents, run, embeds.negative)
+        return self.output(latents, output_type, return_dict, generator)
+
+
+class StableDiffusionControlNetImg2ImgPipeline(_ControlNetSD):
+    """Image-to-image with Stable Diffusion 1.x / 2.x steered by ControlNet(s): noise ``image`` to
+    ``strength``, then denoise with the residuals of ``control_image``."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds", "control_image")
+    _control_image_name = "control_image"
+
+    def __call__(
+        self,
+        prompt: Prompt | None = None,
+        image: ImageInput | None = None,
+        control_image: ImageInput | Sequence[ImageInput] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        strength: float = 0.8,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: Prompt | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        controlnet_conditioning_scale: float | Sequence[float] = 0.8,
+        guess_mode: bool = False,
+        control_guidance_start: float | Sequence[float] = 0.0,
+        control_guidance_end: float | Sequence[float] = 1.0,
+        clip_skip: int | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
+    ) -> Any:
+        """Transform ``image`` guided by ``prompt`` and the condition ``control_image``.
+
+        :param image: the image to start from (PIL, array or tensor; latents pass through).
+        :param control_image: the condition image(s), as ``image=`` of
+            :class:`StableDiffusionControlNetPipeline` (one per net with several ControlNets).
+        :param strength: how much of the schedule runs (1.0: from pure noise).
+        :param latents: start from these latents as they are (no image encoding, no noise).
+        :param controlnet_conditioning_scale: default 0.8, as in Diffusers.
+
+        The ControlNet arguments are :class:`StableDiffusionControlNetPipeline`'s.
+
+        :raises TypeError | ValueError: for bad input, before any model runs.
+        """
+        batch = self.check_inputs(Inputs.of(locals(), needs_image=True))
+        control = self.check_control(
+            control_image,
+            controlnet_conditioning_scale,
+            control_guidance_start,
+            control_guidance_end,
+            guess_mode,
+            batch,
+            image_name="control_image",
+        )
+        total = batch * num_images_per_prompt
+        opts = self.sampling(
+            guidance_scale,
+            0.0,
+            eta,
+            generator,
+            cross_attention_kwargs,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            legacy=callback,
+            legacy_steps=callback_steps,
+            clip_skip=clip_skip,
+        )
+        embeds = self.encode_prompt(
+            prompt,
+            num_images_per_prompt=num_images_per_prompt,
+            guidance=opts.guidance,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            clip_skip=clip_skip,
+        )
+        if image is None:
+            raise RuntimeError("StableDiffusionControlNetImg2ImgPipeline: internal check failed: image is not None")
+        pixels = preprocess_image(
+            image, height, width, multiple=self.vae_scale_factor, latent_channels=self.vae.config.latent_channels
+        )
+        c_height, c_width = self.control_size(control, height, width)
+        images = self.control_images(control, c_height, c_width, total, num_images_per_prompt, opts.guidance)
+        steps = self.schedule(num_inference_steps, strength=strength)
+        dtype = embeds.embeds.dtype
+        if latents is None:
+            latents = self.image_latents(pixels, total, dtype, generator, per_output=True)
+            latents = self.add_noise(latents, steps, generator)
+        else:
+            latents = latents.to(device=self.device, dtype=dtype)
+        cond = self.guidance_embedding(opts.guidance_scale, total, dtype)
+        run = Denoise(steps, embeds.for_unet(), opts, timestep_cond=cond)
+        run.extra[self._control_image_name] = images[0] if len(images) == 1 else None
         run.control = self.control_step(control, images, len(steps), total)
         latents = self.denoise(latents, run, embeds.negative)
         return self.output(latents, output_type, return_dict, generator)

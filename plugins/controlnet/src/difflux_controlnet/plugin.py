@@ -14,7 +14,10 @@ MODELS: tuple[str, ...] = (
 )
 
 #: every pipeline class the plugin provides, as a lazy reference
-PIPELINES: tuple[str, ...] = (f"{_PKG}.pipeline_controlnet:StableDiffusionControlNetPipeline",)
+PIPELINES: tuple[str, ...] = (
+    f"{_PKG}.pipeline_controlnet:StableDiffusionControlNetPipeline",
+    f"{_PKG}.pipeline_controlnet:StableDiffusionControlNetImg2ImgPipeline",
+)
 
 
 @hookimpl
