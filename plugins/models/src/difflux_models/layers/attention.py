@@ -263,7 +263,10 @@ class Attention(nn.Module):
         return q, k, v
 
     def norm_encoder_hidden_states(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        assert self.norm_cross is not None
+        if self.norm_cross is None:
+            raise RuntimeError(
+                "Attention.norm_encoder_hidden_states: internal check failed: self.norm_cross is not None"
+            )
         if isinstance(self.norm_cross, nn.GroupNorm):
             return self.norm_cross(encoder_hidden_states.transpose(1, 2)).transpose(1, 2)  # type: ignore[no-any-return]
         return self.norm_cross(encoder_hidden_states)  # type: ignore[no-any-return]
@@ -352,7 +355,10 @@ class AttentionProcessorMixin:
     """``attn_processors``, ``set_attn_processor`` and q/k/v fusion for a model holding :class:`Attention` modules."""
 
     def _named_attention_modules(self) -> Iterator[tuple[str, Attention]]:
-        assert isinstance(self, nn.Module)
+        if not isinstance(self, nn.Module):
+            raise RuntimeError(
+                "AttentionProcessorMixin._named_attention_modules: internal check failed: isinstance(self, nn.Module)"
+            )
         for name, module in self.named_modules():
             if isinstance(module, Attention):
                 yield name, module
@@ -520,7 +526,8 @@ class BasicTransformerBlock(nn.Module):
 
         self.norm1: nn.Module
         if norm_type == "ada_norm":
-            assert num_embeds_ada_norm is not None
+            if num_embeds_ada_norm is None:
+                raise ValueError("BasicTransformerBlock: norm_type='ada_norm' needs num_embeds_ada_norm (an int)")
             self.norm1 = AdaLayerNorm(dim, num_embeds_ada_norm)
         elif norm_type == "ada_norm_zero":
             self.norm1 = AdaLayerNormZero(dim, num_embeds_ada_norm)
@@ -541,7 +548,8 @@ class BasicTransformerBlock(nn.Module):
         self.attn2: Attention | None
         if cross_attention_dim is not None or double_self_attention:
             if norm_type == "ada_norm":
-                assert num_embeds_ada_norm is not None
+                if num_embeds_ada_norm is None:
+                    raise ValueError("BasicTransformerBlock: norm_type='ada_norm' needs num_embeds_ada_norm (an int)")
                 self.norm2 = AdaLayerNorm(dim, num_embeds_ada_norm)
             else:
                 self.norm2 = nn.LayerNorm(dim, norm_eps, norm_elementwise_affine)
@@ -595,7 +603,8 @@ class BasicTransformerBlock(nn.Module):
                 hidden_states, timestep, class_labels, hidden_dtype=hidden_states.dtype
             )
         elif norm_type == "ada_norm_single":
-            assert timestep is not None
+            if timestep is None:
+                raise ValueError("BasicTransformerBlock: norm_type='ada_norm_single' needs the `timestep` embedding")
             mods = self.scale_shift_table[None] + timestep.reshape(hidden_states.shape[0], 6, -1)
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=1)
             normed = self.norm1(hidden_states) * (1 + scale_msa) + shift_msa
@@ -617,7 +626,8 @@ class BasicTransformerBlock(nn.Module):
             hidden_states = hidden_states.squeeze(1)
 
         if self.attn2 is not None:
-            assert self.norm2 is not None
+            if self.norm2 is None:
+                raise RuntimeError("BasicTransformerBlock.forward: internal check failed: self.norm2 is not None")
             if norm_type == "ada_norm":
                 normed = self.norm2(hidden_states, timestep)
             elif norm_type == "ada_norm_single":
@@ -633,10 +643,12 @@ class BasicTransformerBlock(nn.Module):
             hidden_states = attn_out + hidden_states
 
         if norm_type == "ada_norm_single":
-            assert self.norm2 is not None
+            if self.norm2 is None:
+                raise RuntimeError("BasicTransformerBlock.forward: internal check failed: self.norm2 is not None")
             normed = self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp
         else:
-            assert self.norm3 is not None
+            if self.norm3 is None:
+                raise RuntimeError("BasicTransformerBlock.forward: internal check failed: self.norm3 is not None")
             normed = self.norm3(hidden_states)
             if norm_type == "ada_norm_zero":
                 normed = normed * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
