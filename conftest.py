@@ -2,6 +2,10 @@
 
 Tests marked ``slow`` (more than a few seconds each) are skipped by the README's test command and
 run with ``--run-slow`` (or ``DIFFLUX_RUN_SLOW=1``), which ``nox -s tests-slow`` passes.
+
+Under ``pytest -n N`` each worker runs torch on one thread (``OMP_NUM_THREADS=1`` unless set):
+N workers with torch's default thread pool each oversubscribe the cores, and the tiny models
+the tests use run many times slower that way.
 """
 
 from __future__ import annotations
@@ -9,6 +13,10 @@ from __future__ import annotations
 import os
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
