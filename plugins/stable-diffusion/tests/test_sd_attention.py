@@ -15,20 +15,9 @@ PROMPT = "a photo of a cat on the red horse"
 KW: dict[str, Any] = {"prompt": PROMPT, "num_inference_steps": 2, "guidance_scale": 6.0, "output_type": "np"}
 
 
-def _helpers() -> Any:
-    import sys
-
-    found = [
-        m for n, m in list(sys.modules.items()) if n.endswith("conftest") and hasattr(m, "diffusers_sd_components")
-    ]
-    assert found, "the stable-diffusion conftest is not loaded"
-    return found[0]
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
+def built(sd: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
     """The saved folder, the Diffusers pipeline, and its plain images."""
-    sd = _helpers()
     tmp = tmp_path_factory.mktemp("sd-attn")
     ref = sd.diffusers_pipeline(
         "StableDiffusionPipeline", sd.diffusers_sd_components(tmp), requires_safety_checker=False
@@ -38,8 +27,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, Any]:
 
 
 @pytest.fixture(scope="module")
-def plain(built: tuple[Path, Any, Any]) -> Any:
-    sd = _helpers()
+def plain(sd: Any, built: tuple[Path, Any, Any]) -> Any:
     return sd.load_difflux(built[0])(**KW, generator=sd.gen(0)).images
 
 

@@ -15,19 +15,9 @@ PROMPT = "a photo of a cat on the red horse"
 KW: dict[str, Any] = {"prompt": PROMPT, "num_inference_steps": 1, "guidance_scale": 6.0, "output_type": "np"}
 
 
-def _helpers() -> Any:
-    """The plugin's conftest helpers (what the ``sd`` fixture gives), for module-scoped fixtures."""
-    import sys
-
-    found = [m for n, m in list(sys.modules.items()) if n.endswith("conftest") and hasattr(m, "gen")]
-    assert found, "the stable-diffusion conftest is not loaded"
-    return found[0]
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+def reference(sd: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     """A tiny Diffusers SD pipeline (the oracle) and the folder it saved."""
-    sd = _helpers()
     tmp = tmp_path_factory.mktemp("sd")
     ref = sd.diffusers_pipeline(
         "StableDiffusionPipeline", sd.diffusers_sd_components(tmp), requires_safety_checker=False
@@ -42,8 +32,7 @@ def folder(reference: tuple[Any, Path]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def plain_images(folder: Path) -> Any:
-    sd = _helpers()
+def plain_images(sd: Any, folder: Path) -> Any:
     return sd.load_difflux(folder)(**KW, generator=sd.gen(0)).images
 
 
