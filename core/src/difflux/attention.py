@@ -328,7 +328,10 @@ def attention(
     """
     if _registry_mod._registry is not _state.registry:
         _state.sync()
-    name = (_context.get() if _context_used else None) or backend or _state.default
+    # torch.compile cannot trace ContextVar.get: compiled regions use the per-module / process choice
+    # fixed when they were compiled, and an attention_backend() block does not reach inside them.
+    context = _context.get() if _context_used and not torch.compiler.is_compiling() else None
+    name = context or backend or _state.default
     if name is None:
         spec = _state.auto[0] if _state.auto else None
         if spec is not None and spec.name in _state.unconstrained:  # the common case: one dict look-up
