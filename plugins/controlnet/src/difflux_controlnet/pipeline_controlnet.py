@@ -11,7 +11,7 @@ from difflux.protocols import Scheduler
 from difflux_stable_diffusion._base import Denoise, StableDiffusionBase
 from difflux_stable_diffusion.checks import Inputs
 from difflux_stable_diffusion.images import ImageInput, preprocess_image
-from difflux_stable_diffusion.prompts import Prompt, PromptEmbeds, encode_prompt
+from difflux_stable_diffusion.prompts import Prompt, PromptEncoderMixin
 
 from .control import ControlNetSteps, as_controlnet
 
@@ -20,7 +20,7 @@ __all__ = ["StableDiffusionControlNetImg2ImgPipeline", "StableDiffusionControlNe
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
-class _ControlNetSD(ControlNetSteps, StableDiffusionBase):
+class _ControlNetSD(PromptEncoderMixin, ControlNetSteps, StableDiffusionBase):
     """Components and prompt encoding of the SD 1.x / 2.x ControlNet pipelines."""
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
@@ -54,32 +54,6 @@ class _ControlNetSD(ControlNetSteps, StableDiffusionBase):
             image_encoder=image_encoder,
         )
 
-    def encode_prompt(
-        self,
-        prompt: Prompt | None,
-        *,
-        num_images_per_prompt: int = 1,
-        guidance: bool = False,
-        negative_prompt: Prompt | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        clip_skip: int | None = None,
-    ) -> PromptEmbeds:
-        """Prompt (and negative prompt) embeddings, repeated per image (the SD prompt encoder)."""
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
-        return encode_prompt(
-            self.text_encoder,
-            self.tokenizer,
-            prompt,
-            device=self.device,
-            dtype=dtype,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
 
 
 class StableDiffusionControlNetPipeline(_ControlNetSD):

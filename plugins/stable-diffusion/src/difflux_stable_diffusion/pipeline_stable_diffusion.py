@@ -14,7 +14,7 @@ from ._base import Denoise, Sampling, StableDiffusionBase
 from ._base import _told as _told  # the once-only messages said so far (tests reset it)
 from .checks import Inputs
 from .images import ImageInput, preprocess_image, preprocess_mask
-from .prompts import Prompt, PromptEmbeds, encode_prompt
+from .prompts import Prompt, PromptEmbeds, PromptEncoderMixin
 
 __all__ = ["StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionPipeline"]
 
@@ -46,7 +46,7 @@ def _fix_old_scheduler_config(scheduler: Any, pipeline: str, which: Sequence[str
     return type(scheduler).from_config(config, **fixes)
 
 
-class _StableDiffusion(StableDiffusionBase):
+class _StableDiffusion(PromptEncoderMixin, StableDiffusionBase):
     """The components and prompt encoding of SD 1.x / 2.x pipelines."""
 
     _optional_components: ClassVar[tuple[str, ...]] = ("safety_checker", "feature_extractor", "image_encoder")
@@ -79,32 +79,6 @@ class _StableDiffusion(StableDiffusionBase):
             image_encoder=image_encoder,
         )
 
-    def encode_prompt(
-        self,
-        prompt: Prompt | None,
-        *,
-        num_images_per_prompt: int = 1,
-        guidance: bool = False,
-        negative_prompt: Prompt | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        clip_skip: int | None = None,
-    ) -> PromptEmbeds:
-        """Prompt (and negative prompt) embeddings, repeated per image; see :func:`~.prompts.encode_prompt`."""
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
-        return encode_prompt(
-            self.text_encoder,
-            self.tokenizer,
-            prompt,
-            device=self.device,
-            dtype=dtype,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
 
     def run(self, timesteps: torch.Tensor, embeds: PromptEmbeds, opts: Sampling, total: int) -> Denoise:
         """The loop over ``timesteps`` conditioned on ``embeds`` (and the guidance embedding of distilled UNets)."""

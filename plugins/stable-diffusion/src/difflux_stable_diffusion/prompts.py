@@ -17,6 +17,7 @@ import torch
 
 __all__ = [
     "PromptEmbeds",
+    "PromptEncoderMixin",
     "encode_prompt",
     "encode_prompt_pooled",
     "encode_prompt_sdxl",
@@ -345,3 +346,36 @@ def encode_prompt_pooled(
             )
         embeds.negative, embeds.negative_pooled = negative_prompt_embeds, negative_pooled_prompt_embeds
     return embeds
+
+
+class PromptEncoderMixin:
+    """``encode_prompt`` for a pipeline with one CLIP ``text_encoder`` / ``tokenizer`` pair (SD 1.x/2.x
+    and the families built on it): the pipeline's own device, and the text encoder's dtype (the UNet's
+    when the text encoder is absent because ``prompt_embeds`` are passed)."""
+
+    def encode_prompt(
+        self: Any,
+        prompt: Prompt | None,
+        *,
+        num_images_per_prompt: int = 1,
+        guidance: bool = False,
+        negative_prompt: Prompt | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        clip_skip: int | None = None,
+    ) -> PromptEmbeds:
+        """Prompt (and negative prompt) embeddings, repeated per image; see :func:`encode_prompt`."""
+        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+        return encode_prompt(
+            self.text_encoder,
+            self.tokenizer,
+            prompt,
+            device=self.device,
+            dtype=dtype,
+            num_images_per_prompt=num_images_per_prompt,
+            guidance=guidance,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            clip_skip=clip_skip,
+        )
