@@ -51,17 +51,8 @@ def test_text_to_image_with_three_samplers() -> None:
     assert not low, f"samplers below 95%: {low}"
 
 
-#: The digits model was trained on the cosine schedule (squaredcos_cap_v2): its sigma_max is about 2e4, so
-#: the Karras variants spend their steps at noise levels the model never saw, and DDIM and its kin misread
-#: 2 or 3 of 30 digits (bench/quality.py has the table). Retraining on Stable Diffusion's scaled_linear
-#: schedule, as the text-to-image model is, is the fix; strict, so the mark goes when it passes.
-_DIGITS_BELOW = pytest.mark.xfail(
-    strict=True, reason="difflux:digits: cosine training schedule; Karras and several samplers below 95%"
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [pytest.param("difflux:digits", marks=_DIGITS_BELOW), TEXT2IMG_MODEL])
+@pytest.mark.parametrize("model", ["difflux:digits", TEXT2IMG_MODEL])
 def test_every_sampler_draws_the_digit_asked_for(model: str) -> None:
     accuracy = _sweep(model)
     low = {alias: f"{score:.0%}" for alias, score in accuracy.items() if score < 0.95}
