@@ -10,10 +10,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import difflux
-import numpy as np
 import pytest
 import torch
+from difflux_stable_diffusion.testing import gen as gen  # re-exported: tests reach them through the conftest fixture
+from difflux_stable_diffusion.testing import image_input as image_input
+from difflux_stable_diffusion.testing import load_difflux as load_difflux
+from difflux_stable_diffusion.testing import mask_input as mask_input
+from difflux_stable_diffusion.testing import max_diff as max_diff
 from difflux_transformers.testing import tiny_clip_text_model, tiny_clip_tokenizer
 
 SIZE = 32  # pixels
@@ -118,36 +121,6 @@ def diffusers_sd_components(tmp_path: Path, controlnet: Any, scheduler: str = "D
     }
 
 
-def load_difflux(folder: Path, **kwargs: Any) -> Any:
-    pipe = difflux.DiffusionPipeline.from_pretrained(folder, **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def image_input(seed: int = 0, size: int = SIZE) -> Any:
-    import PIL.Image
-
-    rng = np.random.default_rng(seed)
-    return PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
-
-
-def mask_input(size: int = SIZE) -> Any:
-    import PIL.Image
-
-    mask = np.zeros((size, size), dtype=np.uint8)
-    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
-    return PIL.Image.fromarray(mask)
-
-
-def max_diff(a: Any, b: Any) -> float:
-    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.float64)
-    b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
-    return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
 
 
 @pytest.fixture(autouse=True)
