@@ -56,5 +56,6 @@ def max_diff(a: Any, b: Any) -> float:
     """
     a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.float64)
     b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
+    if a.shape != b.shape:
+        raise AssertionError(f"shapes differ: {a.shape} vs {b.shape}")
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
