@@ -25,15 +25,16 @@ import traceback
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, Protocol, TextIO
 
 from ._providers import install_hint
 from .errors import DiffluxError
-from .registry import AttentionBackendSpec, Registry, get_registry
+from .registry import AttentionBackendSpec, Registry, get_registry, import_ref
 
 __all__ = [
     "OUTPUT_FORMATS",
     "OutputFormat",
+    "RegisterCommand",
     "UsageError",
     "build_parser",
     "generate_kwargs",
@@ -677,6 +678,44 @@ def _add_debug(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS
     parser.add_argument("--debug", action="store_true", default=default, help="on an error, show the traceback")
 
 
+class RegisterCommand(Protocol):
+    """The ``register`` callback of the ``difflux_register_commands`` hook."""
+
+    def __call__(self, name: str, ref: Any, *, help: str = "") -> None: ...
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Subcommands from plugins (``difflux_register_commands``); a broken or clashing one is skipped with one line."""
+    try:
+        registry = get_registry()
+    except Exception:  # the command that needs the registry reports why it cannot be built
+        return
+    taken = set(sub.choices)
+    for impl in registry.hook.difflux_register_commands.get_hookimpls():
+        plugin = impl.plugin_name
+
+        def register(name: str, ref: Any, *, help: str = "", _plugin: str = plugin) -> None:
+            if name in taken:
+                sys.stderr.write(f"difflux: plugin {_plugin!r} registers the command {name!r}, which exists; skipped\n")
+                return
+            try:
+                add = import_ref(ref) if isinstance(ref, str) else ref
+                p = sub.add_parser(name, help=help, description=help)
+                add(p)
+            except Exception as exc:  # a broken plugin must not take the whole command line down
+                sub.choices.pop(name, None)
+                sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != name]
+                sys.stderr.write(f"difflux: plugin {_plugin!r} command {name!r} skipped: {exc!r}\n")
+                return
+            _add_debug(p)
+            taken.add(name)
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            sys.stderr.write(f"difflux: plugin {plugin!r} failed in difflux_register_commands: {exc!r}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -689,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for add in _COMMANDS:
         add(sub)
+    _add_plugin_commands(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .cli import RegisterCommand
     from .optimize import RegisterOptimization
     from .options import LoadOptions
     from .registry import (
@@ -107,6 +108,23 @@ def difflux_register_offload_strategies(register: RegisterOffloadStrategy) -> No
         has ``free()`` (offload everything, hooks stay) and ``remove()`` (remove the hooks, models
         whole on the CPU). ``pipe.enable_offload(name, device=..., **options)`` selects it; core
         registers ``"model"``, ``"sequential"`` and ``"group"`` this way.
+    """
+
+
+@hookspec
+def difflux_register_commands(register: RegisterCommand) -> None:
+    """Register subcommands of the ``difflux`` command line (``difflux batch``, ``difflux serve`` ...).
+
+    Collected when the ``difflux`` command builds its parser, not when the registry is built.
+
+    :param register: ``register(name, ref, *, help="")``. ``ref`` is ``add(parser) -> None`` (or a
+        lazy ``"module:function"`` string, imported when the parser is built): it adds the
+        subcommand's arguments to ``parser`` (an ``argparse.ArgumentParser`` whose prog is
+        ``difflux NAME``; ``--debug`` is added for it) and sets the handler with
+        ``parser.set_defaults(handler=run)``, where ``run(args, out) -> int`` returns the exit status
+        and raises ``difflux.cli.UsageError`` (exit status 2) for a bad command line. The module
+        ``ref`` names must import nothing heavy (torch, ray ...); ``run`` imports what it needs.
+        A name that core or another plugin already uses is skipped with one line on standard error.
     """
 
 
