@@ -10,6 +10,7 @@ from typing import Any
 
 __all__ = [
     "AutoencoderKL",
+    "CLIPImageProjection",
     "DiTTransformer2DModel",
     "Kandinsky3UNet",
     "PixArtTransformer2DModel",
@@ -24,6 +25,7 @@ __all__ = [
 
 _LOCATIONS = {
     "AutoencoderKL": "difflux_models.autoencoder_kl",
+    "CLIPImageProjection": "difflux_models.clip_image_projection",
     "DiTTransformer2DModel": "difflux_models.transformers.dit",
     "Kandinsky3UNet": "difflux_models.unet_kandinsky3",
     "PixArtTransformer2DModel": "difflux_models.transformers.pixart",

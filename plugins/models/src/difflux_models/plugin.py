@@ -18,6 +18,7 @@ MODELS: tuple[str, ...] = (
     "difflux_models.transformers.prior_transformer:PriorTransformer",
     "difflux_models.unclip_text_proj:UnCLIPTextProjModel",
     "difflux_models.unet_kandinsky3:Kandinsky3UNet",
+    "difflux_models.clip_image_projection:CLIPImageProjection",
 )
 
 

@@ -73,6 +73,8 @@ class BlockOptions:
     use_linear_projection: bool = False
     only_cross_attention: bool = False
     upcast_attention: bool = False
+    #: ``"default"``, or GLIGEN's ``"gated"`` / ``"gated-text-image"`` (the transformer blocks get a ``fuser``)
+    attention_type: str = "default"
     attn_groups: int | None = None
     skip_time_act: bool = False
     #: what ``resnet_skip_time_act`` / ``resnet_out_scale_factor`` set in the blocks that read them
@@ -137,6 +139,7 @@ class BlockOptions:
                 use_linear_projection=self.use_linear_projection,
                 only_cross_attention=self.only_cross_attention,
                 upcast_attention=self.upcast_attention,
+                attention_type=self.attention_type,
             )
 
         return make

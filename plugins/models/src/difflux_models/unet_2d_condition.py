@@ -20,7 +20,13 @@ from .layers.conditioning import (
     TextImageTimeEmbedding,
     TextTimeEmbedding,
 )
-from .layers.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps, class_embedding
+from .layers.embeddings import (
+    GaussianFourierProjection,
+    GLIGENTextBoundingboxProjection,
+    TimestepEmbedding,
+    Timesteps,
+    class_embedding,
+)
 from .unet_2d_blocks import (
     BlockOptions,
     OutputHeadMixin,
@@ -147,8 +153,11 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
             )
         if dual_cross_attention:
             raise ValueError("dual_cross_attention is not supported by difflux's UNet2DConditionModel")
-        if attention_type != "default":
-            raise ValueError(f"attention_type {attention_type!r} is not supported (only 'default')")
+        if attention_type not in ("default", "gated", "gated-text-image"):
+            raise ValueError(
+                f"attention_type {attention_type!r} is not supported; expected 'default', 'gated' or "
+                "'gated-text-image' (GLIGEN)"
+            )
         if norm_num_groups is None:
             plain = [t for t in (*down_block_types, *up_block_types) if not t.startswith("K")]
             if plain or mid_block_type is not None:
@@ -275,6 +284,7 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
             resnet_skip_time_act=resnet_skip_time_act,
             resnet_out_scale_factor=resnet_out_scale_factor,
             cross_attention_norm=cross_attention_norm,
+            attention_type=attention_type,
         )
         self.down_blocks = build_down_blocks(
             down_block_types,
@@ -343,6 +353,13 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
             act_fn=act_fn,
             kernel_size=conv_out_kernel,
         )
+        if attention_type != "default":  # GLIGEN: grounding tokens from phrases (and images) and boxes
+            positive_len = cross_attention_dim if isinstance(cross_attention_dim, int) else cross_attention_dim[0]
+            self.position_net = GLIGENTextBoundingboxProjection(
+                positive_len=positive_len,
+                out_dim=cross_attention_dim,
+                feature_type="text-only" if attention_type == "gated" else "text-image",
+            )
 
     # -- forward steps ---------------------------------------------------------------------------
 
@@ -453,6 +470,16 @@ class UNet2DConditionModel(ModelMixin, AttentionProcessorMixin, OutputHeadMixin)
             sample = torch.cat([sample, hint], dim=1)
         encoder_hidden_states = self._encoder_states(encoder_hidden_states, added_cond_kwargs)
         sample = self.conv_in(sample)
+        if cross_attention_kwargs is not None and cross_attention_kwargs.get("gligen") is not None:
+            position_net = getattr(self, "position_net", None)
+            if position_net is None:
+                raise ValueError(
+                    "cross_attention_kwargs['gligen'] needs a UNet built with attention_type='gated' or "
+                    "'gated-text-image' (GLIGEN)"
+                )
+            # the boxes and phrase embeddings become grounding tokens the transformer blocks' fusers read
+            objs = position_net(**cross_attention_kwargs["gligen"])
+            cross_attention_kwargs = {**cross_attention_kwargs, "gligen": {"objs": objs}}
 
         is_controlnet = mid_block_additional_residual is not None and down_block_additional_residuals is not None
         adapter = list(down_intrablock_additional_residuals or ())

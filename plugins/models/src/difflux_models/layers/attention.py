@@ -4,11 +4,18 @@ Every attention computation goes through :func:`difflux.attention.attention`, wi
 chosen per module by ``Attention.attention_backend`` (set by ``ModelMixin.set_attention_backend``).
 The projection arithmetic lives on :class:`Attention`; a *processor* is a small callable that
 strings those steps together, so it can be swapped per module (``set_attn_processor``).
+
+Observing and editing attention (docs/attention.md, "Reading and editing attention"): a processor
+that subclasses :class:`AttentionEditProcessor` overrides ``edit_qkv`` (add to / replace the
+projected queries, keys and values) and ``edit_probs`` (store or replace the softmax weights);
+only the modules given such a processor (:func:`edit_attention`) compute the weights explicitly,
+every other module keeps the fused kernel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -20,12 +27,16 @@ from .normalization import AdaLayerNorm, AdaLayerNormZero, RMSNorm
 
 __all__ = [
     "Attention",
+    "AttentionEditProcessor",
     "AttentionProcessor",
     "AttentionProcessorMixin",
+    "AttentionStoreProcessor",
     "AttnAddedKVProcessor",
     "AttnProcessor",
     "BasicTransformerBlock",
     "FeedForward",
+    "GatedSelfAttentionDense",
+    "edit_attention",
 ]
 
 
@@ -64,7 +75,7 @@ class AttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         q, k, v = attn.project_qkv(hidden_states, encoder_hidden_states)
         mask = attn.prepare_attention_mask(attention_mask, q)
-        out = attention(q, k, v, attn_mask=mask, scale=attn.scale, backend=attn.attention_backend)
+        out = self.attend(attn, q, k, v, mask, encoder_hidden_states is not None)
         out = attn.project_out(out)
         if spatial:
             out = out.transpose(1, 2).reshape(b, c, h, w)
@@ -76,8 +87,141 @@ class AttnProcessor:
             out = out / attn.rescale_output_factor
         return out
 
+    def attend(
+        self,
+        attn: Attention,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        cross: bool,
+    ) -> torch.Tensor:
+        """``softmax(q kᵀ · scale + mask) v`` through the module's backend (the fused kernel).
+
+        ``q``: ``(batch, heads, seq_q, head_dim)``; ``k``, ``v``: ``(batch, heads, seq_k, head_dim)``;
+        ``mask``: as :meth:`Attention.prepare_attention_mask` shapes it; ``cross``: the keys come
+        from encoder states (cross-attention). Returns ``(batch, heads, seq_q, head_dim)``.
+        """
+        return attention(q, k, v, attn_mask=mask, scale=attn.scale, backend=attn.attention_backend)
+
 
 _DEFAULT_PROCESSOR = AttnProcessor()
+
+
+class AttentionEditProcessor(AttnProcessor):
+    """A processor that observes or edits one attention module (prompt-to-prompt style control).
+
+    Subclass it and override any of:
+
+    - :meth:`edit_qkv` ``(attn, q, k, v, cross) -> (q, k, v)``: change the projected queries,
+      keys and values (``(batch, heads, seq, head_dim)``, the module's dtype) before attention,
+      e.g. add an offset or swap in another sample's keys (cross-frame attention);
+    - :meth:`edit_probs` ``(attn, probs, cross) -> probs``: read (store) or replace the attention
+      weights ``probs = softmax(q kᵀ · scale + mask)``, shape ``(batch, heads, seq_q, seq_k)``,
+      rows summing to one, the dtype of ``q``; the module then returns ``probs @ v`` projected out.
+    - :meth:`wants_probs` ``(attn, cross) -> bool``: whether this call needs the weights. By
+      default: whenever the subclass overrides :meth:`edit_probs`. Only then does the module
+      compute the weights explicitly (a ``seq_q x seq_k`` matrix per head); otherwise it keeps
+      the fused kernel of its attention backend, with the edited q/k/v.
+
+    The norms, reshapes, residual and output projection are :class:`AttnProcessor`'s, so an
+    edit processor gives exactly the default result when its hooks return their inputs.
+    Install one per module with :func:`edit_attention` or ``model.set_attn_processor(mapping)``;
+    the name a processor was installed under is in :attr:`name` (``"mid_block.attentions.0.
+    transformer_blocks.0.attn1"``) when :func:`edit_attention` installed it.
+    """
+
+    name: str = ""
+
+    def edit_qkv(
+        self, attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cross: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The queries, keys and values attention uses (default: unchanged)."""
+        return q, k, v
+
+    def edit_probs(self, attn: Attention, probs: torch.Tensor, cross: bool) -> torch.Tensor:
+        """The attention weights ``(batch, heads, seq_q, seq_k)`` the values are averaged with (default: unchanged)."""
+        return probs
+
+    def wants_probs(self, attn: Attention, cross: bool) -> bool:
+        """Whether this call computes the weights explicitly (default: the subclass overrides :meth:`edit_probs`)."""
+        return type(self).edit_probs is not AttentionEditProcessor.edit_probs
+
+    def attend(
+        self,
+        attn: Attention,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        cross: bool,
+    ) -> torch.Tensor:
+        q, k, v = self.edit_qkv(attn, q, k, v, cross)
+        if not self.wants_probs(attn, cross):
+            return super().attend(attn, q, k, v, mask, cross)
+        probs = self.edit_probs(attn, attn.attention_probs(q, k, mask), cross)
+        return torch.matmul(probs.to(v.dtype), v)
+
+
+class AttentionStoreProcessor(AttentionEditProcessor):
+    """Keeps the attention weights of the last call in :attr:`probs` (``(batch, heads, seq_q, seq_k)``).
+
+    ``only_cross``: store cross-attention calls only (self-attention calls keep the fused kernel).
+    Self-Attention Guidance reads the mid-block self-attention map this way (Hong et al., 2023,
+    "Improving Sample Quality of Diffusion Models Using Self-Attention Guidance").
+    """
+
+    def __init__(self, only_cross: bool = False) -> None:
+        self.only_cross = only_cross
+        self.probs: torch.Tensor | None = None
+
+    def wants_probs(self, attn: Attention, cross: bool) -> bool:
+        return cross or not self.only_cross
+
+    def edit_probs(self, attn: Attention, probs: torch.Tensor, cross: bool) -> torch.Tensor:
+        self.probs = probs
+        return probs
+
+
+#: ``choose(name, module) -> processor | None``: the processor for the attention module at ``name``
+#: (its path in the model, e.g. ``"up_blocks.1.attentions.0.transformer_blocks.0.attn2"``), or ``None`` to keep its own
+ChooseProcessor = Callable[[str, "Attention"], "AttentionProcessor | None"]
+
+
+@contextmanager
+def edit_attention(model: nn.Module, choose: ChooseProcessor) -> Iterator[dict[str, AttentionProcessor]]:
+    """Give some attention modules of ``model`` another processor for the ``with`` block; restore them after.
+
+    ``choose(name, module)`` returns the processor for that module, or ``None`` to leave it alone
+    (it keeps its processor and its fused kernel). An :class:`AttentionEditProcessor` gets its
+    :attr:`~AttentionEditProcessor.name` set. Yields the installed processors by module name.
+    The previous processors come back even when the block raises.
+
+    :raises TypeError: when ``choose`` returns something that is not callable.
+    """
+    installed: dict[str, AttentionProcessor] = {}
+    previous: dict[str, tuple[Attention, AttentionProcessor]] = {}
+    try:
+        for name, module in model.named_modules():
+            if not isinstance(module, Attention):
+                continue
+            processor = choose(name, module)
+            if processor is None:
+                continue
+            if not callable(processor):
+                raise TypeError(
+                    f"edit_attention: the chooser returned {type(processor).__name__} for {name!r}; "
+                    "return an attention processor (callable) or None"
+                )
+            if isinstance(processor, AttentionEditProcessor) and not processor.name:
+                processor.name = name
+            previous[name] = (module, module.processor)
+            module.set_processor(processor)
+            installed[name] = processor
+        yield installed
+    finally:
+        for module, processor in previous.values():
+            module.set_processor(processor)
 
 
 class AttnAddedKVProcessor:
@@ -292,6 +436,44 @@ class Attention(nn.Module):
             mask = mask.to(q.dtype)
         return mask
 
+    def attention_probs(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention weights ``softmax(q kᵀ · scale + mask)``, ``(batch, heads, seq_q, seq_k)``, in ``q``'s dtype.
+
+        ``q``, ``k``: ``(batch, heads, seq, head_dim)``; ``mask`` as :meth:`prepare_attention_mask`
+        gives it (bool keeps ``True`` positions, float is added). Computed in float32 when the
+        module upcasts attention or softmax. Differentiable (Attend-and-Excite takes its gradient).
+        """
+        dtype = q.dtype
+        if self.upcast_attention:
+            q, k = q.float(), k.float()
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            else:
+                scores = scores + mask.to(scores.dtype)
+        if self.upcast_softmax:
+            scores = scores.float()
+        return scores.softmax(dim=-1).to(dtype)
+
+    def head_to_batch_dim(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(batch, seq, heads * head_dim)`` to ``(batch * heads, seq, head_dim)`` (Diffusers' processor layout)."""
+        b, n, _ = tensor.shape
+        return self._heads(tensor).reshape(b * self.heads, n, -1)
+
+    def batch_to_head_dim(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``(batch * heads, seq, head_dim)`` back to ``(batch, seq, heads * head_dim)``."""
+        bh, n, d = tensor.shape
+        return tensor.view(bh // self.heads, self.heads, n, d).transpose(1, 2).reshape(bh // self.heads, n, -1)
+
+    def get_attention_scores(
+        self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention weights of ``(batch * heads, seq, head_dim)`` queries and keys (Diffusers' layout):
+        ``(batch * heads, seq_q, seq_k)``; ``attention_mask`` additive, broadcastable to that shape."""
+        mask = None if attention_mask is None else attention_mask[:, None]
+        return self.attention_probs(query[:, None], key[:, None], mask)[:, 0]
+
     def project_out(self, out: torch.Tensor) -> torch.Tensor:
         """``(batch, heads, seq, head_dim)`` to ``(batch, seq, out_dim)`` through ``to_out``."""
         b, _, n, _ = out.shape
@@ -484,6 +666,39 @@ class FeedForward(nn.Module):
         return hidden_states
 
 
+class GatedSelfAttentionDense(nn.Module):
+    """GLIGEN's gated self-attention (Li et al., 2023, "GLIGEN: Open-Set Grounded Text-to-Image
+    Generation", eq. 8): the visual tokens attend over themselves and the grounding tokens, and
+    the result is added through ``tanh`` gates that start closed.
+
+    Keys (Diffusers' ``fuser``): ``linear`` (grounding tokens to ``query_dim``), ``attn``, ``ff``,
+    ``norm1``, ``norm2``, scalars ``alpha_attn`` and ``alpha_dense``. ``enabled = False`` makes it the
+    identity (the GLIGEN pipelines switch it off after ``gligen_scheduled_sampling_beta``).
+    """
+
+    def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(context_dim, query_dim)
+        self.attn = Attention(query_dim=query_dim, heads=n_heads, dim_head=d_head)
+        self.ff = FeedForward(query_dim, activation_fn="geglu")
+        self.norm1 = nn.LayerNorm(query_dim)
+        self.norm2 = nn.LayerNorm(query_dim)
+        self.alpha_attn = nn.Parameter(torch.tensor(0.0))
+        self.alpha_dense = nn.Parameter(torch.tensor(0.0))
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor, objs: torch.Tensor) -> torch.Tensor:
+        """``x``: visual tokens ``(batch, n_visual, query_dim)``; ``objs``: grounding tokens
+        ``(batch, n_objs, context_dim)``. Returns ``(batch, n_visual, query_dim)``."""
+        if not self.enabled:
+            return x
+        n_visual = x.shape[1]
+        tokens = torch.cat([x, self.linear(objs)], dim=1)
+        x = x + self.alpha_attn.tanh() * self.attn(self.norm1(tokens))[:, :n_visual]
+        out: torch.Tensor = x + self.alpha_dense.tanh() * self.ff(self.norm2(x))
+        return out
+
+
 # -- the transformer block ----------------------------------------------------------------------
 
 
@@ -493,6 +708,9 @@ class BasicTransformerBlock(nn.Module):
     ``norm_type``: ``"layer_norm"`` (UNets), ``"ada_norm"`` (timestep-embedding norm),
     ``"ada_norm_zero"`` (DiT: class- and timestep-conditioned adaLN-zero) or
     ``"ada_norm_single"`` (PixArt: the modulation comes in as ``timestep``, shape ``(batch, 6 * dim)``).
+    ``attention_type``: ``"default"``, or ``"gated"`` / ``"gated-text-image"`` (GLIGEN: a
+    :class:`GatedSelfAttentionDense` ``fuser`` after self-attention, fed by
+    ``cross_attention_kwargs["gligen"]["objs"]``, the grounding tokens ``(batch, n_objs, cross_attention_dim)``).
     """
 
     def __init__(
@@ -515,8 +733,13 @@ class BasicTransformerBlock(nn.Module):
         ff_inner_dim: int | None = None,
         ff_bias: bool = True,
         attention_out_bias: bool = True,
+        attention_type: str = "default",
     ) -> None:
         super().__init__()
+        if attention_type not in ("default", "gated", "gated-text-image"):
+            raise ValueError(
+                f"unknown attention_type {attention_type!r}; expected 'default', 'gated' or 'gated-text-image'"
+            )
         if norm_type in ("ada_norm", "ada_norm_zero") and num_embeds_ada_norm is None:
             raise ValueError(f"norm_type={norm_type!r} needs num_embeds_ada_norm")
         if norm_type not in ("layer_norm", "ada_norm", "ada_norm_zero", "ada_norm_single"):
@@ -569,6 +792,11 @@ class BasicTransformerBlock(nn.Module):
             )
             self.attn2 = None
 
+        if attention_type != "default":
+            if cross_attention_dim is None:
+                raise ValueError(f"attention_type={attention_type!r} (GLIGEN) needs cross_attention_dim")
+            self.fuser = GatedSelfAttentionDense(dim, cross_attention_dim, num_attention_heads, attention_head_dim)
+
         self.norm3: nn.Module | None = (
             nn.LayerNorm(dim, norm_eps, norm_elementwise_affine) if norm_type != "ada_norm_single" else None
         )
@@ -595,6 +823,10 @@ class BasicTransformerBlock(nn.Module):
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         kwargs = cross_attention_kwargs or {}
+        gligen = None
+        if "gligen" in kwargs:
+            kwargs = dict(kwargs)
+            gligen = kwargs.pop("gligen")
         norm_type = self.norm_type
         if norm_type == "ada_norm":
             normed = self.norm1(hidden_states, timestep)
@@ -624,6 +856,14 @@ class BasicTransformerBlock(nn.Module):
         hidden_states = attn_out + hidden_states
         if hidden_states.ndim == 4:
             hidden_states = hidden_states.squeeze(1)
+        if gligen is not None:
+            fuser = getattr(self, "fuser", None)
+            if fuser is None:
+                raise ValueError(
+                    "cross_attention_kwargs['gligen'] reached a transformer block without GLIGEN layers; "
+                    "build the UNet with attention_type='gated' or 'gated-text-image'"
+                )
+            hidden_states = fuser(hidden_states, gligen["objs"])
 
         if self.attn2 is not None:
             if self.norm2 is None:

@@ -11,6 +11,7 @@ from .activations import get_activation
 
 __all__ = [
     "CombinedTimestepLabelEmbeddings",
+    "GLIGENTextBoundingboxProjection",
     "GaussianFourierProjection",
     "LabelEmbedding",
     "PatchEmbed",
@@ -19,6 +20,7 @@ __all__ = [
     "TimestepEmbedding",
     "Timesteps",
     "class_embedding",
+    "fourier_box_embedding",
     "get_1d_sincos_pos_embed",
     "get_2d_sincos_pos_embed",
     "get_timestep_embedding",
@@ -339,3 +341,93 @@ class PatchEmbed(nn.Module):
         else:
             pos = self.pos_embed
         return (latent + pos).to(latent.dtype)
+
+
+# -- GLIGEN grounding tokens -------------------------------------------------------------------
+
+
+def fourier_box_embedding(freqs: int, boxes: torch.Tensor) -> torch.Tensor:
+    """Sin/cos features of box corners, GLIGEN's position encoding: ``boxes`` ``(batch, n, 4)``
+    (``xyxy`` in ``[0, 1]``) to ``(batch, n, freqs * 2 * 4)``, frequencies ``100 ** (i / freqs)``,
+    grouped per frequency as ``[sin, cos] x [x0, y0, x1, y1]``."""
+    b, n = boxes.shape[:2]
+    scales = 100 ** (torch.arange(freqs) / freqs)
+    angles = scales.to(device=boxes.device, dtype=boxes.dtype)[None, None, None] * boxes.unsqueeze(-1)
+    emb = torch.stack((angles.sin(), angles.cos()), dim=-1)  # (b, n, 4, freqs, 2)
+    return emb.permute(0, 1, 3, 4, 2).reshape(b, n, freqs * 2 * 4)
+
+
+def _grounding_mlp(in_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, 512), nn.SiLU(), nn.Linear(512, 512), nn.SiLU(), nn.Linear(512, out_dim))
+
+
+class GLIGENTextBoundingboxProjection(nn.Module):
+    """GLIGEN's position net (Li et al., 2023): one grounding token per box from its phrase (and,
+    ``feature_type="text-image"``, image) embedding and the Fourier features of its corners.
+
+    Keys: ``linears`` (text-only) or ``linears_text`` + ``linears_image``; ``null_positive_feature``
+    (text-only) or ``null_text_feature`` + ``null_image_feature``; ``null_position_feature``. Padded
+    boxes (``masks`` 0) use the learned null features.
+    """
+
+    def __init__(
+        self, positive_len: int, out_dim: int | tuple[int, ...], feature_type: str = "text-only", fourier_freqs: int = 8
+    ) -> None:
+        super().__init__()
+        if feature_type not in ("text-only", "text-image"):
+            raise ValueError(f"unknown feature_type {feature_type!r}; expected 'text-only' or 'text-image'")
+        self.positive_len = positive_len
+        self.out_dim = out_dim
+        self.fourier_embedder_dim = fourier_freqs
+        self.position_dim = fourier_freqs * 2 * 4
+        width = out_dim[0] if isinstance(out_dim, tuple) else out_dim
+        if feature_type == "text-only":
+            self.linears = _grounding_mlp(positive_len + self.position_dim, width)
+            self.null_positive_feature = nn.Parameter(torch.zeros([positive_len]))
+        else:
+            self.linears_text = _grounding_mlp(positive_len + self.position_dim, width)
+            self.linears_image = _grounding_mlp(positive_len + self.position_dim, width)
+            self.null_text_feature = nn.Parameter(torch.zeros([positive_len]))
+            self.null_image_feature = nn.Parameter(torch.zeros([positive_len]))
+        self.null_position_feature = nn.Parameter(torch.zeros([self.position_dim]))
+
+    def forward(
+        self,
+        boxes: torch.Tensor,
+        masks: torch.Tensor,
+        positive_embeddings: torch.Tensor | None = None,
+        phrases_masks: torch.Tensor | None = None,
+        image_masks: torch.Tensor | None = None,
+        phrases_embeddings: torch.Tensor | None = None,
+        image_embeddings: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Grounding tokens ``(batch, n, out_dim)`` (text-image: ``(batch, 2 n, out_dim)``, text then image).
+
+        ``boxes``: ``(batch, n, 4)``; ``masks``: ``(batch, n)`` 1 for a real box. Text-only takes
+        ``positive_embeddings`` ``(batch, n, positive_len)``; text-image takes ``phrases_embeddings``,
+        ``image_embeddings`` and their ``phrases_masks`` / ``image_masks``.
+
+        :raises ValueError: when the embeddings of the configured feature type are missing.
+        """
+        keep = masks.unsqueeze(-1)
+        xyxy = fourier_box_embedding(self.fourier_embedder_dim, boxes)
+        xyxy = xyxy * keep + (1 - keep) * self.null_position_feature.view(1, 1, -1)
+        if positive_embeddings is not None:
+            if not hasattr(self, "linears"):
+                raise ValueError("GLIGENTextBoundingboxProjection(text-image) takes phrases_/image_embeddings")
+            positive = positive_embeddings * keep + (1 - keep) * self.null_positive_feature.view(1, 1, -1)
+            out: torch.Tensor = self.linears(torch.cat([positive, xyxy], dim=-1))
+            return out
+        if phrases_embeddings is None or image_embeddings is None or phrases_masks is None or image_masks is None:
+            raise ValueError(
+                "GLIGENTextBoundingboxProjection: pass positive_embeddings (text-only), or phrases_embeddings, "
+                "image_embeddings, phrases_masks and image_masks (text-image)"
+            )
+        if not hasattr(self, "linears_text"):
+            raise ValueError("GLIGENTextBoundingboxProjection(text-only) takes positive_embeddings")
+        pm, im = phrases_masks.unsqueeze(-1), image_masks.unsqueeze(-1)
+        phrases = phrases_embeddings * pm + (1 - pm) * self.null_text_feature.view(1, 1, -1)
+        images = image_embeddings * im + (1 - im) * self.null_image_feature.view(1, 1, -1)
+        text_tokens = self.linears_text(torch.cat([phrases, xyxy], dim=-1))
+        image_tokens = self.linears_image(torch.cat([images, xyxy], dim=-1))
+        return torch.cat([text_tokens, image_tokens], dim=1)

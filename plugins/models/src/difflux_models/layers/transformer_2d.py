@@ -48,6 +48,7 @@ class SpatialTransformer2D(nn.Module):
         norm_type: str = "layer_norm",
         norm_elementwise_affine: bool = True,
         norm_eps: float = 1e-5,
+        attention_type: str = "default",
     ) -> None:
         super().__init__()
         inner_dim = num_attention_heads * attention_head_dim
@@ -77,6 +78,7 @@ class SpatialTransformer2D(nn.Module):
                 norm_type=norm_type,
                 norm_elementwise_affine=norm_elementwise_affine,
                 norm_eps=norm_eps,
+                attention_type=attention_type,
             )
             for _ in range(num_layers)
         )
