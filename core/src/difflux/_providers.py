@@ -43,6 +43,10 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",
         "StableDiffusionControlNetImg2ImgPipeline",
     ),
+    "difflux-flax": (
+        "FlaxDDIMScheduler", "FlaxDDPMScheduler", "FlaxPNDMScheduler", "FlaxLMSDiscreteScheduler",
+        "FlaxEulerDiscreteScheduler", "FlaxDPMSolverMultistepScheduler",
+    ),
 }
 
 #: First-party distributions that register no class named in checkpoints (backends, bridges, tools).
