@@ -128,7 +128,7 @@ def _quiet_difflux_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="difflux")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cn() -> Any:
     """These helpers, as a fixture (test modules cannot import conftest under --import-mode=importlib)."""
     import sys

@@ -33,13 +33,14 @@ def zero_module(module: _M) -> _M:
     return module
 
 
-def zero_conv(channels: int) -> nn.Conv2d:
-    """A 1x1 ``nn.Conv2d(channels, channels)`` with zero weight and bias (a ControlNet "zero convolution").
+def zero_conv(channels: int, out_channels: int | None = None) -> nn.Conv2d:
+    """A 1x1 ``nn.Conv2d(channels, out_channels or channels)`` with zero weight and bias (a ControlNet
+    "zero convolution"; ControlNet-XS uses ones that change the width between its two branches).
 
     The convolution is built with PyTorch's default initialiser first and zeroed after, so it draws
     from the global RNG exactly like Diffusers' (seeded builds give the same following weights).
     """
-    return zero_module(nn.Conv2d(channels, channels, kernel_size=1))
+    return zero_module(nn.Conv2d(channels, channels if out_channels is None else out_channels, kernel_size=1))
 
 
 class ControlNetConditioningEmbedding(nn.Module):
