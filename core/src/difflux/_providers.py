@@ -39,6 +39,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",
         "StableDiffusionSafetyChecker",
     ),
+    "difflux-pixart": ("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
     "difflux-controlnet": (
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",
         "StableDiffusionControlNetImg2ImgPipeline",

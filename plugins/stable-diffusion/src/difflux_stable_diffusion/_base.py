@@ -116,6 +116,9 @@ class Denoise:
     blend: Blend | None = None
     predict: Predict | None = None  # replaces the UNet call (pipelines whose UNet takes other inputs)
     control: Control | None = None  # adds keywords to each UNet call (control residuals)
+    #: which output of ``scheduler.step`` becomes the next latents: 0 the previous sample, 1 the predicted
+    #: clean sample (PixArt-alpha's one-step distilled models)
+    step_output: int = 0
 
 
 class StableDiffusionBase(DenoisingState, DiffusionPipeline):
@@ -505,7 +508,7 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
                         noise_pred = rescale_noise_cfg(noise_pred, text, self._guidance_rescale)
                 latents = scheduler.step(
                     noise_pred, t, latents, eta=opts.eta, generator=opts.generator, return_dict=False
-                )[0]
+                )[run.step_output]
                 if run.blend is not None:
                     mask = tensors["mask"]
                     if mask is None:

@@ -16,11 +16,14 @@ if TYPE_CHECKING:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 __all__ = [
+    "byte_level_symbols",
     "tiny_clip_text_config",
     "tiny_clip_text_model",
     "tiny_clip_tokenizer",
     "tiny_clip_vision",
     "tiny_dpt",
+    "tiny_t5_encoder",
+    "tiny_t5_tokenizer",
     "write_tiny_clip_vocab",
 ]
 
@@ -38,6 +41,12 @@ def _byte_symbols() -> list[str]:
             symbols[b] = chr(256 + extra)
             extra += 1
     return list(symbols.values())
+
+
+def byte_level_symbols() -> list[str]:
+    """The 256 printable stand-ins of byte-level BPE (GPT-2, RoBERTa, CLIP), in byte order: the base
+    vocabulary of a tiny offline tokenizer of any of those families."""
+    return _byte_symbols()
 
 
 def write_tiny_clip_vocab(folder: str | Path, words: tuple[str, ...] = WORDS) -> Path:
@@ -153,3 +162,35 @@ def tiny_dpt(seed: int = 0, image_size: int = 32) -> tuple[Any, Any]:
         size={"height": image_size, "width": image_size}, keep_aspect_ratio=False, ensure_multiple_of=1
     )
     return DPTForDepthEstimation(config).eval(), processor
+
+
+#: Pieces of the tiny T5 (Unigram) vocabulary after ``<pad>`` (0), ``</s>`` (1), ``<unk>`` (2): a few
+#: whole words, then single letters, digits and the word-start mark, so any ASCII text tokenizes.
+T5_PIECES: tuple[str, ...] = (
+    *(f"\u2581{w}" for w in WORDS),
+    "\u2581",
+    *"abcdefghijklmnopqrstuvwxyz0123456789.,!?'-",
+)
+
+
+def tiny_t5_tokenizer(folder: str | Path) -> Any:
+    """A ``T5Tokenizer`` over a tiny Unigram vocabulary (:data:`T5_PIECES`), saved into ``folder`` and read back."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(piece, -1.0 - 0.01 * i) for i, piece in enumerate(dict.fromkeys(T5_PIECES))]
+    T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(str(folder))
+    return T5Tokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def tiny_t5_encoder(seed: int = 0, d_model: int = 32, vocab_size: int = 128) -> Any:
+    """A seeded two-layer ``T5EncoderModel`` (``d_model`` wide) for the tiny T5 tokenizer."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, dropout_rate=0.0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return T5EncoderModel(config).eval()
