@@ -44,6 +44,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",
         "StableDiffusionControlNetImg2ImgPipeline",
     ),
+    "difflux-audio": ("AudioLDMPipeline", "MusicLDMPipeline"),
     "difflux-flax": (
         "FlaxDDIMScheduler", "FlaxDDPMScheduler", "FlaxPNDMScheduler", "FlaxLMSDiscreteScheduler",
         "FlaxEulerDiscreteScheduler", "FlaxDPMSolverMultistepScheduler",

@@ -82,6 +82,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
 # -- difflux plugins -------------------------------------------------------------------------
 
 
@@ -260,7 +267,8 @@ _CALL_PARAMETERS: dict[str, tuple[str, ...]] = {
     "guidance_scale": ("guidance_scale",),
     "height": ("height",),
     "width": ("width",),
-    "num_images": ("batch_size", "num_images_per_prompt"),
+    "num_images": ("batch_size", "num_images_per_prompt", "num_waveforms_per_prompt"),
+    "audio_length": ("audio_length_in_s",),
 }
 
 
@@ -317,8 +325,8 @@ def generate_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
         if "generator" not in params:
             raise UsageError(f"--seed does not apply to {name}; it takes: {takes}")
         kwargs["generator"] = torch.Generator().manual_seed(args.seed)
-    if "output_type" in params and "audio_length_in_s" not in params:
-        kwargs["output_type"] = "pil"
+    if "output_type" in params:
+        kwargs["output_type"] = "np" if _output_kind(pipe) == "audio" else "pil"
     return kwargs
 
 
@@ -342,13 +350,27 @@ def image_grid(images: Sequence[Any], min_side: int = 64) -> Any:
 
 
 def _write_wav(path: Path, audios: Any, sample_rate: int) -> None:
-    """Waveforms in ``[-1, 1]`` (``batch, channels, samples``) as one 16-bit WAV, the clips one after another."""
+    """Waveforms in ``[-1, 1]`` as one 16-bit WAV, the clips one after another.
+
+    ``audios``: ``(batch, channels, samples)`` (Dance Diffusion), ``(batch, samples)`` (the latent
+    text-to-audio pipelines, mono) or ``(samples,)``; a tensor or an array. Written with
+    ``soundfile`` when it is installed, else with the standard library's ``wave``.
+    """
     import wave
 
     import numpy as np
 
-    data = np.concatenate(list(np.asarray(audios)), axis=-1)  # (channels, samples)
+    array = audios.detach().cpu().float().numpy() if hasattr(audios, "detach") else np.asarray(audios)
+    array = array.reshape(1, 1, -1) if array.ndim == 1 else array[:, None] if array.ndim == 2 else array
+    data = np.concatenate(list(array), axis=-1)  # (channels, samples)
     pcm = (np.clip(data, -1, 1) * 32767).astype("<i2").T.copy()
+    try:
+        import soundfile
+    except ImportError:
+        soundfile = None
+    if soundfile is not None:
+        soundfile.write(str(path), pcm, sample_rate, subtype="PCM_16", format="WAV")
+        return
     with wave.open(str(path), "wb") as out:
         out.setnchannels(pcm.shape[1])
         out.setsampwidth(2)
@@ -432,8 +454,24 @@ def _check_generate_options(args: argparse.Namespace) -> Path:
 
 
 def _output_kind(pipe: Any) -> str:
-    """What a pipeline makes: ``"audio"`` for pipelines that take ``audio_length_in_s``, else ``"image"``."""
+    """What a pipeline makes: its class attribute ``output_kind`` (``"audio"`` / ``"image"``) when it
+    declares one, else ``"audio"`` for pipelines that take ``audio_length_in_s``, else ``"image"``."""
+    declared = getattr(type(pipe), "output_kind", None)
+    if isinstance(declared, str):
+        return declared
     return "audio" if "audio_length_in_s" in _call_parameters(pipe) else "image"
+
+
+def _sample_rate(result: Any, pipe: Any) -> int:
+    """The sample rate of an audio result (Hz): ``result.sample_rate``, else the pipeline's
+    ``sample_rate``, else its UNet config's ``sample_rate``, else 16 kHz."""
+    for rate in (getattr(result, "sample_rate", None), getattr(pipe, "sample_rate", None)):
+        if isinstance(rate, int) and rate > 0:
+            return rate
+    unet = getattr(pipe, "unet", None)
+    config = getattr(unet, "config", None)
+    rate = config.get("sample_rate") if config is not None and hasattr(config, "get") else None
+    return int(rate or 16000)
 
 
 def _check_against_pipeline(pipe: Any, args: argparse.Namespace, output: Path) -> None:
@@ -482,8 +520,7 @@ def _write_output(path: Path, result: Any, pipe: Any) -> str:
     try:
         if fmt.kind == "audio":
             audios = result.audios
-            rate = int(pipe.unet.config.get("sample_rate") or 16000)
-            _write_wav(partial, audios, rate)
+            _write_wav(partial, audios, _sample_rate(result, pipe))
             what = f"{len(audios)} audio clip(s)"
         else:
             images = result.images
@@ -573,7 +610,10 @@ def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--num-images",
         type=_int_at_least(1),
-        help="how many images (default: one per class for a small class-conditional model, else 1)",
+        help="how many images or audio clips (default: one per class for a small class-conditional model, else 1)",
+    )
+    p.add_argument(
+        "--audio-length", type=_positive_float, help="clip length in seconds (audio pipelines)", metavar="SECONDS"
     )
     p.add_argument("--height", type=_int_at_least(1), help="image height in pixels")
     p.add_argument("--width", type=_int_at_least(1), help="image width in pixels")

@@ -17,11 +17,19 @@ class BaseOutput:
 
     def to_tuple(self) -> tuple[Any, ...]:
         """The values of the fields that are not ``None``, in field order."""
-        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
+        return tuple(getattr(self, name) for name in self.keys())
 
     def keys(self) -> list[str]:
-        """The names of the fields that are not ``None``, in field order."""
-        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        """The names of the fields that are not ``None``, in field order.
+
+        A field declared with ``metadata={"view": False}`` (an attribute such as an audio output's
+        ``sample_rate``) is left out of the tuple and mapping views; read it as an attribute.
+        """
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.metadata.get("view", True) and getattr(self, f.name) is not None
+        ]
 
     def values(self) -> list[Any]:
         """The field values that are not ``None`` (the same as :meth:`to_tuple`, as a list)."""

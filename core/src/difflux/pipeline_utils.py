@@ -64,9 +64,15 @@ LegacyCallback = Callable[[int, Any, "torch.Tensor"], Any]
 
 @dataclasses.dataclass
 class AudioPipelineOutput(BaseOutput):
-    """What audio pipelines return: waveforms shaped ``(batch, channels, samples)``, as an array or tensor."""
+    """What audio pipelines return: waveforms as an array or tensor (``(batch, channels, samples)`` for
+    Dance Diffusion, ``(batch, samples)`` for the latent text-to-audio pipelines), values in ``[-1, 1]``.
+
+    ``sample_rate`` (Hz) is an attribute, not part of the tuple view (``out[0]`` stays the waveforms,
+    as in Diffusers); ``None`` when the pipeline cannot tell (``output_type="latent"``).
+    """
 
     audios: np.ndarray | torch.Tensor
+    sample_rate: int | None = dataclasses.field(default=None, metadata={"view": False})
 
 
 def sample_shape(batch_size: int, channels: int, sample_size: int | Sequence[int]) -> tuple[int, ...]:

@@ -89,7 +89,8 @@ class DanceDiffusionPipeline(DenoisingState, DiffusionPipeline):
             return AudioPipelineOutput(audios=audio) if return_dict else (audio,)
         audio = audio.clamp(-1, 1).float()[:, :, :keep]
         audios: Any = audio.cpu().numpy() if output_type == "np" else audio
-        return AudioPipelineOutput(audios=audios) if return_dict else (audios,)
+        rate = int(self.unet.config.sample_rate)
+        return AudioPipelineOutput(audios=audios, sample_rate=rate) if return_dict else (audios,)
 
     def denoise(
         self,

@@ -21,6 +21,7 @@ __all__ = [
     "encode_prompt",
     "encode_prompt_pooled",
     "encode_prompt_sdxl",
+    "negative_prompts",
     "prompt_batch_size",
     "prompt_list",
     "repeat_per_image",
@@ -126,6 +127,16 @@ def _negatives(negative_prompt: Prompt | None, prompt: Prompt | None, batch_size
     if len(negatives) != batch_size:
         raise ValueError(f"got {len(negatives)} negative prompts for {batch_size} prompts; pass one per prompt")
     return negatives
+
+
+def negative_prompts(negative_prompt: Prompt | None, prompt: Prompt | None, batch_size: int) -> list[str]:
+    """The negative prompt of each of ``batch_size`` prompts: empty strings when ``None``, one string for all,
+    or one per prompt.
+
+    :raises TypeError: when ``negative_prompt`` is a string and ``prompt`` a list (or the reverse).
+    :raises ValueError: when a list does not hold one negative prompt per prompt.
+    """
+    return _negatives(negative_prompt, prompt, batch_size)
 
 
 def _uses_attention_mask(text_encoder: Any) -> bool:

@@ -1,0 +1,23 @@
+"""difflux-audio: AudioLDM, MusicLDM, AudioLDM2, Audio Diffusion and Spectrogram Diffusion.
+
+Pipelines load from Diffusers-format folders through ``difflux.DiffusionPipeline.from_pretrained``;
+they are importable here too (lazily, so importing this package imports no torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = ["AudioLDMPipeline", "MusicLDMPipeline"]
+
+_WHERE = {
+    "AudioLDMPipeline": "difflux_audio.pipeline_audioldm",
+    "MusicLDMPipeline": "difflux_audio.pipeline_audioldm",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'difflux_audio' has no attribute {name!r}")

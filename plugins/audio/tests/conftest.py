@@ -1,0 +1,87 @@
+"""Tiny audio pipelines built with Diffusers (the test-only oracle) and saved for difflux.
+
+Sizes follow Diffusers' fast tests: a two-block UNet of 8/16 channels, a two-block mel VAE,
+8-feature CLAP text models, a HiFi-GAN of 4 samples per frame. A 0.064 s clip is 256 frames,
+64 x 2 latents, 1024 samples at 16 kHz.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+_HERE = str(Path(__file__).parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+#: the clip length the tests generate, in seconds
+SECONDS = 0.064
+
+
+def rel_diff(a: Any, b: Any) -> float:
+    """Largest absolute difference of two waveforms over the largest magnitude of ``b``."""
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    if a.shape != b.shape:
+        raise AssertionError(f"shapes differ: {a.shape} vs {b.shape}")
+    return float(np.abs(a.astype(np.float64) - b).max() / max(float(np.abs(b).max()), 1e-30))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_diffusers() -> None:
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+
+
+def _audioldm_parts(tmp: Path) -> dict[str, Any]:
+    from difflux_audio.testing import (
+        AUDIO_VAE,
+        AUDIOLDM_UNET,
+        tiny_clap_text_config,
+        tiny_hifigan,
+        tiny_roberta_tokenizer,
+    )
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import ClapTextConfig, ClapTextModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**AUDIOLDM_UNET)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**AUDIO_VAE)
+    torch.manual_seed(0)
+    text_encoder = ClapTextModelWithProjection(ClapTextConfig(**tiny_clap_text_config())).eval()
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
+    return {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tiny_roberta_tokenizer(tmp / "tokenizer"),
+        "unet": unet,
+        "scheduler": scheduler,
+        "vocoder": tiny_hifigan(),
+    }
+
+
+@pytest.fixture(scope="session")
+def audioldm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """``(Diffusers AudioLDMPipeline, the folder it saved)``."""
+    import diffusers
+
+    tmp = tmp_path_factory.mktemp("audioldm")
+    pipe = diffusers.AudioLDMPipeline(**_audioldm_parts(tmp))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp / "pipe")
+    return pipe, tmp / "pipe"
+
+
+@pytest.fixture(scope="session")
+def audioldm_difflux(audioldm: tuple[Any, Path]) -> Any:
+    from difflux_stable_diffusion.testing import load_difflux
+
+    return load_difflux(audioldm[1])
