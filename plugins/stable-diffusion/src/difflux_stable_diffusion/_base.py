@@ -46,6 +46,12 @@ Generator = torch.Generator | Sequence[torch.Generator] | None
 Blend = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``predict(step_index, timestep, latents (doubled when guiding), embeds) -> noise prediction``
 Predict = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``before(step_index, timestep, latents) -> latents`` runs before each step's UNet call (Attend-and-Excite's update)
+Before = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``adjust(step_index, timestep, latents, noise_pred, unconditional) -> noise_pred`` runs after guidance, before
+#: the scheduler step (Self-Attention Guidance, DiffEdit's inversion regularisers); ``unconditional`` is the
+#: unguided half of the UNet's prediction, ``None`` when the step did not guide
+Adjust = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 #: ``control(step_index, timestep, scaled latents (doubled when guiding), embeds, added_cond_kwargs, tensors)``
 #: -> extra UNet keywords (ControlNet's ``down_block_additional_residuals`` / ``mid_block_additional_residual``);
 #: ``tensors``: the loop's current tensors by callback name (``run.extra`` as a step callback left it)
@@ -84,6 +90,10 @@ _NEGATIVE_HALF = {
 }
 
 
+#: callback names of the UNet's ``added_cond_kwargs`` where they differ from the keyword (SDXL)
+_ADDED_NAMES = {"text_embeds": "add_text_embeds", "time_ids": "add_time_ids"}
+
+
 @dataclasses.dataclass
 class Sampling:
     """The user's options for one run of the loop: guidance, scheduler noise, step callback."""
@@ -116,6 +126,8 @@ class Denoise:
     blend: Blend | None = None
     predict: Predict | None = None  # replaces the UNet call (pipelines whose UNet takes other inputs)
     control: Control | None = None  # adds keywords to each UNet call (control residuals)
+    before: Before | None = None  # changes the latents before each UNet call
+    adjust: Adjust | None = None  # changes the guided prediction before each scheduler step
     #: which output of ``scheduler.step`` becomes the next latents: 0 the previous sample, 1 the predicted
     #: clean sample (PixArt-alpha's one-step distilled models)
     step_output: int = 0
@@ -133,6 +145,10 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
     _exclude_from_cpu_offload = ("safety_checker",)
 
     _callback_tensor_inputs: tuple[str, ...] = ("latents", "prompt_embeds", "negative_prompt_embeds")
+    #: UNet batches per step while guiding: 2 (negative, positive); InstructPix2Pix 3 (text, image, neither)
+    _guidance_batches: ClassVar[int] = 2
+    #: the callback names of ``Denoise.embeds`` and of its negative half (Kandinsky: ``image_embeds``)
+    _embeds_names: ClassVar[tuple[str, str]] = ("prompt_embeds", "negative_prompt_embeds")
     #: encode and decode with a float32 VAE when its config says ``force_upcast`` (SDXL, x4 upscaler)
     _upcast_vae: ClassVar[bool] = False
     #: normalise latents with the VAE's ``latents_mean`` / ``latents_std`` where it has them (SDXL)
@@ -455,12 +471,9 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
         self, latents: torch.Tensor, run: Denoise, negative: torch.Tensor | None
     ) -> dict[str, torch.Tensor | None]:
         """The tensors of the loop by their callback names (``prompt_embeds`` as the UNet sees them)."""
-        tensors: dict[str, torch.Tensor | None] = {
-            "latents": latents,
-            "prompt_embeds": run.embeds,
-            "negative_prompt_embeds": negative,
-        }
-        if run.added_cond_kwargs is not None:
+        embeds_name, negative_name = self._embeds_names
+        tensors: dict[str, torch.Tensor | None] = {"latents": latents, embeds_name: run.embeds, negative_name: negative}
+        if run.added_cond_kwargs is not None and "text_embeds" in run.added_cond_kwargs:
             text, ids = run.added_cond_kwargs["text_embeds"], run.added_cond_kwargs["time_ids"]
             guided = run.sampling.guidance
             tensors.update(
@@ -491,29 +504,8 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
                 current = tensors["latents"]
                 if current is None:
                     raise RuntimeError("StableDiffusionBase.denoise: internal check failed: current is not None")
-                latents = current
-                guiding = opts.guidance and self.do_classifier_free_guidance
-                model_input = torch.cat([latents] * 2) if guiding else latents
-                embeds = fit(tensors["prompt_embeds"], model_input.shape[0])
-                if embeds is None:
-                    raise RuntimeError("StableDiffusionBase.denoise: internal check failed: embeds is not None")
-                if run.predict is not None:
-                    noise_pred = run.predict(i, t, model_input, embeds)
-                else:
-                    noise_pred = self.predict_noise(run, t, model_input, embeds, tensors, step=i)
-                if guiding:
-                    uncond, text = noise_pred.chunk(2)
-                    noise_pred = uncond + self._guidance_scale * (text - uncond)
-                    if self._guidance_rescale > 0.0:
-                        noise_pred = rescale_noise_cfg(noise_pred, text, self._guidance_rescale)
-                latents = scheduler.step(
-                    noise_pred, t, latents, eta=opts.eta, generator=opts.generator, return_dict=False
-                )[run.step_output]
-                if run.blend is not None:
-                    mask = tensors["mask"]
-                    if mask is None:
-                        raise RuntimeError("StableDiffusionBase.denoise: internal check failed: mask is not None")
-                    latents = run.blend(i, latents, mask)
+                latents = current if run.before is None else run.before(i, t, current)
+                latents = self.denoise_step(run, i, t, latents, tensors)
                 tensors["latents"] = latents
                 if opts.callback is not None:
                     tensors = self.after_step(opts, i, t, tensors)
@@ -523,6 +515,69 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
         if final is None:
             raise RuntimeError("StableDiffusionBase.denoise: internal check failed: final is not None")
         return final
+
+    def denoise_step(
+        self, run: Denoise, i: int, t: torch.Tensor, latents: torch.Tensor, tensors: dict[str, torch.Tensor | None]
+    ) -> torch.Tensor:
+        """Step ``i`` of the loop: the (guided) prediction, the scheduler step and the blend; the new latents.
+
+        While guiding, the UNet sees ``_guidance_batches`` stacked copies of ``latents``, combined by
+        :meth:`guide`. A pipeline whose step works on parts of the latents (MultiDiffusion's views)
+        calls it once per part. When ``tensors`` has a ``"denoised"`` entry, it receives the
+        scheduler's clean estimate (its ``pred_original_sample``: LCM's ``denoised``).
+        """
+        opts = run.sampling
+        guiding = opts.guidance and self.do_classifier_free_guidance
+        model_input = torch.cat([latents] * self._guidance_batches) if guiding else latents
+        embeds = fit(tensors[self._embeds_names[0]], model_input.shape[0])
+        if embeds is None:
+            raise RuntimeError("StableDiffusionBase.denoise_step: internal check failed: embeds is not None")
+        if run.predict is not None:
+            noise_pred = run.predict(i, t, model_input, embeds)
+        else:
+            noise_pred = self.predict_noise(run, t, model_input, embeds, tensors, step=i)
+        raw = noise_pred
+        if guiding:
+            noise_pred = self.guide(noise_pred, latents.shape[1])
+        if run.adjust is not None:
+            noise_pred = run.adjust(i, t, latents, noise_pred, raw.chunk(2)[0] if guiding else None)
+        noise_pred = self.drop_variance(noise_pred, latents.shape[1])
+        out = self.scheduler.step(noise_pred, t, latents, eta=opts.eta, generator=opts.generator, return_dict=False)
+        latents = out[run.step_output]
+        if "denoised" in tensors and len(out) > 1:
+            tensors["denoised"] = out[1]
+        if run.blend is not None:
+            mask = tensors["mask"]
+            if mask is None:
+                raise RuntimeError("StableDiffusionBase.denoise_step: internal check failed: mask is not None")
+            latents = run.blend(i, latents, mask)
+        return latents
+
+    def guide(self, noise_pred: torch.Tensor, channels: int) -> torch.Tensor:
+        """Classifier-free guidance of a doubled prediction ``[unconditional, conditional]``.
+
+        ``noise_pred``: ``(2B, C, h, w)``; returns ``(B, C, h, w)``. A UNet that also predicts its
+        variance (``C = 2 * channels``: Kandinsky, DeepFloyd IF, unCLIP) has the noise half guided and
+        the conditional variance kept. ``guidance_rescale`` (Lin et al. 2023, arXiv:2305.08891, sec. 3.4)
+        applies to the noise half.
+        """
+        uncond, text = noise_pred.chunk(2)
+        variance = None
+        if noise_pred.shape[1] == 2 * channels:
+            uncond, text, variance = uncond[:, :channels], text[:, :channels], text[:, channels:]
+        guided = uncond + self._guidance_scale * (text - uncond)
+        if self._guidance_rescale > 0.0:
+            guided = rescale_noise_cfg(guided, text, self._guidance_rescale)
+        return guided if variance is None else torch.cat([guided, variance], dim=1)
+
+    def drop_variance(self, noise_pred: torch.Tensor, channels: int) -> torch.Tensor:
+        """The noise half of a learned-variance prediction unless the scheduler reads the variance
+        (``variance_type`` ``"learned"`` / ``"learned_range"``); other predictions pass unchanged."""
+        if noise_pred.shape[1] != 2 * channels:
+            return noise_pred
+        if getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range"):
+            return noise_pred
+        return noise_pred[:, :channels]
 
     def after_step(
         self, opts: Sampling, i: int, t: torch.Tensor, tensors: dict[str, torch.Tensor | None]
@@ -535,7 +590,8 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
         if opts.callback is None:
             raise RuntimeError("StableDiffusionBase.after_step: internal check failed: opts.callback is not None")
         out = step_callback(self, opts.callback, i, t, tensors, opts.callback_names)
-        for negative, whole_name in _NEGATIVE_HALF.items():
+        halves = {**_NEGATIVE_HALF, self._embeds_names[1]: self._embeds_names[0]}
+        for negative, whole_name in halves.items():
             new, whole = out.get(negative), out.get(whole_name)
             if new is None or new is tensors.get(negative) or whole is None:
                 continue
@@ -567,9 +623,11 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
             model_input = torch.cat([model_input, *(p for p in parts if p is not None)], dim=1)
         added: dict[str, Any] | None = None
         if run.added_cond_kwargs is not None:
-            text = source.get("add_text_embeds", run.added_cond_kwargs["text_embeds"])
-            ids = source.get("add_time_ids", run.added_cond_kwargs["time_ids"])
-            added = {"text_embeds": fit(text, batch), "time_ids": fit(ids, batch)}
+            # each extra conditioning tensor as a step callback may have replaced it (SDXL's under ``add_*`` names)
+            added = {
+                key: fit(source.get(_ADDED_NAMES.get(key, key), value), batch)
+                for key, value in run.added_cond_kwargs.items()
+            }
         control = run.control(step, t, latents_in, embeds, added, source) if run.control is not None else {}
         return self.unet(
             model_input,

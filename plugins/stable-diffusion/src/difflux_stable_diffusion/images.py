@@ -61,6 +61,7 @@ def _to_tensor(
     grayscale: bool,
     keep_channels: int | None,
     resample: str = "lanczos",
+    reducing_gap: float | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """``(NCHW float tensor, already_latents)``; PIL images resized with ``resample``, arrays and tensors nearest."""
     if not is_image_input(image):
@@ -70,7 +71,7 @@ def _to_tensor(
     items = list(image) if isinstance(image, (list, tuple)) else [image]
     if isinstance(items[0], PIL.Image.Image):
         height, width = default_size(items[0], height, width, multiple)
-        resized = [i.resize((width, height), resample=RESAMPLE[resample]) for i in items]
+        resized = [i.resize((width, height), resample=RESAMPLE[resample], reducing_gap=reducing_gap) for i in items]
         converted = [i.convert("L" if grayscale else "RGB") for i in resized]
         return numpy_to_pt(pil_to_numpy(converted)), False
     if isinstance(items[0], np.ndarray):
@@ -99,14 +100,23 @@ def preprocess_image(
     multiple: int = 8,
     latent_channels: int | None = None,
     resample: str = "lanczos",
+    reducing_gap: float | None = None,
 ) -> torch.Tensor:
     """Images as an ``NCHW`` tensor in ``[-1, 1]``, sized to a multiple of ``multiple``.
 
     A tensor with ``latent_channels`` channels is taken as latents and returned unchanged.
-    PIL images are resized with ``resample`` (a key of :data:`RESAMPLE`).
+    PIL images are resized with ``resample`` (a key of :data:`RESAMPLE`) and PIL's ``reducing_gap``
+    (``None``: exact resampling; Kandinsky's processors use 1).
     """
     tensor, latents = _to_tensor(
-        image, height, width, multiple, grayscale=False, keep_channels=latent_channels, resample=resample
+        image,
+        height,
+        width,
+        multiple,
+        grayscale=False,
+        keep_channels=latent_channels,
+        resample=resample,
+        reducing_gap=reducing_gap,
     )
     if latents or tensor.min() < 0:  # latents, or already in [-1, 1]
         return tensor

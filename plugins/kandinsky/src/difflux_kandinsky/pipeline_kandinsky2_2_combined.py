@@ -1,0 +1,235 @@
+"""Kandinsky 2.2 in one call: the prior and a decoder, sharing the components of one folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from difflux import DiffusionPipeline
+from difflux.pipeline_utils import StepCallback
+from difflux.protocols import Scheduler
+from difflux_stable_diffusion.images import ImageInput
+
+from ._decoder import KandinskyV22DecoderBase
+from .pipeline_kandinsky2_2 import KandinskyV22Img2ImgPipeline, KandinskyV22Pipeline
+from .pipeline_kandinsky2_2_prior import Generator, KandinskyV22PriorPipeline, Prompt
+
+__all__ = ["KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline"]
+
+
+class _Combined(DiffusionPipeline):
+    """The prior (``prior_*`` components) and a decoder (``unet``, ``scheduler``, ``movq``) in one pipeline.
+
+    ``prior_pipe`` and ``decoder_pipe`` hold the same component objects, so the combined pipeline's
+    ``components`` build either stage on its own.
+    """
+
+    model_cpu_offload_seq = "prior_text_encoder->prior_image_encoder->unet->movq"
+    _decoder_class: type[KandinskyV22DecoderBase] = KandinskyV22Pipeline
+    decoder_pipe: Any
+
+    def __init__(
+        self,
+        unet: Any,
+        scheduler: Scheduler,
+        movq: Any,
+        prior_prior: Any,
+        prior_image_encoder: Any,
+        prior_text_encoder: Any,
+        prior_tokenizer: Any,
+        prior_scheduler: Scheduler,
+        prior_image_processor: Any,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            unet=unet,
+            scheduler=scheduler,
+            movq=movq,
+            prior_prior=prior_prior,
+            prior_image_encoder=prior_image_encoder,
+            prior_text_encoder=prior_text_encoder,
+            prior_tokenizer=prior_tokenizer,
+            prior_scheduler=prior_scheduler,
+            prior_image_processor=prior_image_processor,
+        )
+        self.prior_pipe = KandinskyV22PriorPipeline(
+            prior=prior_prior,
+            image_encoder=prior_image_encoder,
+            text_encoder=prior_text_encoder,
+            tokenizer=prior_tokenizer,
+            scheduler=prior_scheduler,
+            image_processor=prior_image_processor,
+        )
+        self.decoder_pipe = self._decoder_class(unet=unet, scheduler=scheduler, movq=movq)
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        super().set_progress_bar_config(**kwargs)
+        self.prior_pipe.set_progress_bar_config(**kwargs)
+        self.decoder_pipe.set_progress_bar_config(**kwargs)
+
+    def _prior(
+        self,
+        prompt: Prompt,
+        negative_prompt: Prompt | None,
+        num_images_per_prompt: int,
+        steps: int,
+        guidance_scale: float,
+        generator: Generator,
+        latents: torch.Tensor | None,
+        callback: StepCallback | None,
+        callback_names: Sequence[str],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, negative = self.prior_pipe(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_images_per_prompt=num_images_per_prompt,
+            num_inference_steps=steps,
+            generator=generator,
+            latents=latents,
+            guidance_scale=guidance_scale,
+            output_type="pt",
+            return_dict=False,
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=callback_names,
+        )
+        return embeds, negative
+
+
+class KandinskyV22CombinedPipeline(_Combined):
+    """Kandinsky 2.2 text-to-image: :class:`KandinskyV22PriorPipeline` then :class:`KandinskyV22Pipeline`."""
+
+    def __call__(
+        self,
+        prompt: Prompt,
+        negative_prompt: Prompt | None = None,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        height: int = 512,
+        width: int = 512,
+        prior_guidance_scale: float = 4.0,
+        prior_num_inference_steps: int = 25,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        prior_callback_on_step_end: StepCallback | None = None,
+        prior_callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> Any:
+        """Images for ``prompt``.
+
+        :param latents: the prior's starting noise ``(N, D)`` (as Diffusers passes ``latents`` to the prior).
+        :param prior_guidance_scale: the prior's guidance; ``guidance_scale`` is the decoder's.
+        :param prior_num_inference_steps: the prior's steps; ``num_inference_steps`` the decoder's.
+
+        The other arguments are :class:`KandinskyV22PriorPipeline`'s and :class:`KandinskyV22Pipeline`'s.
+
+        :raises TypeError | ValueError: for bad input, before the first model runs.
+        """
+        self.decoder_pipe.check_run(
+            1, height, width, num_inference_steps, 1, None, None, output_type, callback_on_step_end_tensor_inputs
+        )
+        embeds, negative = self._prior(
+            prompt,
+            negative_prompt,
+            num_images_per_prompt,
+            prior_num_inference_steps,
+            prior_guidance_scale,
+            generator,
+            latents,
+            prior_callback_on_step_end,
+            prior_callback_on_step_end_tensor_inputs,
+        )
+        return self.decoder_pipe(
+            image_embeds=embeds,
+            negative_image_embeds=negative,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            guidance_scale=guidance_scale,
+            output_type=output_type,
+            return_dict=return_dict,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+
+
+class KandinskyV22Img2ImgCombinedPipeline(_Combined):
+    """Kandinsky 2.2 image-to-image: :class:`KandinskyV22PriorPipeline` then :class:`KandinskyV22Img2ImgPipeline`."""
+
+    _decoder_class = KandinskyV22Img2ImgPipeline
+
+    def __call__(
+        self,
+        prompt: Prompt,
+        image: ImageInput,
+        negative_prompt: Prompt | None = None,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        strength: float = 0.3,
+        num_images_per_prompt: int = 1,
+        height: int = 512,
+        width: int = 512,
+        prior_guidance_scale: float = 4.0,
+        prior_num_inference_steps: int = 25,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        prior_callback_on_step_end: StepCallback | None = None,
+        prior_callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> Any:
+        """``image`` transformed towards ``prompt``; the arguments are :class:`KandinskyV22CombinedPipeline`'s plus
+        ``image`` and ``strength`` (:class:`KandinskyV22Img2ImgPipeline`).
+
+        :raises TypeError | ValueError: for bad input, before the first model runs.
+        """
+        decoder = self.decoder_pipe
+        decoder.check_image(image)
+        decoder.check_run(
+            1,
+            height,
+            width,
+            num_inference_steps,
+            1,
+            None,
+            None,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            strength=strength,
+        )
+        embeds, negative = self._prior(
+            prompt,
+            negative_prompt,
+            num_images_per_prompt,
+            prior_num_inference_steps,
+            prior_guidance_scale,
+            generator,
+            latents,
+            prior_callback_on_step_end,
+            prior_callback_on_step_end_tensor_inputs,
+        )
+        images = [image] if not isinstance(image, (list, tuple)) else list(image)
+        if len(images) < embeds.shape[0] and embeds.shape[0] % len(images) == 0:
+            images = (embeds.shape[0] // len(images)) * images
+        return decoder(
+            image_embeds=embeds,
+            image=images,
+            negative_image_embeds=negative,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            strength=strength,
+            generator=generator,
+            guidance_scale=guidance_scale,
+            output_type=output_type,
+            return_dict=return_dict,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )

@@ -1,0 +1,26 @@
+"""Entry point of the kandinsky plugin: registers its pipelines lazily (imports no torch)."""
+
+from __future__ import annotations
+
+from difflux import hookimpl
+from difflux.registry import RegisterPipeline
+
+_PKG = "difflux_kandinsky"
+
+#: every pipeline class the plugin provides, as a lazy reference
+PIPELINES: tuple[str, ...] = (
+    f"{_PKG}.pipeline_kandinsky2_2:KandinskyV22Pipeline",
+    f"{_PKG}.pipeline_kandinsky2_2:KandinskyV22Img2ImgPipeline",
+    f"{_PKG}.pipeline_kandinsky2_2:KandinskyV22ControlnetPipeline",
+    f"{_PKG}.pipeline_kandinsky2_2:KandinskyV22ControlnetImg2ImgPipeline",
+    f"{_PKG}.pipeline_kandinsky2_2_prior:KandinskyV22PriorPipeline",
+    f"{_PKG}.pipeline_kandinsky2_2_prior:KandinskyV22PriorEmb2EmbPipeline",
+    f"{_PKG}.pipeline_kandinsky2_2_combined:KandinskyV22CombinedPipeline",
+    f"{_PKG}.pipeline_kandinsky2_2_combined:KandinskyV22Img2ImgCombinedPipeline",
+)
+
+
+@hookimpl
+def difflux_register_pipelines(register: RegisterPipeline) -> None:
+    for ref in PIPELINES:
+        register(ref)
