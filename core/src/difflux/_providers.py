@@ -43,6 +43,10 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
     "difflux-controlnet": (
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",
         "StableDiffusionControlNetImg2ImgPipeline",
+        "StableDiffusionControlNetInpaintPipeline", "StableDiffusionXLControlNetPipeline",
+        "StableDiffusionXLControlNetImg2ImgPipeline", "StableDiffusionXLControlNetInpaintPipeline",
+        "ControlNetUnionModel", "MultiControlNetUnionModel", "StableDiffusionXLControlNetUnionPipeline",
+        "StableDiffusionXLControlNetUnionImg2ImgPipeline", "StableDiffusionXLControlNetUnionInpaintPipeline",
     ),
     "difflux-audio": ("AudioLDMPipeline", "MusicLDMPipeline"),
     "difflux-flax": (

@@ -123,6 +123,35 @@ def diffusers_sd_components(tmp_path: Path, controlnet: Any, scheduler: str = "D
 
 
 
+def diffusers_sdxl_components(tmp_path: Path, controlnet: Any, **unet: Any) -> dict[str, Any]:
+    """Tiny SDXL pipeline components (Diffusers' fast-test sizes) around ``controlnet``; Euler, leading spacing."""
+    import diffusers
+
+    config: dict[str, Any] = {
+        **{k: v for k, v in SDXL_CONFIG.items() if k != "conditioning_embedding_out_channels"},
+        "sample_size": LATENT,
+        "out_channels": 4,
+        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+        **unet,
+    }
+    torch.manual_seed(0)
+    return {
+        "unet": diffusers.UNet2DConditionModel(**config),
+        "controlnet": controlnet,
+        "vae": diffusers_vae(0),
+        "text_encoder": tiny_clip_text_model(0),
+        "text_encoder_2": tiny_clip_text_model(1, projection=True),
+        "tokenizer": tiny_clip_tokenizer(tmp_path / "vocab"),
+        "tokenizer_2": tiny_clip_tokenizer(tmp_path / "vocab_2"),
+        "scheduler": diffusers.EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading",
+            steps_offset=1,
+        ),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
 @pytest.fixture(autouse=True)
 def _quiet_difflux_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="difflux")

@@ -14,6 +14,15 @@ _LAZY = {
     "MultiControlNetModel": "multicontrolnet",
     "StableDiffusionControlNetImg2ImgPipeline": "pipeline_controlnet",
     "StableDiffusionControlNetPipeline": "pipeline_controlnet",
+    "StableDiffusionControlNetInpaintPipeline": "pipeline_controlnet_inpaint",
+    "StableDiffusionXLControlNetPipeline": "pipeline_controlnet_sd_xl",
+    "StableDiffusionXLControlNetImg2ImgPipeline": "pipeline_controlnet_sd_xl",
+    "StableDiffusionXLControlNetInpaintPipeline": "pipeline_controlnet_sd_xl",
+    "ControlNetUnionModel": "controlnet_union",
+    "MultiControlNetUnionModel": "controlnet_union",
+    "StableDiffusionXLControlNetUnionPipeline": "pipeline_controlnet_union_sd_xl",
+    "StableDiffusionXLControlNetUnionImg2ImgPipeline": "pipeline_controlnet_union_sd_xl",
+    "StableDiffusionXLControlNetUnionInpaintPipeline": "pipeline_controlnet_union_sd_xl",
 }
 
 __all__ = sorted(_LAZY)

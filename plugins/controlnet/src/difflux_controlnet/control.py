@@ -16,13 +16,13 @@ import typing
 from typing import Any
 
 import torch
-from difflux_stable_diffusion._base import Control
+from difflux_stable_diffusion._base import Control, Denoise
 from difflux_stable_diffusion.images import default_size, is_image_input, preprocess_control_image
 
 from .controlnet import ControlNetModel
 from .multicontrolnet import MultiControlNetModel
 
-__all__ = ["ControlArgs", "ControlNetSteps", "as_controlnet"]
+__all__ = ["ControlArgs", "ControlNetSteps", "as_controlnet", "keep_table"]
 
 
 def as_controlnet(controlnet: Any) -> Any:
@@ -72,15 +72,20 @@ class ControlNetSteps:
         batch: int,
         *,
         image_name: str = "image",
+        slots: int | None = None,
+        unit: str = "ControlNet",
     ) -> ControlArgs:
         """Check the ControlNet arguments against the nets and the prompt batch; returns them per net.
+
+        ``slots``: how many condition images the call takes (default: one per net; a Union ControlNet
+        takes one per control mode, ``unit="control mode"``).
 
         :raises TypeError | ValueError: naming the argument, what was wrong and what to pass.
         """
         name = type(self).__name__
         nets = self._nets()
-        n = len(nets)
-        multi = isinstance(self.controlnet, MultiControlNetModel)
+        n = len(nets) if slots is None else slots
+        multi = isinstance(self.controlnet, MultiControlNetModel) or n > 1
         if not isinstance(guess_mode, bool):
             raise TypeError(f"{name}: guess_mode must be True or False, got {guess_mode!r}")
         # images: one input per net
@@ -89,15 +94,15 @@ class ControlNetSteps:
         if multi:
             if not isinstance(image, (list, tuple)):
                 raise TypeError(
-                    f"{name}: with {n} ControlNets, {image_name} must be a list with one condition image per "
-                    f"ControlNet, got {type(image).__name__}"
+                    f"{name}: with {n} {unit}s, {image_name} must be a list with one condition image per "
+                    f"{unit}, got {type(image).__name__}"
                 )
             per_net = list(image)
             if per_net and all(isinstance(i, (list, tuple)) for i in per_net):
                 per_net = [list(t) for t in zip(*per_net, strict=False)]  # [prompt][net] -> [net][prompt]
             if len(per_net) != n:
                 raise ValueError(
-                    f"{name}: got {len(per_net)} condition images for {n} ControlNets; pass one per ControlNet"
+                    f"{name}: got {len(per_net)} condition images for {n} {unit}s; pass one per {unit}"
                 )
         else:
             per_net = [image]
@@ -119,7 +124,7 @@ class ControlNetSteps:
         if len(scales) != n or not all(_is_number(s) for s in scales):
             raise ValueError(
                 f"{name}: controlnet_conditioning_scale must be a finite number or a list of {n} numbers (one per "
-                f"ControlNet), got {scale!r}"
+                f"{unit}), got {scale!r}"
             )
         # the guidance window: fractions of the run, per net
         starts, ends = control_guidance_start, control_guidance_end
@@ -137,8 +142,8 @@ class ControlNetSteps:
             )
         if len(starts) != n:
             raise ValueError(
-                f"{name}: control_guidance_start/end have {len(starts)} entries for {n} ControlNets; pass one per "
-                "ControlNet (or a single number)"
+                f"{name}: control_guidance_start/end have {len(starts)} entries for {n} {unit}s; pass one per "
+                f"{unit} (or a single number)"
             )
         for s, e in zip(starts, ends, strict=True):
             if not (_is_number(s) and _is_number(e)):
@@ -183,6 +188,18 @@ class ControlNetSteps:
 
     # -- the residuals each step -----------------------------------------------------------
 
+    def attach_control(
+        self, run: Denoise, args: ControlArgs, images: list[torch.Tensor], steps: int, total: int
+    ) -> Denoise:
+        """Give a loop ``run`` the control residuals (:meth:`control_step`) and the condition image a step
+        callback may read and replace (under ``_control_image_name``, with a single net).
+
+        ``steps``: the length the guidance windows are fractions of (the run's, before a ``denoising_end`` cut).
+        """
+        run.extra[self._control_image_name] = images[0] if len(images) == 1 else None
+        run.control = self.control_step(args, images, steps, total)
+        return run
+
     def control_step(self, args: ControlArgs, images: list[torch.Tensor], steps: int, total: int) -> Control:
         """The ``Denoise.control`` function: run the ControlNet(s) and return the UNet's residual keywords.
 
@@ -191,10 +208,7 @@ class ControlNetSteps:
         gets zero residuals. A step where every net is off skips the ControlNets (zero residuals).
         """
         multi = isinstance(self.controlnet, MultiControlNetModel)
-        keep = [
-            [float(not (i / steps < s or (i + 1) / steps > e)) for s, e in zip(args.starts, args.ends, strict=True)]
-            for i in range(steps)
-        ]
+        keep = keep_table(args, steps)
 
         def control(
             i: int,
@@ -228,6 +242,14 @@ class ControlNetSteps:
             return {"down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
 
         return control
+
+
+def keep_table(args: ControlArgs, steps: int) -> list[list[float]]:
+    """``[step][net]``: 1.0 where the net's guidance window covers ``[i / steps, (i + 1) / steps]``, else 0.0."""
+    return [
+        [float(not (i / steps < s or (i + 1) / steps > e)) for s, e in zip(args.starts, args.ends, strict=True)]
+        for i in range(steps)
+    ]
 
 
 def _tensor_batch(item: Any) -> int:

@@ -14,6 +14,7 @@ SDXL) load as they are.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -304,7 +305,10 @@ class ControlNetModel(ModelMixin, AttentionProcessorMixin):
         timestep_cond: torch.Tensor | None,
         class_labels: torch.Tensor | None,
         added_cond_kwargs: dict[str, torch.Tensor] | None,
+        before_added: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """The time embedding (plus class and added embeddings); ``before_added(emb)`` adds a term before the
+        added (text / SDXL) embedding, as Union's control-type embedding is."""
         t_emb = self.time_proj(timesteps_tensor(timestep, sample)).to(dtype=sample.dtype)
         emb: torch.Tensor = self.time_embedding(t_emb, timestep_cond)
         if self.class_embedding is not None:
@@ -313,6 +317,8 @@ class ControlNetModel(ModelMixin, AttentionProcessorMixin):
             if self.config.class_embed_type == "timestep":
                 class_labels = self.time_proj(class_labels)
             emb = emb + self.class_embedding(class_labels).to(dtype=self.dtype)
+        if before_added is not None:
+            emb = before_added(emb)
         kind = self.config.addition_embed_type
         if kind == "text" and self.add_embedding is not None:
             emb = emb + self.add_embedding(encoder_hidden_states)
@@ -328,6 +334,54 @@ class ControlNetModel(ModelMixin, AttentionProcessorMixin):
             time_embeds = self.add_time_proj(extra["time_ids"].flatten()).reshape(text_embeds.shape[0], -1)
             emb = emb + self.add_embedding(torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype))
         return emb
+
+    def _encode(
+        self,
+        sample: torch.Tensor,
+        emb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cross_attention_kwargs: dict[str, Any] | None,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The copied encoder on the conditioned input ``sample``: the zero-convolved skip states and mid state."""
+        attn_kwargs: dict[str, Any] = {
+            "encoder_hidden_states": encoder_hidden_states,
+            "attention_mask": attention_mask,
+            "cross_attention_kwargs": cross_attention_kwargs,
+        }
+        skips: tuple[torch.Tensor, ...] = (sample,)
+        for block in self.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                sample, states = block(sample, emb, **attn_kwargs)
+            else:
+                sample, states = block(sample, emb)
+            skips += states
+        if self.mid_block is not None:
+            if getattr(self.mid_block, "has_cross_attention", False):
+                sample = self.mid_block(sample, emb, **attn_kwargs)
+            else:
+                sample = self.mid_block(sample, emb)
+        down = [conv(s) for s, conv in zip(skips, self.controlnet_down_blocks, strict=True)]
+        mid: torch.Tensor = self.controlnet_mid_block(sample)
+        return down, mid
+
+    def _scale(
+        self, down: list[torch.Tensor], mid: torch.Tensor, scale: float, guess_mode: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Residuals times ``scale`` (log-spaced 0.1 .. 1 across depth in guess mode), pooled with
+        ``global_pool_conditions``."""
+        pooled = self.config.global_pool_conditions
+        if guess_mode and not pooled:
+            scales = torch.logspace(-1, 0, len(down) + 1, device=mid.device) * scale
+            down = [s * w for s, w in zip(down, scales, strict=False)]
+            mid = mid * scales[-1]
+        else:
+            down = [s * scale for s in down]
+            mid = mid * scale
+        if pooled:
+            down = [s.mean(dim=(2, 3), keepdim=True) for s in down]
+            mid = mid.mean(dim=(2, 3), keepdim=True)
+        return down, mid
 
     def forward(
         self,
@@ -366,37 +420,8 @@ class ControlNetModel(ModelMixin, AttentionProcessorMixin):
             encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)
 
         sample = self.conv_in(sample) + self.controlnet_cond_embedding(controlnet_cond)
-        attn_kwargs: dict[str, Any] = {
-            "encoder_hidden_states": encoder_hidden_states,
-            "attention_mask": attention_mask,
-            "cross_attention_kwargs": cross_attention_kwargs,
-        }
-        skips: tuple[torch.Tensor, ...] = (sample,)
-        for block in self.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                sample, states = block(sample, emb, **attn_kwargs)
-            else:
-                sample, states = block(sample, emb)
-            skips += states
-        if self.mid_block is not None:
-            if getattr(self.mid_block, "has_cross_attention", False):
-                sample = self.mid_block(sample, emb, **attn_kwargs)
-            else:
-                sample = self.mid_block(sample, emb)
-
-        down = [conv(s) for s, conv in zip(skips, self.controlnet_down_blocks, strict=True)]
-        mid: torch.Tensor = self.controlnet_mid_block(sample)
-        pooled = self.config.global_pool_conditions
-        if guess_mode and not pooled:
-            scales = torch.logspace(-1, 0, len(down) + 1, device=sample.device) * conditioning_scale
-            down = [s * w for s, w in zip(down, scales, strict=False)]
-            mid = mid * scales[-1]
-        else:
-            down = [s * conditioning_scale for s in down]
-            mid = mid * conditioning_scale
-        if pooled:
-            down = [s.mean(dim=(2, 3), keepdim=True) for s in down]
-            mid = mid.mean(dim=(2, 3), keepdim=True)
+        down, mid = self._encode(sample, emb, encoder_hidden_states, attention_mask, cross_attention_kwargs)
+        down, mid = self._scale(down, mid, conditioning_scale, guess_mode)
         if not return_dict:
             return (tuple(down), mid)
         return ControlNetOutput(down_block_res_samples=tuple(down), mid_block_res_sample=mid)

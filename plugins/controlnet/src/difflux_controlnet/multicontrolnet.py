@@ -10,7 +10,7 @@ import os
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from difflux.modeling import ModelMixin
@@ -29,15 +29,18 @@ class MultiControlNetModel(ModelMixin):
     """
 
     ignore_for_config = frozenset({"controlnets"})
+    #: the class of the nets it holds (and loads); a subclass of it is refused (Union nets take other inputs)
+    net_class: ClassVar[type[ControlNetModel]] = ControlNetModel
 
     def __init__(self, controlnets: Sequence[ControlNetModel]) -> None:
         super().__init__()
         nets = list(controlnets)
+        want, me = self.net_class.__name__, type(self).__name__
         if not nets:
-            raise ValueError("MultiControlNetModel needs at least one ControlNetModel")
-        bad = [type(n).__name__ for n in nets if not isinstance(n, ControlNetModel)]
+            raise ValueError(f"{me} needs at least one {want}")
+        bad = [type(n).__name__ for n in nets if type(n) is not self.net_class]
         if bad:
-            raise ValueError(f"MultiControlNetModel takes ControlNetModel instances only, got {', '.join(bad)}")
+            raise ValueError(f"{me} takes {want} instances only, got {', '.join(bad)}")
         self.nets = nn.ModuleList(nets)
 
     def forward(
@@ -127,13 +130,13 @@ class MultiControlNetModel(ModelMixin):
         :raises FileNotFoundError: when ``folder`` is not a directory.
         """
         if not Path(folder).is_dir():
-            raise FileNotFoundError(f"MultiControlNetModel: no ControlNet folder at {os.fspath(folder)}")
+            raise FileNotFoundError(f"{cls.__name__}: no ControlNet folder at {os.fspath(folder)}")
         if options.output_loading_info:
             options = options.replace(output_loading_info=False)
         nets: list[ControlNetModel] = []
         i = 0
         while (path := cls.folders(folder, i + 1)[i]).is_dir():
-            loaded = ControlNetModel._from_folder(path, options, component=component, overrides=overrides)
+            loaded = cls.net_class._from_folder(path, options, component=component, overrides=overrides)
             nets.append(loaded if isinstance(loaded, ControlNetModel) else loaded[0])
             i += 1
         return cls(nets)

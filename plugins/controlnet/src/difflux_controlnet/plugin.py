@@ -11,12 +11,21 @@ _PKG = "difflux_controlnet"
 MODELS: tuple[str, ...] = (
     f"{_PKG}.controlnet:ControlNetModel",
     f"{_PKG}.multicontrolnet:MultiControlNetModel",
+    f"{_PKG}.controlnet_union:ControlNetUnionModel",
+    f"{_PKG}.controlnet_union:MultiControlNetUnionModel",
 )
 
 #: every pipeline class the plugin provides, as a lazy reference
 PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_controlnet:StableDiffusionControlNetPipeline",
     f"{_PKG}.pipeline_controlnet:StableDiffusionControlNetImg2ImgPipeline",
+    f"{_PKG}.pipeline_controlnet_inpaint:StableDiffusionControlNetInpaintPipeline",
+    f"{_PKG}.pipeline_controlnet_sd_xl:StableDiffusionXLControlNetPipeline",
+    f"{_PKG}.pipeline_controlnet_sd_xl:StableDiffusionXLControlNetImg2ImgPipeline",
+    f"{_PKG}.pipeline_controlnet_sd_xl:StableDiffusionXLControlNetInpaintPipeline",
+    f"{_PKG}.pipeline_controlnet_union_sd_xl:StableDiffusionXLControlNetUnionPipeline",
+    f"{_PKG}.pipeline_controlnet_union_sd_xl:StableDiffusionXLControlNetUnionImg2ImgPipeline",
+    f"{_PKG}.pipeline_controlnet_union_sd_xl:StableDiffusionXLControlNetUnionInpaintPipeline",
 )
 
 
