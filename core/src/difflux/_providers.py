@@ -21,6 +21,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "UniPCMultistepScheduler", "DEISMultistepScheduler", "LCMScheduler", "KarrasVeScheduler",
         "ScoreSdeVeScheduler", "CMStochasticIterativeScheduler", "FlowMatchEulerDiscreteScheduler",
         "EDMEulerScheduler", "UnCLIPScheduler", "DDPMWuerstchenScheduler",
+        "VQDiffusionScheduler",
     ),
     "difflux-models": (
         "UNet1DModel", "UNet2DModel", "UNet2DConditionModel", "AutoencoderKL", "VQModel",

@@ -21,7 +21,7 @@ ISSUE_CLASSES = {
     "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
     "UniPCMultistepScheduler", "DEISMultistepScheduler", "LCMScheduler", "KarrasVeScheduler", "ScoreSdeVeScheduler",
     "CMStochasticIterativeScheduler", "FlowMatchEulerDiscreteScheduler", "EDMEulerScheduler",
-    "UnCLIPScheduler", "DDPMWuerstchenScheduler",
+    "UnCLIPScheduler", "DDPMWuerstchenScheduler", "VQDiffusionScheduler",
 }  # fmt: skip
 
 

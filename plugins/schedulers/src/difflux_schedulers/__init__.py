@@ -32,6 +32,7 @@ __all__ = [
     "ScoreSdeVeScheduler",
     "UnCLIPScheduler",
     "UniPCMultistepScheduler",
+    "VQDiffusionScheduler",
 ]
 
 

@@ -39,6 +39,7 @@ SCHEDULERS: tuple[str, ...] = (
     f"{_PKG}.consistency:CMStochasticIterativeScheduler",
     f"{_PKG}.unclip:UnCLIPScheduler",
     f"{_PKG}.wuerstchen:DDPMWuerstchenScheduler",
+    f"{_PKG}.vq_diffusion:VQDiffusionScheduler",
 )
 
 
