@@ -48,6 +48,9 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionXLControlNetImg2ImgPipeline", "StableDiffusionXLControlNetInpaintPipeline",
         "ControlNetUnionModel", "MultiControlNetUnionModel", "StableDiffusionXLControlNetUnionPipeline",
         "StableDiffusionXLControlNetUnionImg2ImgPipeline", "StableDiffusionXLControlNetUnionInpaintPipeline",
+        "T2IAdapter", "MultiAdapter", "StableDiffusionAdapterPipeline", "StableDiffusionXLAdapterPipeline",
+        "ControlNetXSAdapter", "UNetControlNetXSModel", "StableDiffusionControlNetXSPipeline",
+        "StableDiffusionXLControlNetXSPipeline",
     ),
     "difflux-audio": ("AudioLDMPipeline", "MusicLDMPipeline"),
     "difflux-flax": (

@@ -29,7 +29,14 @@ from difflux_stable_diffusion.prompts import Prompt, PromptEncoderMixin
 from .multiadapter import MultiAdapter
 from .t2i_adapter import T2IAdapter
 
-__all__ = ["AdapterArgs", "AdapterSteps", "StableDiffusionAdapterPipeline", "adapter_image", "as_adapter"]
+__all__ = [
+    "AdapterArgs",
+    "AdapterSteps",
+    "StableDiffusionAdapterPipeline",
+    "adapter_image",
+    "as_adapter",
+    "image_count",
+]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
@@ -45,9 +52,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
-def _count(item: Any) -> int:
+def image_count(item: Any) -> int:
+    """How many images an image input holds (a list: its entries; a 4-D array or tensor: its batch)."""
     if isinstance(item, (list, tuple)):
-        return sum(_count(i) for i in item)
+        return sum(image_count(i) for i in item)
     shape = getattr(item, "shape", None)
     return int(shape[0]) if shape is not None and len(shape) == 4 else 1
 
@@ -144,7 +152,7 @@ class AdapterSteps:
                     f"{name}: {where} must be a PIL image, a numpy array or a torch tensor (or a list of them), "
                     f"got {type(item).__name__}"
                 )
-            count = _count(item)
+            count = image_count(item)
             if count not in (1, batch):
                 raise ValueError(
                     f"{name}: {where} holds {count} condition images for {batch} prompts; pass 1 or {batch}"

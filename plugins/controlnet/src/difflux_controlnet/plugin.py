@@ -13,6 +13,10 @@ MODELS: tuple[str, ...] = (
     f"{_PKG}.multicontrolnet:MultiControlNetModel",
     f"{_PKG}.controlnet_union:ControlNetUnionModel",
     f"{_PKG}.controlnet_union:MultiControlNetUnionModel",
+    f"{_PKG}.t2i_adapter:T2IAdapter",
+    f"{_PKG}.multiadapter:MultiAdapter",
+    f"{_PKG}.controlnet_xs:ControlNetXSAdapter",
+    f"{_PKG}.controlnet_xs:UNetControlNetXSModel",
 )
 
 #: every pipeline class the plugin provides, as a lazy reference
@@ -26,6 +30,10 @@ PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_controlnet_union_sd_xl:StableDiffusionXLControlNetUnionPipeline",
     f"{_PKG}.pipeline_controlnet_union_sd_xl:StableDiffusionXLControlNetUnionImg2ImgPipeline",
     f"{_PKG}.pipeline_controlnet_union_sd_xl:StableDiffusionXLControlNetUnionInpaintPipeline",
+    f"{_PKG}.pipeline_adapter:StableDiffusionAdapterPipeline",
+    f"{_PKG}.pipeline_adapter_sd_xl:StableDiffusionXLAdapterPipeline",
+    f"{_PKG}.pipeline_controlnet_xs:StableDiffusionControlNetXSPipeline",
+    f"{_PKG}.pipeline_controlnet_xs_sd_xl:StableDiffusionXLControlNetXSPipeline",
 )
 
 
