@@ -40,8 +40,10 @@ __all__ = [
     "generate_kwargs",
     "image_grid",
     "info_report",
+    "load_pipeline",
     "main",
     "plugins_report",
+    "scheduler_for",
 ]
 
 Handler = Callable[[argparse.Namespace, TextIO], int]
@@ -561,6 +563,12 @@ def _load_pipeline(model: str, dtype: str | None = None, device: str | None = No
     if device is not None:
         pipe.to(device)
     return pipe
+
+
+#: For plugins' commands (``difflux batch``, ``difflux serve``) that load a model and pick a scheduler as
+#: ``generate`` does: the same errors (an embedded model whose plugin is missing, an unknown sampler name).
+load_pipeline = _load_pipeline
+scheduler_for = _scheduler_for
 
 
 def _run_generate(args: argparse.Namespace, out: TextIO) -> int:
