@@ -47,7 +47,8 @@ def sdxl_pairs(tmp_path_factory: pytest.TempPathFactory, cn: Any) -> dict[tuple[
 
             mine["controlnet"] = [ours.controlnet, ControlNetModel.from_pretrained(_saved(nets[1], folder / "net1"))]
         for task in TASKS:
-            out[(task, which)] = (_diffusers(task, theirs), ours if (task, which) == ("", "single") else _ours(task, mine))
+            mine_pipe = ours if (task, which) == ("", "single") else _ours(task, mine)
+            out[(task, which)] = (_diffusers(task, theirs), mine_pipe)
     return out
 
 

@@ -157,6 +157,7 @@ class StableDiffusionControlNetInpaintPipeline(InpaintStart, _ControlNetSD):
             raise RuntimeError("StableDiffusionControlNetInpaintPipeline: internal check failed: image and mask")
         height, width = default_size(image, height, width, self.vae_scale_factor)
         total = batch * num_images_per_prompt
+        steps = self.schedule(num_inference_steps, strength=strength)  # a strength that leaves no step fails here
         opts = self.sampling(
             guidance_scale,
             0.0,
@@ -179,7 +180,6 @@ class StableDiffusionControlNetInpaintPipeline(InpaintStart, _ControlNetSD):
             clip_skip=clip_skip,
         )
         images = self.control_images(control, height, width, total, num_images_per_prompt, opts.guidance)
-        steps = self.schedule(num_inference_steps, strength=strength)
         dtype = embeds.embeds.dtype
         latents, attach = self.inpaint_start(
             image, mask_image, (height, width), steps, strength, total, dtype, generator, latents, opts.guidance

@@ -209,10 +209,10 @@ class StableDiffusionXLControlNetPipeline(SDXLControlSteps, StableDiffusionXLPip
         height, width = self.control_size(control, a["height"], a["width"])
         per_prompt = a["num_images_per_prompt"]
         total = batch * per_prompt
+        steps, windows = self.schedule_of(a, denoising_end=a["denoising_end"])  # a cut that leaves no step fails here
         opts = self.sampling_of(a)
         embeds = self.prompt_of(a, opts)
         images = self.control_images(control, height, width, total, per_prompt, opts.guidance)
-        steps, windows = self.schedule_of(a, denoising_end=a["denoising_end"])
         dtype = embeds.embeds.dtype
         latents = self.prepare_latents(self.latent_shape(total, height, width), dtype, a["generator"], a["latents"])
         proj = self._projection_dim(embeds)
@@ -320,6 +320,7 @@ class StableDiffusionXLControlNetImg2ImgPipeline(SDXLControlSteps, StableDiffusi
         control = self.control_args(a, batch)
         per_prompt = a["num_images_per_prompt"]
         total = batch * per_prompt
+        steps, windows = self.schedule_of(a, strength=a["strength"])
         opts = self.sampling_of(a)
         embeds = self.prompt_of(a, opts)
         latent_channels = self.vae.config.latent_channels
@@ -327,7 +328,6 @@ class StableDiffusionXLControlNetImg2ImgPipeline(SDXLControlSteps, StableDiffusi
                                   latent_channels=latent_channels)  # fmt: skip
         size = self.control_size(control, a["height"], a["width"])
         images = self.control_images(control, *size, total, per_prompt, opts.guidance)
-        steps, windows = self.schedule_of(a, strength=a["strength"])
         latents = a["latents"]
         if latents is None:
             latents = self.image_latents(pixels, total, embeds.embeds.dtype, a["generator"], per_output=True)
@@ -440,12 +440,12 @@ class StableDiffusionXLControlNetInpaintPipeline(InpaintStart, SDXLControlSteps,
         size = default_size(a["image"], a["height"], a["width"], self.vae_scale_factor)
         per_prompt = a["num_images_per_prompt"]
         total = batch * per_prompt
-        opts = self.sampling_of(a)
-        embeds = self.prompt_of(a, opts)
-        images = self.control_images(control, *size, total, per_prompt, opts.guidance)
         start = a["denoising_start"]
         steps, windows = self.schedule_of(a, strength=a["strength"], denoising_start=start,
                                           denoising_end=a["denoising_end"])  # fmt: skip
+        opts = self.sampling_of(a)
+        embeds = self.prompt_of(a, opts)
+        images = self.control_images(control, *size, total, per_prompt, opts.guidance)
         latents, attach = self.inpaint_start(
             a["image"], a["mask_image"], size, steps, a["strength"], total, embeds.embeds.dtype, a["generator"],
             a["latents"], opts.guidance, add_noise=start is None,
