@@ -26,7 +26,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
     "difflux-models": (
         "UNet1DModel", "UNet2DModel", "UNet2DConditionModel", "AutoencoderKL", "VQModel",
         "Transformer2DModel", "DiTTransformer2DModel", "PixArtTransformer2DModel",
-        "PriorTransformer", "UnCLIPTextProjModel", "Kandinsky3UNet",
+        "PriorTransformer", "UnCLIPTextProjModel", "Kandinsky3UNet", "CLIPImageProjection",
     ),
     "difflux-pipelines-unconditional": (
         "DDPMPipeline", "DDIMPipeline", "PNDMPipeline", "LDMPipeline", "ScoreSdeVePipeline",
@@ -41,6 +41,12 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionSafetyChecker",
     ),
     "difflux-pixart": ("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
+    "difflux-kandinsky": (
+        "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22ControlnetPipeline",
+        "KandinskyV22ControlnetImg2ImgPipeline", "KandinskyV22PriorPipeline", "KandinskyV22PriorEmb2EmbPipeline",
+        "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline",
+    ),
+    "difflux-sd-guidance": ("StableDiffusionSAGPipeline", "StableDiffusionAttendAndExcitePipeline"),
     "difflux-controlnet": (
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",
         "StableDiffusionControlNetImg2ImgPipeline",
@@ -52,10 +58,15 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "ControlNetXSAdapter", "UNetControlNetXSModel", "StableDiffusionControlNetXSPipeline",
         "StableDiffusionXLControlNetXSPipeline",
     ),
-    "difflux-audio": ("AudioLDMPipeline", "MusicLDMPipeline"),
+    "difflux-audio": (
+        "AudioLDMPipeline", "MusicLDMPipeline", "AudioLDM2Pipeline", "AudioLDM2UNet2DConditionModel",
+        "AudioLDM2ProjectionModel",
+    ),
     "difflux-flax": (
         "FlaxDDIMScheduler", "FlaxDDPMScheduler", "FlaxPNDMScheduler", "FlaxLMSDiscreteScheduler",
         "FlaxEulerDiscreteScheduler", "FlaxDPMSolverMultistepScheduler",
+        "FlaxUNet2DConditionModel", "FlaxAutoencoderKL", "FlaxDiffusionPipeline", "FlaxStableDiffusionPipeline",
+        "FlaxStableDiffusionImg2ImgPipeline", "FlaxStableDiffusionInpaintPipeline",
     ),
 }
 

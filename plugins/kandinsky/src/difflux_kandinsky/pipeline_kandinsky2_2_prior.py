@@ -117,6 +117,9 @@ class _KandinskyPriorBase(DenoisingState, DiffusionPipeline):
         :raises TypeError | ValueError: naming the argument.
         """
         name = type(self).__name__
+        for label, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if value is not None and not isinstance(value, (str, list, tuple)):
+                raise TypeError(f"{name}: {label} must be a string or a list of strings, got {type(value).__name__}")
         prompts = prompt_list(prompt)
         if prompts is None or not prompts or not all(isinstance(p, str) for p in prompts):
             raise TypeError(f"{name}: prompt must be a string or a non-empty list of strings, got {prompt!r}")

@@ -8,6 +8,7 @@ these steps together: check → encode → prepare latents → denoise → decod
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -575,7 +576,10 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
         (``variance_type`` ``"learned"`` / ``"learned_range"``); other predictions pass unchanged."""
         if noise_pred.shape[1] != 2 * channels:
             return noise_pred
-        if getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range"):
+        # only a scheduler that declares variance_type reads it: a DDIM made from a DDPM config keeps the key
+        # unused (Diffusers then crashes; difflux drops the variance)
+        declared = "variance_type" in inspect.signature(type(self.scheduler).__init__).parameters
+        if declared and getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range"):
             return noise_pred
         return noise_pred[:, :channels]
 
