@@ -47,6 +47,11 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline",
     ),
     "difflux-sd-guidance": ("StableDiffusionSAGPipeline", "StableDiffusionAttendAndExcitePipeline"),
+    "difflux-sd-variants": (
+        "LatentConsistencyModelPipeline", "LatentConsistencyModelImg2ImgPipeline",
+        "StableDiffusionInstructPix2PixPipeline", "StableDiffusionXLInstructPix2PixPipeline",
+        "StableDiffusionPanoramaPipeline", "StableDiffusionLDM3DPipeline",
+    ),
     "difflux-controlnet": (
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",
         "StableDiffusionControlNetImg2ImgPipeline",

@@ -21,7 +21,12 @@ from .checks import Inputs
 from .images import ImageInput, preprocess_image, preprocess_mask
 from .prompts import Prompt, PromptEmbeds, encode_prompt_sdxl
 
-__all__ = ["StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline", "StableDiffusionXLPipeline"]
+__all__ = [
+    "StableDiffusionXLBase",
+    "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusionXLInpaintPipeline",
+    "StableDiffusionXLPipeline",
+]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Size = tuple[int, int]
@@ -156,6 +161,10 @@ class _StableDiffusionXL(StableDiffusionBase):
 
     def wrap_output(self, images: Any, flags: list[bool] | None, return_dict: bool) -> Any:
         return StableDiffusionXLPipelineOutput(images=images) if return_dict else (images,)
+
+
+#: the SDXL components, prompt encoding and micro-conditioning, for families built on SDXL (InstructPix2Pix)
+StableDiffusionXLBase = _StableDiffusionXL
 
 
 class StableDiffusionXLPipeline(_StableDiffusionXL):

@@ -1,0 +1,34 @@
+"""Entry point of the sd-variants plugin: registers its pipelines and models lazily (imports no torch)."""
+
+from __future__ import annotations
+
+from difflux import hookimpl
+from difflux.registry import RegisterComponent, RegisterPipeline
+
+_PKG = "difflux_sd_variants"
+
+#: every pipeline class the plugin provides, as a lazy reference
+PIPELINES: tuple[str, ...] = (
+    f"{_PKG}.pipeline_lcm:LatentConsistencyModelPipeline",
+    f"{_PKG}.pipeline_lcm:LatentConsistencyModelImg2ImgPipeline",
+    f"{_PKG}.pipeline_instruct_pix2pix:StableDiffusionInstructPix2PixPipeline",
+    f"{_PKG}.pipeline_instruct_pix2pix:StableDiffusionXLInstructPix2PixPipeline",
+    f"{_PKG}.pipeline_panorama:StableDiffusionPanoramaPipeline",
+    f"{_PKG}.pipeline_ldm3d:StableDiffusionLDM3DPipeline",
+)
+
+#: every model class the plugin provides, as a lazy reference
+MODELS: tuple[str, ...] = ()
+
+
+@hookimpl
+def difflux_register_pipelines(register: RegisterPipeline) -> None:
+    for ref in PIPELINES:
+        register(ref)
+
+
+@hookimpl
+def difflux_register_components(register: RegisterComponent) -> None:
+    """Register the models under their Diffusers class names (library ``"diffusers"``)."""
+    for ref in MODELS:
+        register(ref)
