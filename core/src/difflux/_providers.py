@@ -41,6 +41,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionSafetyChecker",
     ),
     "difflux-pixart": ("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
+    "difflux-sd-guidance": ("StableDiffusionSAGPipeline", "StableDiffusionAttendAndExcitePipeline"),
     "difflux-kandinsky": (
         "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22ControlnetPipeline",
         "KandinskyV22ControlnetImg2ImgPipeline", "KandinskyV22PriorPipeline", "KandinskyV22PriorEmb2EmbPipeline",

@@ -16,7 +16,12 @@ from .checks import Inputs
 from .images import ImageInput, preprocess_image, preprocess_mask
 from .prompts import Prompt, PromptEmbeds, PromptEncoderMixin
 
-__all__ = ["StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionPipeline"]
+__all__ = [
+    "StableDiffusionComponents",
+    "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline",
+    "StableDiffusionPipeline",
+]
 
 logger = logging.getLogger("difflux")
 
@@ -50,8 +55,9 @@ class _StableDiffusion(PromptEncoderMixin, StableDiffusionBase):
     """The components and prompt encoding of SD 1.x / 2.x pipelines."""
 
     _optional_components: ClassVar[tuple[str, ...]] = ("safety_checker", "feature_extractor", "image_encoder")
-    #: outdated scheduler settings corrected on construction (besides ``steps_offset``), as Diffusers does
-    _scheduler_fixes: tuple[str, ...] = ("clip_sample",)
+    #: outdated scheduler settings corrected on construction (besides ``steps_offset``), as Diffusers does;
+    #: ``None``: the scheduler is used as given (Diffusers' SAG, Attend-and-Excite and GLIGEN pipelines)
+    _scheduler_fixes: tuple[str, ...] | None = ("clip_sample",)
 
     def __init__(
         self,
@@ -67,7 +73,8 @@ class _StableDiffusion(PromptEncoderMixin, StableDiffusionBase):
     ) -> None:
         super().__init__()
         self.warn_about_safety_checker(safety_checker, feature_extractor, requires_safety_checker)
-        scheduler = _fix_old_scheduler_config(scheduler, type(self).__name__, self._scheduler_fixes)
+        if self._scheduler_fixes is not None:
+            scheduler = _fix_old_scheduler_config(scheduler, type(self).__name__, self._scheduler_fixes)
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -84,6 +91,10 @@ class _StableDiffusion(PromptEncoderMixin, StableDiffusionBase):
         """The loop over ``timesteps`` conditioned on ``embeds`` (and the guidance embedding of distilled UNets)."""
         cond = self.guidance_embedding(opts.guidance_scale, total, embeds.embeds.dtype)
         return Denoise(timesteps, embeds.for_unet(), opts, timestep_cond=cond)
+
+
+#: the SD 1.x / 2.x component set and prompt encoding, public for the families built on it (sd-guidance)
+StableDiffusionComponents = _StableDiffusion
 
 
 class StableDiffusionPipeline(_StableDiffusion):

@@ -1,0 +1,67 @@
+"""Tiny guidance pipelines built with Diffusers (the test-only oracle), saved, and loaded in difflux."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import pytest
+import torch
+from difflux_stable_diffusion.testing import diffusers_sd_components as diffusers_sd_components
+from difflux_stable_diffusion.testing import gen as gen
+from difflux_stable_diffusion.testing import image_input as image_input
+from difflux_stable_diffusion.testing import load_difflux as load_difflux
+from difflux_stable_diffusion.testing import max_diff as max_diff
+
+PIXEL_TOL = 1 / 255
+LATENT_TOL = 1e-4
+
+torch.set_num_threads(1)
+
+
+def diffusers_pipeline(name: str, components: dict[str, Any], **config: Any) -> Any:
+    import diffusers
+
+    pipe = getattr(diffusers, name)(**components, **config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def compare(ref: Any, ours: Any, *, seed: int = 0, latent: bool = True, pixels: bool = True, **kw: Any) -> None:
+    """Same seed, same inputs: final latents within 1e-4 and images within 1/255."""
+    kinds = ([("latent", LATENT_TOL)] if latent else []) + ([("np", PIXEL_TOL)] if pixels else [])
+    for output_type, tol in kinds:
+        a = ref(**kw, generator=gen(seed), output_type=output_type).images
+        b = ours(**kw, generator=gen(seed), output_type=output_type).images
+        assert max_diff(a, b) <= tol, (output_type, max_diff(a, b))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_difflux_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="difflux")
+
+
+@pytest.fixture
+def g() -> Any:
+    """These helpers, as a fixture (test modules cannot import conftest under --import-mode=importlib)."""
+    return sys.modules[__name__]
+
+
+def _pair(tmp_path_factory: pytest.TempPathFactory, name: str, scheduler: str = "DDIMScheduler", **unet: Any) -> Any:
+    folder = tmp_path_factory.mktemp(name)
+    ref = diffusers_pipeline(name, diffusers_sd_components(folder, scheduler, **unet), requires_safety_checker=False)
+    ref.save_pretrained(folder / "saved")
+    return ref, load_difflux(folder / "saved")
+
+
+@pytest.fixture(scope="session")
+def sag_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``(Diffusers StableDiffusionSAGPipeline, difflux's loaded from its folder)``."""
+    return _pair(tmp_path_factory, "StableDiffusionSAGPipeline")
+
+
+@pytest.fixture(scope="session")
+def ae_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``(Diffusers StableDiffusionAttendAndExcitePipeline, difflux's loaded from its folder)``."""
+    return _pair(tmp_path_factory, "StableDiffusionAttendAndExcitePipeline")
