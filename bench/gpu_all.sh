@@ -29,6 +29,7 @@ for s in ${STEPS:-tests optimize offload attention}; do
     optimize) step gpu_optimize "${CAP_OPT:-215}" $PY bench/gpu_optimize.py --budget 190 ;;
     offload) step gpu_offload "${CAP_OFFLOAD:-90}" $PY bench/gpu_offload.py ;;
     attention) step gpu_attention "${CAP_ATTN:-70}" $PY bench/gpu_attention.py ;;
+    ray) step gpu_ray "${CAP_RAY:-150}" $PY bench/gpu_ray.py --jobs 16 ;;  # difflux batch, SD1.5 size (STEPS=ray)
     controlnet) step gpu_controlnet "${CAP_CONTROLNET:-240}" $PY bench/gpu_controlnet.py --steps 20 --repeat 2 ;;
   esac
 done
