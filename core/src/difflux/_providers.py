@@ -41,13 +41,15 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionSafetyChecker",
     ),
     "difflux-pixart": ("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
-    "difflux-sd-guidance": ("StableDiffusionSAGPipeline", "StableDiffusionAttendAndExcitePipeline"),
     "difflux-kandinsky": (
         "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22ControlnetPipeline",
         "KandinskyV22ControlnetImg2ImgPipeline", "KandinskyV22PriorPipeline", "KandinskyV22PriorEmb2EmbPipeline",
         "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline",
     ),
-    "difflux-sd-guidance": ("StableDiffusionSAGPipeline", "StableDiffusionAttendAndExcitePipeline"),
+    "difflux-sd-guidance": (
+        "StableDiffusionSAGPipeline", "StableDiffusionAttendAndExcitePipeline", "StableDiffusionGLIGENPipeline",
+        "StableDiffusionGLIGENTextImagePipeline",
+    ),
     "difflux-sd-variants": (
         "LatentConsistencyModelPipeline", "LatentConsistencyModelImg2ImgPipeline",
         "StableDiffusionInstructPix2PixPipeline", "StableDiffusionXLInstructPix2PixPipeline",

@@ -65,3 +65,46 @@ def sag_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def ae_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """``(Diffusers StableDiffusionAttendAndExcitePipeline, difflux's loaded from its folder)``."""
     return _pair(tmp_path_factory, "StableDiffusionAttendAndExcitePipeline")
+
+
+def open_gates(unet: Any, value: float = 0.7) -> Any:
+    """Open GLIGEN's gated layers (a fresh layer starts closed: tanh(0) = 0) so grounding shows."""
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if name.endswith(("alpha_attn", "alpha_dense")):
+                p.fill_(value)
+    return unet
+
+
+@pytest.fixture(scope="session")
+def gligen_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``(Diffusers StableDiffusionGLIGENPipeline, difflux's)`` on a tiny ``attention_type="gated"`` UNet."""
+    folder = tmp_path_factory.mktemp("gligen")
+    components = diffusers_sd_components(folder, attention_type="gated")
+    open_gates(components["unet"])
+    ref = diffusers_pipeline("StableDiffusionGLIGENPipeline", components, requires_safety_checker=False)
+    ref.save_pretrained(folder / "saved")
+    return ref, load_difflux(folder / "saved")
+
+
+@pytest.fixture(scope="session")
+def gligen_image_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``(Diffusers StableDiffusionGLIGENTextImagePipeline, difflux's)``: tiny ``gated-text-image`` UNet,
+    tiny CLIP vision encoder and ``CLIPImageProjection``."""
+    import diffusers
+    from difflux_transformers.testing import tiny_clip_vision
+    from transformers import CLIPProcessor
+
+    folder = tmp_path_factory.mktemp("gligen-text-image")
+    components = diffusers_sd_components(folder, attention_type="gated-text-image")
+    open_gates(components["unet"])
+    encoder, image_processor = tiny_clip_vision(0)
+    torch.manual_seed(0)
+    components.update(
+        processor=CLIPProcessor(image_processor=image_processor, tokenizer=components["tokenizer"]),
+        image_encoder=encoder,
+        image_project=diffusers.pipelines.stable_diffusion.CLIPImageProjection(hidden_size=32),
+    )
+    ref = diffusers_pipeline("StableDiffusionGLIGENTextImagePipeline", components, requires_safety_checker=False)
+    ref.save_pretrained(folder / "saved")
+    return ref, load_difflux(folder / "saved")

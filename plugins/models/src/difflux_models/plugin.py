@@ -18,7 +18,6 @@ MODELS: tuple[str, ...] = (
     "difflux_models.transformers.prior_transformer:PriorTransformer",
     "difflux_models.unclip_text_proj:UnCLIPTextProjModel",
     "difflux_models.unet_kandinsky3:Kandinsky3UNet",
-    "difflux_models.clip_image_projection:CLIPImageProjection",
 )
 
 
@@ -27,3 +26,5 @@ def difflux_register_components(register: RegisterComponent) -> None:
     """Register the models under their Diffusers class names (library ``"diffusers"``)."""
     for ref in MODELS:
         register(ref)
+    # GLIGEN's image projection: model_index.json names it ["stable_diffusion", "CLIPImageProjection"]
+    register("difflux_models.clip_image_projection:CLIPImageProjection", library="stable_diffusion")

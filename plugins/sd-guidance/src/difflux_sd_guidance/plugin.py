@@ -11,6 +11,8 @@ _PKG = "difflux_sd_guidance"
 PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_sag:StableDiffusionSAGPipeline",
     f"{_PKG}.pipeline_attend_and_excite:StableDiffusionAttendAndExcitePipeline",
+    f"{_PKG}.pipeline_gligen:StableDiffusionGLIGENPipeline",
+    f"{_PKG}.pipeline_gligen:StableDiffusionGLIGENTextImagePipeline",
 )
 
 
