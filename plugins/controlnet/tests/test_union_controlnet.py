@@ -213,3 +213,24 @@ def test_union_bad_input_fails_before_any_model_runs(
         for h in hooks:
             h.remove()
     assert ran == []
+
+
+def test_union_from_unet_copies_the_encoder_and_adds_nothing_until_trained(cn: Any, tmp_path: Path) -> None:
+    from difflux_controlnet import ControlNetUnionModel
+    from difflux_models import UNet2DConditionModel
+
+    parts = cn.diffusers_sdxl_components(tmp_path, None)
+    parts["unet"].save_pretrained(tmp_path / "unet")
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
+    union = ControlNetUnionModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    assert union.config.num_trans_channel == union.config.num_proj_channel == 4 and union.config.num_trans_head == 4
+    for name, value in unet.down_blocks.state_dict().items():
+        assert torch.equal(union.down_blocks.state_dict()[name], value)
+    g = torch.Generator().manual_seed(0)
+    kw = {"added_cond_kwargs": {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.ones(2, 6)}}
+    down, mid = union(torch.randn(2, 4, 16, 16, generator=g), 10, torch.randn(2, 7, 64, generator=g),
+                      [torch.rand(2, 3, 32, 32, generator=g)], union.control_type([1], 2), [1], return_dict=False,
+                      **kw)  # fmt: skip
+    assert all(d.abs().max() == 0 for d in down) and mid.abs().max() == 0  # zero convolutions
+    with pytest.raises(ValueError, match="multiple of num_trans_head"):
+        ControlNetUnionModel(**{**cn.SDXL_CONFIG, **UNION, "num_trans_head": 3})

@@ -16,6 +16,7 @@ Config keys and state-dict keys are Diffusers' (including the published spelling
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -153,6 +154,11 @@ class ControlNetUnionModel(ControlNetModel):
                 f"ControlNetUnionModel: num_proj_channel ({num_proj_channel}) must equal block_out_channels[0] "
                 f"({block_out_channels[0]}): its output offsets the condition features"
             )
+        if num_trans_head < 1 or num_trans_channel % num_trans_head:
+            raise ValueError(
+                f"ControlNetUnionModel: num_trans_channel ({num_trans_channel}) must be a multiple of num_trans_head "
+                f"({num_trans_head})"
+            )
         if num_control_type < 1:
             raise ValueError(f"ControlNetUnionModel: num_control_type must be at least 1, got {num_control_type}")
         super().__init__(
@@ -204,7 +210,8 @@ class ControlNetUnionModel(ControlNetModel):
         load_weights_from_unet: bool = True,
     ) -> ControlNetUnionModel:
         """A Union ControlNet with ``unet``'s (an SDXL UNet's) encoder layout and, by default, its
-        encoder weights (the Union parts start fresh; the token projection starts at zero).
+        encoder weights (the Union parts start fresh; the token projection starts at zero). The token
+        transformer is ``block_out_channels[0]`` wide with ``gcd(8, width)`` heads (8 for SDXL).
 
         :raises ValueError: for a UNet without ``addition_time_embed_dim`` (not an SDXL-style UNet).
         """
@@ -238,6 +245,7 @@ class ControlNetUnionModel(ControlNetModel):
             conditioning_embedding_out_channels=conditioning_embedding_out_channels,
             num_proj_channel=c.block_out_channels[0],
             num_trans_channel=c.block_out_channels[0],
+            num_trans_head=math.gcd(8, c.block_out_channels[0]),
         )
         if load_weights_from_unet:
             for name in ("conv_in", "time_proj", "time_embedding"):
