@@ -44,7 +44,8 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
     "difflux-kandinsky": (
         "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22ControlnetPipeline",
         "KandinskyV22ControlnetImg2ImgPipeline", "KandinskyV22PriorPipeline", "KandinskyV22PriorEmb2EmbPipeline",
-        "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline",
+        "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline", "KandinskyV22InpaintPipeline",
+        "KandinskyV22InpaintCombinedPipeline",
     ),
     "difflux-sd-guidance": (
         "StableDiffusionSAGPipeline", "StableDiffusionAttendAndExcitePipeline", "StableDiffusionGLIGENPipeline",
@@ -68,7 +69,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
     ),
     "difflux-audio": (
         "AudioLDMPipeline", "MusicLDMPipeline", "AudioLDM2Pipeline", "AudioLDM2UNet2DConditionModel",
-        "AudioLDM2ProjectionModel",
+        "AudioLDM2ProjectionModel", "AudioDiffusionPipeline", "Mel",
     ),
     "difflux-flax": (
         "FlaxDDIMScheduler", "FlaxDDPMScheduler", "FlaxPNDMScheduler", "FlaxLMSDiscreteScheduler",

@@ -53,12 +53,14 @@ MOVQ: dict[str, Any] = {
 }
 
 
-def _decoder(hint: bool, variance: str) -> Any:
+def _decoder(hint: bool, variance: str) -> tuple[Any, ...]:
     from diffusers import DDPMScheduler, UNet2DConditionModel, VQModel
 
     torch.manual_seed(0)
     hinted = {"addition_embed_type": "image_hint", "in_channels": 8}  # latents + the encoded hint's 4 channels
     unet = UNet2DConditionModel(**{**UNET, **(hinted if hint else {})})
+    torch.manual_seed(2)
+    inpaint = UNet2DConditionModel(**{**UNET, "in_channels": 9})  # latents, masked image latents, mask
     torch.manual_seed(1)
     movq = VQModel(**MOVQ)
     scheduler = DDPMScheduler(
@@ -69,7 +71,7 @@ def _decoder(hint: bool, variance: str) -> Any:
         variance_type=variance,
         thresholding=False,
     )
-    return unet.eval(), scheduler, movq.eval()
+    return unet.eval(), scheduler, movq.eval(), inpaint.eval()
 
 
 def _save(pipe: Any, folder: Path) -> Path:
@@ -80,9 +82,9 @@ def _save(pipe: Any, folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def decoder_parts() -> dict[str, Any]:
     """Diffusers components: ``image`` and ``hint`` UNets (learned-range variance scheduler) and a MoVQ."""
-    unet, scheduler, movq = _decoder(False, "learned_range")
-    hint_unet, _, _ = _decoder(True, "learned_range")
-    return {"unet": unet, "hint_unet": hint_unet, "scheduler": scheduler, "movq": movq}
+    unet, scheduler, movq, inpaint = _decoder(False, "learned_range")
+    hint_unet = _decoder(True, "learned_range")[0]
+    return {"unet": unet, "hint_unet": hint_unet, "inpaint_unet": inpaint, "scheduler": scheduler, "movq": movq}
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +100,9 @@ def decoder_folders(tmp_path_factory: pytest.TempPathFactory, decoder_parts: dic
         "KandinskyV22Pipeline": _save(diffusers.KandinskyV22Pipeline(**plain), root / "t2i"),
         "KandinskyV22Img2ImgPipeline": _save(diffusers.KandinskyV22Img2ImgPipeline(**plain), root / "i2i"),
         "KandinskyV22ControlnetPipeline": _save(diffusers.KandinskyV22ControlnetPipeline(**hinted), root / "cn"),
+        "KandinskyV22InpaintPipeline": _save(
+            diffusers.KandinskyV22InpaintPipeline(**{**plain, "unet": p["inpaint_unet"]}), root / "inpaint"
+        ),
         "KandinskyV22ControlnetImg2ImgPipeline": _save(
             diffusers.KandinskyV22ControlnetImg2ImgPipeline(**hinted), root / "cn_i2i"
         ),
@@ -158,5 +163,9 @@ def combined_folders(
         "KandinskyV22CombinedPipeline": _save(diffusers.KandinskyV22CombinedPipeline(**parts), root / "t2i"),
         "KandinskyV22Img2ImgCombinedPipeline": _save(
             diffusers.KandinskyV22Img2ImgCombinedPipeline(**parts), root / "i2i"
+        ),
+        "KandinskyV22InpaintCombinedPipeline": _save(
+            diffusers.KandinskyV22InpaintCombinedPipeline(**{**parts, "unet": decoder_parts["inpaint_unet"]}),
+            root / "inpaint",
         ),
     }

@@ -15,6 +15,8 @@ _LAZY = {
     "KandinskyV22ControlnetPipeline": "pipeline_kandinsky2_2",
     "KandinskyV22Img2ImgCombinedPipeline": "pipeline_kandinsky2_2_combined",
     "KandinskyV22Img2ImgPipeline": "pipeline_kandinsky2_2",
+    "KandinskyV22InpaintCombinedPipeline": "pipeline_kandinsky2_2_combined",
+    "KandinskyV22InpaintPipeline": "pipeline_kandinsky2_2",
     "KandinskyV22Pipeline": "pipeline_kandinsky2_2",
     "KandinskyV22PriorEmb2EmbPipeline": "pipeline_kandinsky2_2_prior",
     "KandinskyV22PriorPipeline": "pipeline_kandinsky2_2_prior",

@@ -229,7 +229,7 @@ class KandinskyV22DecoderBase(ImagesOnly, StableDiffusionBase):
         ]
         return image
 
-    def noised_image(
+    def movq_latents(
         self,
         image: ImageInput | None,
         height: int,
@@ -239,7 +239,7 @@ class KandinskyV22DecoderBase(ImagesOnly, StableDiffusionBase):
         dtype: torch.dtype,
         generator: Generator,
     ) -> torch.Tensor:
-        """MoVQ latents of ``image`` (one per output: each image repeated ``per_image`` times)."""
+        """MoVQ latents of ``image`` (one per output: each image repeated ``per_image`` times), not noised."""
         if image is None:
             raise ValueError(f"{type(self).__name__}: pass image (the image to start from)")
         pixels = self.pixels(image, height, width).to(self.device, dtype)

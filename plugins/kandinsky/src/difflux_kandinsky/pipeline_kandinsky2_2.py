@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from difflux.pipeline_utils import LegacyCallback, StepCallback, check_finite
 from difflux_stable_diffusion._base import Denoise, spread
-from difflux_stable_diffusion.images import ImageInput
+from difflux_stable_diffusion.images import ImageInput, preprocess_mask
 
 from ._decoder import Embeds, Generator, KandinskyV22DecoderBase
 
@@ -16,7 +16,9 @@ __all__ = [
     "KandinskyV22ControlnetImg2ImgPipeline",
     "KandinskyV22ControlnetPipeline",
     "KandinskyV22Img2ImgPipeline",
+    "KandinskyV22InpaintPipeline",
     "KandinskyV22Pipeline",
+    "grow_repaint_region",
 ]
 
 
@@ -150,7 +152,7 @@ class KandinskyV22Img2ImgPipeline(KandinskyV22DecoderBase):
             legacy_steps=callback_steps,
         )
         embeds, negative = self.image_embeds(positive, negative, num_images_per_prompt, opts.guidance)
-        start = self.noised_image(image, height, width, total, num_images_per_prompt, embeds.dtype, generator)
+        start = self.movq_latents(image, height, width, total, num_images_per_prompt, embeds.dtype, generator)
         steps = self.schedule(num_inference_steps, strength=strength)
         run = Denoise(steps, embeds, opts, added_cond_kwargs={"image_embeds": embeds})
         latents = self.add_noise(start, steps, generator)
@@ -314,10 +316,126 @@ class KandinskyV22ControlnetImg2ImgPipeline(KandinskyV22ControlnetPipeline):
             legacy_steps=callback_steps,
         )
         embeds, negative = self.image_embeds(positive, negative, num_images_per_prompt, opts.guidance)
-        start = self.noised_image(image, height, width, total, num_images_per_prompt, embeds.dtype, generator)
+        start = self.movq_latents(image, height, width, total, num_images_per_prompt, embeds.dtype, generator)
         steps = self.schedule(num_inference_steps, strength=strength)
         run = Denoise(
             steps, embeds, opts, added_cond_kwargs=self.hinted(embeds, hints, num_images_per_prompt, opts.guidance)
         )
         latents = self.add_noise(start, steps, generator)
         return self.output(self.denoise(latents, run, negative), output_type, return_dict, generator)
+
+
+def grow_repaint_region(keep: torch.Tensor) -> torch.Tensor:
+    """Kandinsky's mask erosion at latent size: every latent pixel next to one being repainted is repainted too.
+
+    ``keep``: ``(B, 1, h, w)`` with 1 where the image is kept and 0 where it is repainted. A kept pixel
+    turns 0 when a repainted pixel lies below, right, below-right, above, left or above-left of it
+    (the neighbourhood of the published pipeline, which leaves out the two anti-diagonals).
+    """
+    repaint = keep != 1
+    grown = repaint.clone()
+    h, w = keep.shape[-2:]
+    # a repainted pixel at (i + di, j + dj) zeroes the kept pixel at (i, j)
+    for di, dj in ((1, 0), (0, 1), (1, 1), (-1, 0), (0, -1), (-1, -1)):
+        src_i, dst_i = (slice(di, h), slice(0, h - di)) if di >= 0 else (slice(0, h + di), slice(-di, h))
+        src_j, dst_j = (slice(dj, w), slice(0, w - dj)) if dj >= 0 else (slice(0, w + dj), slice(-dj, w))
+        grown[..., dst_i, dst_j] |= repaint[..., src_i, src_j]
+    return torch.where(grown, torch.zeros_like(keep), keep)
+
+
+class KandinskyV22InpaintPipeline(KandinskyV22DecoderBase):
+    """Kandinsky 2.2 inpainting: repaint the white part of ``mask_image`` towards the image embeddings.
+
+    The UNet (9 input channels) sees the latents, the masked image's latents and the keep-mask; after
+    every step the kept region is reset to the image's latents noised to the next timestep.
+    """
+
+    _callback_tensor_inputs: tuple[str, ...] = (
+        "latents",
+        "image_embeds",
+        "negative_image_embeds",
+        "masked_image",
+        "mask_image",
+    )
+
+    def __call__(
+        self,
+        image_embeds: Embeds,
+        image: ImageInput | None = None,
+        mask_image: ImageInput | None = None,
+        negative_image_embeds: Embeds | None = None,
+        height: int = 512,
+        width: int = 512,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback: LegacyCallback | None = None,
+        callback_steps: int | None = None,
+    ) -> Any:
+        """Inpaint ``image`` where ``mask_image`` is white.
+
+        :param image: the image (PIL, ``HWC`` array or ``NCHW`` tensor), resized to ``height`` x ``width`` pixels.
+        :param mask_image: the mask (PIL, ``HW`` array or tensor in ``[0, 1]``): white (>= 0.5) is repainted,
+            black kept. At latent size the repainted region grows by one latent pixel, as Kandinsky does.
+
+        The other arguments are :class:`KandinskyV22Pipeline`'s; the callback may also read and replace
+        ``masked_image`` and ``mask_image`` (the UNet's extra inputs, doubled when guiding).
+
+        :raises TypeError | ValueError: for bad input, before any model runs.
+        """
+        name = type(self).__name__
+        positive, negative = self.check_embeds(image_embeds, negative_image_embeds, guidance_scale)
+        self.check_image(image)
+        self.check_image(mask_image, "mask_image")
+        check_finite(image, "image", name)
+        check_finite(mask_image, "mask_image", name)
+        total = self.check_run(
+            positive.shape[0],
+            height,
+            width,
+            num_inference_steps,
+            num_images_per_prompt,
+            generator,
+            latents,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        if image is None or mask_image is None:
+            raise ValueError(f"{name}: pass image and mask_image")
+        opts = self.sampling(
+            guidance_scale,
+            generator=generator,
+            callback=callback_on_step_end,
+            callback_names=callback_on_step_end_tensor_inputs,
+            legacy=callback,
+            legacy_steps=callback_steps,
+        )
+        embeds, negative = self.image_embeds(positive, negative, num_images_per_prompt, opts.guidance)
+        steps = self.schedule(num_inference_steps)
+        known = self.movq_latents(image, height, width, total, num_images_per_prompt, embeds.dtype, generator)
+        repaint = preprocess_mask(mask_image, height, width, multiple=1).to(self.device, embeds.dtype)
+        keep = torch.nn.functional.interpolate(1 - repaint, size=tuple(known.shape[-2:]), mode="nearest")
+        keep = spread(grow_repaint_region(keep).repeat_interleave(num_images_per_prompt, dim=0), total, "masks")
+        masked = known * keep
+        start = self.prepare_latents(self.latent_shape(total, height, width), embeds.dtype, generator, latents)
+        noise = start.clone()
+        doubled = 2 if opts.guidance else 1
+        run = Denoise(steps, embeds, opts, added_cond_kwargs={"image_embeds": embeds})
+        run.extra.update(masked_image=masked.repeat(doubled, 1, 1, 1), mask_image=keep.repeat(doubled, 1, 1, 1))
+        run.extra["mask"] = keep
+        run.channels = ("masked_image", "mask_image")
+
+        def blend(i: int, current: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+            proper = known if i == len(steps) - 1 else self.scheduler.add_noise(known, noise, steps[i + 1 : i + 2])
+            return kept * proper + (1 - kept) * current
+
+        run.blend = blend
+        latents = self.denoise(start, run, negative)
+        latents = keep * known + (1 - keep) * latents
+        return self.output(latents, output_type, return_dict, generator)

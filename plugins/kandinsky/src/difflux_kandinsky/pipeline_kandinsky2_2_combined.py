@@ -12,10 +12,14 @@ from difflux.protocols import Scheduler
 from difflux_stable_diffusion.images import ImageInput
 
 from ._decoder import KandinskyV22DecoderBase
-from .pipeline_kandinsky2_2 import KandinskyV22Img2ImgPipeline, KandinskyV22Pipeline
+from .pipeline_kandinsky2_2 import KandinskyV22Img2ImgPipeline, KandinskyV22InpaintPipeline, KandinskyV22Pipeline
 from .pipeline_kandinsky2_2_prior import Generator, KandinskyV22PriorPipeline, Prompt
 
-__all__ = ["KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline"]
+__all__ = [
+    "KandinskyV22CombinedPipeline",
+    "KandinskyV22Img2ImgCombinedPipeline",
+    "KandinskyV22InpaintCombinedPipeline",
+]
 
 
 class _Combined(DiffusionPipeline):
@@ -215,12 +219,9 @@ class KandinskyV22Img2ImgCombinedPipeline(_Combined):
             prior_callback_on_step_end,
             prior_callback_on_step_end_tensor_inputs,
         )
-        images = [image] if not isinstance(image, (list, tuple)) else list(image)
-        if len(images) < embeds.shape[0] and embeds.shape[0] % len(images) == 0:
-            images = (embeds.shape[0] // len(images)) * images
         return decoder(
             image_embeds=embeds,
-            image=images,
+            image=_per_embedding(image, embeds.shape[0]),
             negative_image_embeds=negative,
             height=height,
             width=width,
@@ -233,3 +234,79 @@ class KandinskyV22Img2ImgCombinedPipeline(_Combined):
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
+
+
+class KandinskyV22InpaintCombinedPipeline(_Combined):
+    """Kandinsky 2.2 inpainting: :class:`KandinskyV22PriorPipeline` then :class:`KandinskyV22InpaintPipeline`."""
+
+    _decoder_class = KandinskyV22InpaintPipeline
+
+    def __call__(
+        self,
+        prompt: Prompt,
+        image: ImageInput,
+        mask_image: ImageInput,
+        negative_prompt: Prompt | None = None,
+        num_inference_steps: int = 100,
+        guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
+        height: int = 512,
+        width: int = 512,
+        prior_guidance_scale: float = 4.0,
+        prior_num_inference_steps: int = 25,
+        generator: Generator = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        prior_callback_on_step_end: StepCallback | None = None,
+        prior_callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> Any:
+        """Inpaint ``image`` where ``mask_image`` is white, towards ``prompt``.
+
+        The arguments are :class:`KandinskyV22CombinedPipeline`'s plus ``image`` and ``mask_image``
+        (:class:`KandinskyV22InpaintPipeline`).
+
+        :raises TypeError | ValueError: for bad input, before the first model runs.
+        """
+        decoder = self.decoder_pipe
+        decoder.check_image(image)
+        decoder.check_image(mask_image, "mask_image")
+        decoder.check_run(
+            1, height, width, num_inference_steps, 1, None, None, output_type, callback_on_step_end_tensor_inputs
+        )
+        embeds, negative = self._prior(
+            prompt,
+            negative_prompt,
+            num_images_per_prompt,
+            prior_num_inference_steps,
+            prior_guidance_scale,
+            generator,
+            latents,
+            prior_callback_on_step_end,
+            prior_callback_on_step_end_tensor_inputs,
+        )
+        return decoder(
+            image_embeds=embeds,
+            image=_per_embedding(image, embeds.shape[0]),
+            mask_image=_per_embedding(mask_image, embeds.shape[0]),
+            negative_image_embeds=negative,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            guidance_scale=guidance_scale,
+            output_type=output_type,
+            return_dict=return_dict,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+
+
+def _per_embedding(images: Any, count: int) -> Any:
+    """A list of images repeated to ``count`` entries where it divides ``count``; anything else unchanged."""
+    items = [images] if not isinstance(images, (list, tuple)) else list(images)
+    if isinstance(images, torch.Tensor) or not items:
+        return images
+    return items * (count // len(items)) if count % len(items) == 0 else items

@@ -11,12 +11,14 @@ _PKG = "difflux_kandinsky"
 PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_kandinsky2_2:KandinskyV22Pipeline",
     f"{_PKG}.pipeline_kandinsky2_2:KandinskyV22Img2ImgPipeline",
+    f"{_PKG}.pipeline_kandinsky2_2:KandinskyV22InpaintPipeline",
     f"{_PKG}.pipeline_kandinsky2_2:KandinskyV22ControlnetPipeline",
     f"{_PKG}.pipeline_kandinsky2_2:KandinskyV22ControlnetImg2ImgPipeline",
     f"{_PKG}.pipeline_kandinsky2_2_prior:KandinskyV22PriorPipeline",
     f"{_PKG}.pipeline_kandinsky2_2_prior:KandinskyV22PriorEmb2EmbPipeline",
     f"{_PKG}.pipeline_kandinsky2_2_combined:KandinskyV22CombinedPipeline",
     f"{_PKG}.pipeline_kandinsky2_2_combined:KandinskyV22Img2ImgCombinedPipeline",
+    f"{_PKG}.pipeline_kandinsky2_2_combined:KandinskyV22InpaintCombinedPipeline",
 )
 
 
