@@ -21,6 +21,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "UniPCMultistepScheduler", "DEISMultistepScheduler", "LCMScheduler", "KarrasVeScheduler",
         "ScoreSdeVeScheduler", "CMStochasticIterativeScheduler", "FlowMatchEulerDiscreteScheduler",
         "EDMEulerScheduler", "UnCLIPScheduler", "DDPMWuerstchenScheduler",
+        "DDPMParallelScheduler", "DDIMParallelScheduler",
         "VQDiffusionScheduler",
     ),
     "difflux-models": (
@@ -55,6 +56,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "LatentConsistencyModelPipeline", "LatentConsistencyModelImg2ImgPipeline",
         "StableDiffusionInstructPix2PixPipeline", "StableDiffusionXLInstructPix2PixPipeline",
         "StableDiffusionPanoramaPipeline", "StableDiffusionLDM3DPipeline",
+        "StableDiffusionParadigmsPipeline",
     ),
     "difflux-controlnet": (
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",

@@ -22,6 +22,7 @@ ISSUE_CLASSES = {
     "UniPCMultistepScheduler", "DEISMultistepScheduler", "LCMScheduler", "KarrasVeScheduler", "ScoreSdeVeScheduler",
     "CMStochasticIterativeScheduler", "FlowMatchEulerDiscreteScheduler", "EDMEulerScheduler",
     "UnCLIPScheduler", "DDPMWuerstchenScheduler", "VQDiffusionScheduler",
+    "DDPMParallelScheduler", "DDIMParallelScheduler",
 }  # fmt: skip
 
 

@@ -12,7 +12,9 @@ from typing import Any
 __all__ = [
     "CMStochasticIterativeScheduler",
     "DDIMInverseScheduler",
+    "DDIMParallelScheduler",
     "DDIMScheduler",
+    "DDPMParallelScheduler",
     "DDPMScheduler",
     "DDPMWuerstchenScheduler",
     "DEISMultistepScheduler",

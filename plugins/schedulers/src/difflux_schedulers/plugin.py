@@ -32,6 +32,8 @@ SCHEDULERS: tuple[str, ...] = (
     f"{_PKG}.unipc:UniPCMultistepScheduler",
     f"{_PKG}.deis:DEISMultistepScheduler",
     f"{_PKG}.lcm:LCMScheduler",
+    f"{_PKG}.parallel:DDPMParallelScheduler",
+    f"{_PKG}.parallel:DDIMParallelScheduler",
     f"{_PKG}.flow_match:FlowMatchEulerDiscreteScheduler",
     f"{_PKG}.edm:EDMEulerScheduler",
     f"{_PKG}.karras_ve:KarrasVeScheduler",

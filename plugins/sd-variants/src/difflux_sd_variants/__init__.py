@@ -15,6 +15,7 @@ _LAZY = {
     "StableDiffusionPanoramaPipeline": "pipeline_panorama",
     "StableDiffusionLDM3DPipeline": "pipeline_ldm3d",
     "LDM3DPipelineOutput": "pipeline_ldm3d",
+    "StableDiffusionParadigmsPipeline": "pipeline_paradigms",
     "StableDiffusionXLInstructPix2PixPipeline": "pipeline_instruct_pix2pix",
 }
 

@@ -15,6 +15,7 @@ PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_instruct_pix2pix:StableDiffusionXLInstructPix2PixPipeline",
     f"{_PKG}.pipeline_panorama:StableDiffusionPanoramaPipeline",
     f"{_PKG}.pipeline_ldm3d:StableDiffusionLDM3DPipeline",
+    f"{_PKG}.pipeline_paradigms:StableDiffusionParadigmsPipeline",
 )
 
 #: every model class the plugin provides, as a lazy reference
