@@ -26,7 +26,7 @@ def _check_against_one_process(pipe: Any, out: Path, count: int) -> list[dict[st
     return records
 
 
-@pytest.mark.slow  # a Ray cluster and two actors cost ~20 s CPU, the whole plugin's share of the default run
+# the one Ray test of the default run: a 2-CPU cluster and two actors, ~14 s CPU in all
 def test_a_batch_over_two_actors_makes_the_images_one_process_makes(
     ray_cluster: Any, text2img: Any, tmp_path: Path
 ) -> None:
