@@ -57,6 +57,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionInstructPix2PixPipeline", "StableDiffusionXLInstructPix2PixPipeline",
         "StableDiffusionPanoramaPipeline", "StableDiffusionLDM3DPipeline",
         "StableDiffusionParadigmsPipeline",
+        "SemanticStableDiffusionPipeline",
     ),
     "difflux-controlnet": (
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",

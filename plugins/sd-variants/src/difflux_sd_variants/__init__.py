@@ -16,6 +16,8 @@ _LAZY = {
     "StableDiffusionLDM3DPipeline": "pipeline_ldm3d",
     "LDM3DPipelineOutput": "pipeline_ldm3d",
     "StableDiffusionParadigmsPipeline": "pipeline_paradigms",
+    "SemanticStableDiffusionPipeline": "pipeline_semantic",
+    "SemanticStableDiffusionPipelineOutput": "pipeline_semantic",
     "StableDiffusionXLInstructPix2PixPipeline": "pipeline_instruct_pix2pix",
 }
 

@@ -16,6 +16,7 @@ PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_panorama:StableDiffusionPanoramaPipeline",
     f"{_PKG}.pipeline_ldm3d:StableDiffusionLDM3DPipeline",
     f"{_PKG}.pipeline_paradigms:StableDiffusionParadigmsPipeline",
+    f"{_PKG}.pipeline_semantic:SemanticStableDiffusionPipeline",
 )
 
 #: every model class the plugin provides, as a lazy reference
