@@ -93,3 +93,18 @@ def test_a_job_the_pipeline_does_not_take_is_refused_before_any_model_loads(tmp_
         run_batch(jobs, tmp_path / "out", model=MODEL, engine="local")
     assert read_jobs(jobs)[0].params == {"class_labels": 3}
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_job_the_pipeline_refuses_fails_alone_and_the_fixed_file_resumes(text2img: Any, tmp_path: Path) -> None:
+    jobs, out = tmp_path / "jobs.jsonl", tmp_path / "out"
+    lines = [{"prompt": "a 1", "steps": STEPS}, {"prompt": "a 2", "steps": STEPS, "height": 12}, {"prompt": "a 3"}]
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(UsageError, match=r"1 job\(s\) refused by the pipeline, first job 1: ValueError: .*12") as info:
+        run_batch(jobs, out, engine="local", loader=lambda c: text2img, progress=False)
+    assert "the other 2 image(s) are recorded" in str(info.value)
+    assert sorted(r["index"] for r in _records(out)) == [0, 2]
+    assert not (out / "images" / "000001.png").exists()
+    lines[1]["height"] = 16
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = run_batch(jobs, out, engine="local", loader=lambda c: text2img, progress=False)
+    assert (report.skipped, report.made) == (2, 1)

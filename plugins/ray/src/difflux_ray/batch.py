@@ -227,7 +227,8 @@ def run_batch(
     :param on_record: called with each manifest record as it is written.
     :return: a :class:`BatchReport`.
     :raises difflux.cli.UsageError: bad jobs, engine, sizes, or an output folder of other jobs,
-        before any model loads (a job the pipeline does not take: before any worker starts).
+        before any model loads (a job the pipeline does not take: before any worker starts); after
+        the run, jobs the pipeline's own checks refused (the others are recorded).
     """
     if engine not in ENGINES:
         raise UsageError(f"--engine {engine!r}: use one of {', '.join(ENGINES)}")
@@ -254,6 +255,7 @@ def run_batch(
     config = RunnerConfig(model=model, output=str(out), device=device, dtype=dtype, scheduler=scheduler,
                           threads=threads if engine == "ray" else None)  # fmt: skip
     made, count = 0, 1
+    failed: dict[int, str] = {}
     start = time.perf_counter()
     if pending:
         if engine == "ray":
@@ -264,12 +266,20 @@ def run_batch(
             records = _run_locally(pending, config, loader)
         with _progress(len(job_list), skipped, progress) as bar:
             for record in records:
-                if manifest.add(record):
+                if "error" in record:
+                    failed.setdefault(int(record["index"]), str(record["error"]))
+                elif manifest.add(record):
                     made += 1
                     bar.update(1)
                     if on_record is not None:
                         on_record(record)
     seconds = time.perf_counter() - start
+    if failed:
+        first = min(failed)
+        raise UsageError(
+            f"{len(failed)} job(s) refused by the pipeline, first job {first}: {failed[first]}; the other "
+            f"{len(manifest.records)} image(s) are recorded: fix those jobs and run again to make the rest"
+        )
     missing = sorted(set(range(len(job_list))) - set(manifest.records))
     if missing:
         raise RuntimeError(f"the batch ended with {len(missing)} job(s) unrecorded (first: {missing[:5]}); run again")

@@ -139,13 +139,17 @@ class Runner:
         """Make and write ``job``'s image; return its manifest record.
 
         :return: ``{"index", "file", "seed", "params", "key", "seconds", "worker"}`` (``file``
-            relative to the output folder, ``seconds`` of generation and writing).
-        :raises ValueError: the pipeline refuses the job's arguments (from the pipeline's own checks).
+            relative to the output folder, ``seconds`` of generation and writing); when the
+            pipeline's own input checks refuse the job (a ``ValueError`` / ``TypeError``, such as a
+            height it cannot make), ``{"index", "error"}`` instead, and no file is written.
         """
         import io
 
         start = time.perf_counter()
-        image = self.pipe(**self.kwargs(job)).images[0]
+        try:
+            image = self.pipe(**self.kwargs(job)).images[0]
+        except (ValueError, TypeError) as exc:
+            return {"index": job.index, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())}"}
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         write_atomically(self.images / job.file, buffer.getvalue())
