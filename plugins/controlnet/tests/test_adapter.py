@@ -348,3 +348,21 @@ def test_bad_input_fails_before_any_model_runs(
         monkeypatch.setattr(getattr(ours, name), "forward", boom)
     with pytest.raises(error, match=match):
         ours(prompt=kw.pop("prompt", PROMPT), num_inference_steps=2, **kw)
+
+
+def test_step_callback_and_outputs(cn: Any, adapter_pairs: dict[str, tuple[Any, Any]]) -> None:
+    """callback_on_step_end sees every step and its latents replace the loop's; "pt" and tuple outputs."""
+    _, ours = adapter_pairs["xl"]
+    seen: list[int] = []
+
+    def callback(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        seen.append(i)
+        return {"latents": torch.zeros_like(tensors["latents"])} if i == 1 else tensors
+
+    kw: dict[str, Any] = {"prompt": PROMPT, "image": cn.image_input(4), "num_inference_steps": 2}
+    zeroed = ours(**kw, output_type="latent", callback_on_step_end=callback).images
+    assert seen == [0, 1] and float(zeroed.abs().max()) == 0.0
+    images = ours(**kw, output_type="pt", return_dict=False)[0]
+    assert isinstance(images, torch.Tensor) and images.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="image"):
+        ours(**kw, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["image"])
