@@ -171,8 +171,11 @@ def _result_check(hook_name: str) -> tuple[Callable[[Any], bool], str] | None:
 
 
 def _is_pipeline_class(value: Any) -> bool:
-    return isinstance(value, type) and any(
-        c.__name__ == "DiffusionPipeline" and c.__module__ == "difflux.pipeline" for c in value.__mro__
+    """A ``DiffusionPipeline`` subclass, or a pipeline class of another framework that says it is one
+    (``__difflux_pipeline__ = True``: the Flax pipelines of ``difflux-flax`` do not subclass the torch base)."""
+    return isinstance(value, type) and (
+        any(c.__name__ == "DiffusionPipeline" and c.__module__ == "difflux.pipeline" for c in value.__mro__)
+        or getattr(value, "__difflux_pipeline__", False) is True
     )
 
 

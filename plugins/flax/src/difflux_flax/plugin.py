@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from difflux import hookimpl
-from difflux.registry import RegisterScheduler
+from difflux.registry import RegisterComponent, RegisterPipeline, RegisterScheduler
 
 _PKG = "difflux_flax"
 
@@ -24,4 +24,33 @@ SCHEDULERS: tuple[str, ...] = tuple(
 @hookimpl
 def difflux_register_schedulers(register: RegisterScheduler) -> None:
     for ref in SCHEDULERS:
+        register(ref)
+
+
+#: every Flax model class: (library in model_index.json, lazy reference)
+MODELS: tuple[tuple[str, str], ...] = (
+    ("diffusers", f"{_PKG}.unet:FlaxUNet2DConditionModel"),
+    ("diffusers", f"{_PKG}.vae:FlaxAutoencoderKL"),
+    ("transformers", f"{_PKG}.clip:FlaxCLIPTextModel"),
+)
+
+
+@hookimpl
+def difflux_register_components(register: RegisterComponent) -> None:
+    for library, ref in MODELS:
+        register(ref, library=library)
+
+
+#: every Flax pipeline class, as a lazy reference
+PIPELINES: tuple[str, ...] = (
+    f"{_PKG}.pipeline:FlaxDiffusionPipeline",
+    f"{_PKG}.pipeline_stable_diffusion:FlaxStableDiffusionPipeline",
+    f"{_PKG}.pipeline_stable_diffusion:FlaxStableDiffusionImg2ImgPipeline",
+    f"{_PKG}.pipeline_stable_diffusion:FlaxStableDiffusionInpaintPipeline",
+)
+
+
+@hookimpl
+def difflux_register_pipelines(register: RegisterPipeline) -> None:
+    for ref in PIPELINES:
         register(ref)
