@@ -48,6 +48,11 @@ def test_a_plugin_command_runs_with_its_arguments_and_exit_status(
     difflux_registry.use(("hello", Hello()))
     assert _run("hello", "--name", "difflux") == (0, "hello difflux\n")
     assert "say hello" in cli.build_parser().format_help()
+    report = cli.plugins_report()
+    assert next(p for p in report["plugins"] if p["name"] == "hello")["commands"] == ["hello"]
+    listing = io.StringIO()
+    cli._print_plugins(report, listing)
+    assert "    command            difflux hello\n" in listing.getvalue()
     code, _ = _run("hello", "--name", "")
     assert code == 2
     assert "difflux hello: error: --name must not be empty" in capsys.readouterr().err

@@ -13,6 +13,7 @@ loading or running, 2 a bad command line (refused before any model loads), 130 i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -139,6 +140,7 @@ def plugins_report(registry: Registry | None = None) -> dict[str, Any]:
                 ],
                 "attention_backends": sorted(backends, key=lambda b: (-b["priority"], b["name"])),
                 "hooks": _behaviour_hooks(registry, name),
+                "commands": _plugin_command_names(registry, name),
             }
         )
     usable = sorted(
@@ -157,6 +159,16 @@ def _behaviour_hooks(registry: Registry, plugin_name: str) -> list[str]:
     plugin = registry.pm.get_plugin(plugin_name)
     callers = registry.pm.get_hookcallers(plugin) or [] if plugin is not None else []
     return sorted(c.name for c in callers if not c.name.startswith("difflux_register_"))
+
+
+def _plugin_command_names(registry: Registry, plugin_name: str) -> list[str]:
+    """The subcommands a plugin registers through ``difflux_register_commands`` (nothing is imported)."""
+    names: list[str] = []
+    for impl in registry.hook.difflux_register_commands.get_hookimpls():
+        if impl.plugin_name == plugin_name:
+            with contextlib.suppress(Exception):  # a failing plugin is reported when the parser is built
+                impl.function(register=lambda name, ref, **_: names.append(name))
+    return sorted(names)
 
 
 def _describe_backend(b: dict[str, Any]) -> str:
@@ -188,6 +200,7 @@ def _print_plugins(report: dict[str, Any], out: TextIO) -> None:
             lines.append(f"scheduler          {s['name']}{alias}")
         lines += [f"attention backend  {b['name']}  ({_describe_backend(b)})" for b in p["attention_backends"]]
         lines += [f"hook               {h}" for h in p["hooks"]]
+        lines += [f"command            difflux {c}" for c in p.get("commands", ())]
         for line in lines or ["(registers nothing)"]:
             out.write(f"    {line}\n")
     if report["skipped"]:
