@@ -57,7 +57,7 @@ def _direct(pipe: Any, prompts: list[str], seeds: list[int], **kwargs: Any) -> l
 
 
 def test_the_openai_client_gets_the_images_a_direct_call_makes(server: tuple[str, Any], text2img: Any) -> None:
-    import openai
+    openai = pytest.importorskip("openai")  # in requirements-test.txt; absent only in `nox -s plugin(plugin='ray')`
 
     url, _ = server
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
