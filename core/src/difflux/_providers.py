@@ -46,7 +46,9 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22ControlnetPipeline",
         "KandinskyV22ControlnetImg2ImgPipeline", "KandinskyV22PriorPipeline", "KandinskyV22PriorEmb2EmbPipeline",
         "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline", "KandinskyV22InpaintPipeline",
-        "KandinskyV22InpaintCombinedPipeline",
+        "KandinskyV22InpaintCombinedPipeline", "KandinskyPipeline", "KandinskyImg2ImgPipeline",
+        "KandinskyInpaintPipeline", "KandinskyPriorPipeline", "KandinskyCombinedPipeline",
+        "KandinskyImg2ImgCombinedPipeline", "KandinskyInpaintCombinedPipeline", "MultilingualCLIP",
     ),
     "difflux-sd-guidance": (
         "StableDiffusionSAGPipeline", "StableDiffusionAttendAndExcitePipeline", "StableDiffusionGLIGENPipeline",

@@ -169,3 +169,79 @@ def combined_folders(
             root / "inpaint",
         ),
     }
+
+
+# -- Kandinsky 2.1 ----------------------------------------------------------------------------------
+
+#: the published 2.1 decoder's layout (kandinsky-2-1), scaled down: text and image conditioning
+UNET21: dict[str, Any] = {
+    **UNET,
+    "addition_embed_type": "text_image",
+    "encoder_hid_dim_type": "text_image_proj",
+    "encoder_hid_dim": EMBED,
+    "cross_attention_dim": EMBED,
+}
+
+
+def tiny_xlmr_tokenizer(folder: Path) -> Any:
+    """A tiny ``XLMRobertaTokenizer`` (unigram over a handful of words), saved to and read from ``folder``."""
+    from transformers import XLMRobertaTokenizer
+
+    words = ["▁a", "▁cat", "▁red", "▁dog", "▁house", "▁blue", "▁in", "▁the", "a", "c", "t", "s", "e"]
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(w, -1.0) for w in words]
+    XLMRobertaTokenizer(vocab=vocab, model_max_length=77).save_pretrained(folder)
+    return XLMRobertaTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def k21_folders(
+    tmp_path_factory: pytest.TempPathFactory, decoder_parts: dict[str, Any], prior_parts: dict[str, Any]
+) -> dict[str, Path]:
+    """Saved Diffusers folders of the Kandinsky 2.1 decoders and combined pipelines."""
+    import diffusers
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
+
+    root = tmp_path_factory.mktemp("kandinsky21")
+    torch.manual_seed(3)
+    config = MCLIPConfig(
+        numDims=EMBED,
+        transformerDimensions=EMBED,
+        hidden_size=EMBED,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=20,
+    )
+    text_encoder = MultilingualCLIP(config).eval()
+    tokenizer = tiny_xlmr_tokenizer(root / "tok")
+    torch.manual_seed(4)
+    unet = UNet2DConditionModel(**UNET21).eval()
+    torch.manual_seed(5)
+    inpaint = UNet2DConditionModel(**{**UNET21, "in_channels": 9}).eval()
+    scheduler = DDIMScheduler(
+        beta_schedule="linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    parts = {"text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
+    parts["movq"] = decoder_parts["movq"]
+    prior = {f"prior_{k}": v for k, v in prior_parts.items()}
+    return {
+        "KandinskyPipeline": _save(diffusers.KandinskyPipeline(**parts), root / "t2i"),
+        "KandinskyImg2ImgPipeline": _save(diffusers.KandinskyImg2ImgPipeline(**parts), root / "i2i"),
+        "KandinskyInpaintPipeline": _save(
+            diffusers.KandinskyInpaintPipeline(**{**parts, "unet": inpaint}), root / "inpaint"
+        ),
+        "KandinskyPriorPipeline": _save(diffusers.KandinskyPriorPipeline(**prior_parts), root / "prior"),
+        "KandinskyCombinedPipeline": _save(diffusers.KandinskyCombinedPipeline(**parts, **prior), root / "c_t2i"),
+        "KandinskyImg2ImgCombinedPipeline": _save(
+            diffusers.KandinskyImg2ImgCombinedPipeline(**parts, **prior), root / "c_i2i"
+        ),
+        "KandinskyInpaintCombinedPipeline": _save(
+            diffusers.KandinskyInpaintCombinedPipeline(**{**parts, "unet": inpaint}, **prior), root / "c_inpaint"
+        ),
+    }

@@ -163,7 +163,7 @@ def test_save_load_round_trip_into_diffusers(decoder_folders: dict[str, Path], t
 
 BAD_DECODER = [
     ({"image_embeds": "cat"}, TypeError, "image_embeds must be a torch.Tensor"),
-    ({"image_embeds": torch.zeros(1, 3)}, ValueError, "encoder_hid_dim is 32"),
+    ({"image_embeds": torch.zeros(1, 3)}, ValueError, "the UNet reads 32"),
     ({"image_embeds": torch.zeros(2, 1, 32)}, ValueError, r"shaped \(batch, features\)"),
     ({"negative_image_embeds": None}, ValueError, "pass negative_image_embeds"),
     ({"negative_image_embeds": torch.zeros(3, 32)}, ValueError, "3 negative_image_embeds for 2"),

@@ -9,6 +9,15 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "KandinskyCombinedPipeline": "pipeline_kandinsky_combined",
+    "KandinskyImg2ImgCombinedPipeline": "pipeline_kandinsky_combined",
+    "KandinskyImg2ImgPipeline": "pipeline_kandinsky",
+    "KandinskyInpaintCombinedPipeline": "pipeline_kandinsky_combined",
+    "KandinskyInpaintPipeline": "pipeline_kandinsky",
+    "KandinskyPipeline": "pipeline_kandinsky",
+    "KandinskyPriorPipeline": "pipeline_kandinsky",
+    "MCLIPConfig": "text_encoder",
+    "MultilingualCLIP": "text_encoder",
     "KandinskyPriorPipelineOutput": "pipeline_kandinsky2_2_prior",
     "KandinskyV22CombinedPipeline": "pipeline_kandinsky2_2_combined",
     "KandinskyV22ControlnetImg2ImgPipeline": "pipeline_kandinsky2_2",

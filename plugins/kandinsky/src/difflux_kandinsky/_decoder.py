@@ -106,7 +106,7 @@ class KandinskyV22DecoderBase(ImagesOnly, StableDiffusionBase):
         if positive is None:
             raise ValueError(f"{name}: pass image_embeds (the prior pipeline's image_embeds)")
         negative = _as_batch(negative_image_embeds, "negative_image_embeds", name)
-        width = self.unet.config.get("encoder_hid_dim")
+        width = self.image_embeds_width()
         for label, value in (("image_embeds", positive), ("negative_image_embeds", negative)):
             if value is None:
                 continue
@@ -114,7 +114,7 @@ class KandinskyV22DecoderBase(ImagesOnly, StableDiffusionBase):
                 raise ValueError(f"{name}: {label} must be shaped (batch, features), got {tuple(value.shape)}")
             if width is not None and value.shape[1] != width:
                 raise ValueError(
-                    f"{name}: {label} have {value.shape[1]} features, but the UNet's encoder_hid_dim is {width}; "
+                    f"{name}: {label} have {value.shape[1]} features, but the UNet reads {width}; "
                     "use the image_embeds of this model's prior"
                 )
             check_finite(value, label, name)
@@ -129,6 +129,14 @@ class KandinskyV22DecoderBase(ImagesOnly, StableDiffusionBase):
                 f"{positive.shape[0]}"
             )
         return positive, negative
+
+    def image_embeds_width(self) -> int | None:
+        """The width of the image embeddings the UNet reads: ``encoder_hid_dim`` for 2.2's ``image_proj``,
+        ``cross_attention_dim`` for 2.1's ``text_image_proj``."""
+        config = self.unet.config
+        key = "encoder_hid_dim" if config.get("encoder_hid_dim_type") == "image_proj" else "cross_attention_dim"
+        width = config.get(key)
+        return int(width) if isinstance(width, int) else None
 
     def check_run(
         self,

@@ -31,6 +31,7 @@ class _Combined(DiffusionPipeline):
 
     model_cpu_offload_seq = "prior_text_encoder->prior_image_encoder->unet->movq"
     _decoder_class: type[KandinskyV22DecoderBase] = KandinskyV22Pipeline
+    _prior_class: type[KandinskyV22PriorPipeline] = KandinskyV22PriorPipeline
     decoder_pipe: Any
 
     def __init__(
@@ -57,7 +58,30 @@ class _Combined(DiffusionPipeline):
             prior_scheduler=prior_scheduler,
             prior_image_processor=prior_image_processor,
         )
-        self.prior_pipe = KandinskyV22PriorPipeline(
+        self._wire(
+            prior_prior,
+            prior_image_encoder,
+            prior_text_encoder,
+            prior_tokenizer,
+            prior_scheduler,
+            prior_image_processor,
+            unet=unet,
+            scheduler=scheduler,
+            movq=movq,
+        )
+
+    def _wire(
+        self,
+        prior_prior: Any,
+        prior_image_encoder: Any,
+        prior_text_encoder: Any,
+        prior_tokenizer: Any,
+        prior_scheduler: Scheduler,
+        prior_image_processor: Any,
+        **decoder: Any,
+    ) -> None:
+        """Build ``prior_pipe`` and ``decoder_pipe`` on the registered component objects."""
+        self.prior_pipe = self._prior_class(
             prior=prior_prior,
             image_encoder=prior_image_encoder,
             text_encoder=prior_text_encoder,
@@ -65,7 +89,7 @@ class _Combined(DiffusionPipeline):
             scheduler=prior_scheduler,
             image_processor=prior_image_processor,
         )
-        self.decoder_pipe = self._decoder_class(unet=unet, scheduler=scheduler, movq=movq)
+        self.decoder_pipe = self._decoder_class(**decoder)
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         super().set_progress_bar_config(**kwargs)

@@ -474,7 +474,7 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
         """The tensors of the loop by their callback names (``prompt_embeds`` as the UNet sees them)."""
         embeds_name, negative_name = self._embeds_names
         tensors: dict[str, torch.Tensor | None] = {"latents": latents, embeds_name: run.embeds, negative_name: negative}
-        if run.added_cond_kwargs is not None and "text_embeds" in run.added_cond_kwargs:
+        if run.added_cond_kwargs is not None and "time_ids" in run.added_cond_kwargs:  # SDXL
             text, ids = run.added_cond_kwargs["text_embeds"], run.added_cond_kwargs["time_ids"]
             guided = run.sampling.guidance
             tensors.update(
