@@ -58,6 +58,19 @@ def plugin(session: nox.Session, plugin: str) -> None:
     session.run("python", "-m", "pytest", "-q", f"plugins/{plugin}/tests", *session.posargs)
 
 
+@nox.session(name="audio-oracle", default=False)
+def audio_oracle(session: nox.Session) -> None:
+    """Diffusers 0.42.1 on transformers 4 (<4.50): write plugins/audio/tests/data/reference_tf4.safetensors."""
+    editable = [arg for folder in _local_folders("plugins/audio") for arg in ("-e", folder)]
+    # transformers<4.50: from 4.50 GPT2Model has no generation helpers, which Diffusers 0.42.1 calls
+    session.install(TORCH, *editable, "transformers<4.50", "librosa", "scipy", "safetensors")
+    # diffusers 0.42.1 needs huggingface_hub>=1.32, which transformers 4 declares it does not take: install
+    # both anyway (pip warns); the oracle script lets transformers 4 import over hub 1.x
+    session.install("huggingface_hub>=1.32,<2")
+    session.install("--no-deps", "diffusers==0.42.1")
+    session.run("python", "plugins/audio/tests/oracle_tf4.py")
+
+
 @nox.session(default=False)
 def parity(session: nox.Session) -> None:
     """Only the parity tests against Diffusers."""

@@ -20,8 +20,7 @@ _HERE = str(Path(__file__).parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-#: the clip length the tests generate, in seconds
-SECONDS = 0.064
+from audio_builders import SECONDS as SECONDS  # noqa: E402  (re-exported for the tests)
 
 
 def rel_diff(a: Any, b: Any) -> float:
@@ -85,3 +84,43 @@ def audioldm_difflux(audioldm: tuple[Any, Path]) -> Any:
     from difflux_stable_diffusion.testing import load_difflux
 
     return load_difflux(audioldm[1])
+
+
+def _saved(tmp_path_factory: pytest.TempPathFactory, name: str, build: Any) -> tuple[Any, Path]:
+    tmp = tmp_path_factory.mktemp(name)
+    pipe = build(tmp)
+    pipe.save_pretrained(tmp / "pipe")
+    return pipe, tmp / "pipe"
+
+
+@pytest.fixture(scope="session")
+def audioldm2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """``(Diffusers AudioLDM2Pipeline with GPT2LMHeadModel, the folder it saved)``."""
+    import audio_builders
+
+    return _saved(tmp_path_factory, "audioldm2", audio_builders.audioldm2)
+
+
+@pytest.fixture(scope="session")
+def audioldm2_difflux(audioldm2: tuple[Any, Path]) -> Any:
+    from difflux_stable_diffusion.testing import load_difflux
+
+    return load_difflux(audioldm2[1])
+
+
+@pytest.fixture(scope="session")
+def reference_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The pipelines of the stored transformers-4 references, built here and saved (Diffusers cannot run
+    them under transformers 5, but builds and saves them)."""
+    import audio_builders
+
+    return {
+        name: _saved(tmp_path_factory, name, build)[1] for name, build in audio_builders.BUILDERS.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def references() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(__file__).parent / "data" / "reference_tf4.safetensors"))

@@ -9,11 +9,24 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["AudioLDMPipeline", "MusicLDMPipeline"]
+__all__ = [
+    "AudioDiffusionPipeline",
+    "AudioLDM2Pipeline",
+    "AudioLDM2ProjectionModel",
+    "AudioLDM2UNet2DConditionModel",
+    "AudioLDMPipeline",
+    "Mel",
+    "MusicLDMPipeline",
+]
 
 _WHERE = {
     "AudioLDMPipeline": "difflux_audio.pipeline_audioldm",
     "MusicLDMPipeline": "difflux_audio.pipeline_audioldm",
+    "AudioLDM2Pipeline": "difflux_audio.pipeline_audioldm2",
+    "AudioDiffusionPipeline": "difflux_audio.audio_diffusion",
+    "Mel": "difflux_audio.audio_diffusion",
+    "AudioLDM2ProjectionModel": "difflux_audio.modeling_audioldm2",
+    "AudioLDM2UNet2DConditionModel": "difflux_audio.modeling_audioldm2",
 }
 
 
