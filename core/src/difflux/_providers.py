@@ -60,6 +60,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionPanoramaPipeline", "StableDiffusionLDM3DPipeline",
         "StableDiffusionParadigmsPipeline",
         "SemanticStableDiffusionPipeline",
+        "CycleDiffusionPipeline",
     ),
     "difflux-controlnet": (
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",

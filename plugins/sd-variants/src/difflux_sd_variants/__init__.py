@@ -18,6 +18,7 @@ _LAZY = {
     "StableDiffusionParadigmsPipeline": "pipeline_paradigms",
     "SemanticStableDiffusionPipeline": "pipeline_semantic",
     "SemanticStableDiffusionPipelineOutput": "pipeline_semantic",
+    "CycleDiffusionPipeline": "pipeline_cycle",
     "StableDiffusionXLInstructPix2PixPipeline": "pipeline_instruct_pix2pix",
 }
 

@@ -14,48 +14,29 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from difflux.pipeline_utils import LegacyCallback, StepCallback
-from difflux.protocols import Scheduler
 from difflux.torch_utils import randn_tensor
 from difflux_schedulers.parallel import ParallelScheduler
 from difflux_stable_diffusion._base import Denoise
 from difflux_stable_diffusion.checks import Inputs
 from difflux_stable_diffusion.prompts import Prompt
 
-from ._sd import SDComponents
+from ._sd import SDComponentsNoImageEncoder
 
 __all__ = ["StableDiffusionParadigmsPipeline"]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
-class StableDiffusionParadigmsPipeline(SDComponents):
+class StableDiffusionParadigmsPipeline(SDComponentsNoImageEncoder):
     """Text-to-image with Stable Diffusion 1.x / 2.x by parallel sampling (needs ``DDPMParallelScheduler``
     or ``DDIMParallelScheduler``)."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components: ClassVar[tuple[str, ...]] = ("safety_checker", "feature_extractor")
     _callback_tensor_inputs: tuple[str, ...] = ("latents",)
-
-    def __init__(
-        self,
-        vae: Any,
-        text_encoder: Any,
-        tokenizer: Any,
-        unet: Any,
-        scheduler: Scheduler,
-        safety_checker: Any = None,
-        feature_extractor: Any = None,
-        requires_safety_checker: bool = True,
-    ) -> None:
-        """The SD components without an image encoder (as Diffusers' ParaDiGMS pipeline takes them)."""
-        super(SDComponents, self).__init__()
-        self.warn_about_safety_checker(safety_checker, feature_extractor, requires_safety_checker)
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                              safety_checker=safety_checker, feature_extractor=feature_extractor)
 
     def check_parallel(self, parallel: int, tolerance: float, eta: float) -> None:
         """:raises ValueError | TypeError: on a scheduler without the parallel step, a window below 1, a

@@ -22,7 +22,7 @@ from difflux_stable_diffusion._common import StableDiffusionPipelineOutput
 from difflux_stable_diffusion.checks import Inputs
 from difflux_stable_diffusion.prompts import Prompt, prompt_list
 
-from ._sd import SDComponents
+from ._sd import SDComponentsNoImageEncoder
 
 __all__ = ["SemanticStableDiffusionPipeline", "SemanticStableDiffusionPipelineOutput"]
 
@@ -62,7 +62,7 @@ def _number(value: Any, name: str, pipeline: str, low: float | None = None, high
     return number
 
 
-class SemanticStableDiffusionPipeline(SDComponents):
+class SemanticStableDiffusionPipeline(SDComponentsNoImageEncoder):
     """Text-to-image with Stable Diffusion 1.x / 2.x and semantic guidance (SEGA) towards / away from concepts.
 
     After a run, ``pipe.sem_guidance`` holds the semantic guidance of every step (``(steps + 1, B, C, h, w)``,

@@ -17,6 +17,7 @@ PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_ldm3d:StableDiffusionLDM3DPipeline",
     f"{_PKG}.pipeline_paradigms:StableDiffusionParadigmsPipeline",
     f"{_PKG}.pipeline_semantic:SemanticStableDiffusionPipeline",
+    f"{_PKG}.pipeline_cycle:CycleDiffusionPipeline",
 )
 
 #: every model class the plugin provides, as a lazy reference
