@@ -52,7 +52,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
     ),
     "difflux-sd-guidance": (
         "StableDiffusionSAGPipeline", "StableDiffusionAttendAndExcitePipeline", "StableDiffusionGLIGENPipeline",
-        "StableDiffusionGLIGENTextImagePipeline",
+        "StableDiffusionGLIGENTextImagePipeline", "StableDiffusionDiffEditPipeline",
     ),
     "difflux-sd-variants": (
         "LatentConsistencyModelPipeline", "LatentConsistencyModelImg2ImgPipeline",

@@ -108,3 +108,16 @@ def gligen_image_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
     ref = diffusers_pipeline("StableDiffusionGLIGENTextImagePipeline", components, requires_safety_checker=False)
     ref.save_pretrained(folder / "saved")
     return ref, load_difflux(folder / "saved")
+
+
+@pytest.fixture(scope="session")
+def diffedit_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``(Diffusers StableDiffusionDiffEditPipeline, difflux's)`` with a DDIM scheduler and its inverse."""
+    import diffusers
+
+    folder = tmp_path_factory.mktemp("diffedit")
+    components = diffusers_sd_components(folder)
+    components["inverse_scheduler"] = diffusers.DDIMInverseScheduler.from_config(components["scheduler"].config)
+    ref = diffusers_pipeline("StableDiffusionDiffEditPipeline", components, requires_safety_checker=False)
+    ref.save_pretrained(folder / "saved")
+    return ref, load_difflux(folder / "saved")

@@ -10,6 +10,8 @@ from typing import Any
 
 _LAZY = {
     "StableDiffusionAttendAndExcitePipeline": "pipeline_attend_and_excite",
+    "DiffEditInversionPipelineOutput": "pipeline_diffedit",
+    "StableDiffusionDiffEditPipeline": "pipeline_diffedit",
     "StableDiffusionGLIGENPipeline": "pipeline_gligen",
     "StableDiffusionGLIGENTextImagePipeline": "pipeline_gligen",
     "StableDiffusionSAGPipeline": "pipeline_sag",

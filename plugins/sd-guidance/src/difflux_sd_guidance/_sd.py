@@ -17,7 +17,7 @@ class GuidedStableDiffusion(StableDiffusionComponents):
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components: ClassVar[tuple[str, ...]] = ("safety_checker", "feature_extractor")
-    _scheduler_fixes = None
+    _scheduler_fixes: tuple[str, ...] | None = None
 
     def integer_timesteps(self, steps: torch.Tensor) -> None:
         """Refuse schedulers with fractional timesteps (the method indexes ``alphas_cumprod`` by timestep).

@@ -223,8 +223,8 @@ class StableDiffusionAttendAndExcitePipeline(GuidedStableDiffusion):
     ) -> torch.Tensor:
         """Run the UNet on ``latent`` ``(1, C, h, w)`` with gradients and return the loss of its maps."""
         maps.clear()
+        # torch.autograd.grad below leaves the parameters' .grad untouched: no zero_grad needed
         self.unet(latent, t, encoder_hidden_states=text, cross_attention_kwargs=cross_attention_kwargs)
-        self.unet.zero_grad()
         return self.loss(self.token_maxima(maps, indices))
 
     @staticmethod

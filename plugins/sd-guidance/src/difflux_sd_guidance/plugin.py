@@ -13,6 +13,7 @@ PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_attend_and_excite:StableDiffusionAttendAndExcitePipeline",
     f"{_PKG}.pipeline_gligen:StableDiffusionGLIGENPipeline",
     f"{_PKG}.pipeline_gligen:StableDiffusionGLIGENTextImagePipeline",
+    f"{_PKG}.pipeline_diffedit:StableDiffusionDiffEditPipeline",
 )
 
 
