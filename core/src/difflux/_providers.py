@@ -42,6 +42,10 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionSafetyChecker",
     ),
     "difflux-pixart": ("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
+    "difflux-pipelines-classic": (
+        "LDMTextToImagePipeline", "LDMBertModel", "LDMSuperResolutionPipeline", "VQDiffusionPipeline",
+        "LearnedClassifierFreeSamplingEmbeddings", "ValueGuidedRLPipeline",
+    ),
     "difflux-kandinsky": (
         "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22ControlnetPipeline",
         "KandinskyV22ControlnetImg2ImgPipeline", "KandinskyV22PriorPipeline", "KandinskyV22PriorEmb2EmbPipeline",

@@ -7,9 +7,12 @@ stays cheap; ``difflux.DiffusionPipeline.from_pretrained(folder)`` is the usual 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .default_model import default_model_path
+
+if TYPE_CHECKING:
+    from ._base import UNetSamplingPipeline as UNetSamplingPipeline
 
 __all__ = [
     "ConsistencyModelPipeline",
@@ -23,11 +26,16 @@ __all__ = [
     "RePaintPipeline",
     "RePaintScheduler",
     "ScoreSdeVePipeline",
+    "UNetSamplingPipeline",
     "default_model_path",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "UNetSamplingPipeline":  # the shared base, public for families that build on it
+        from ._base import UNetSamplingPipeline
+
+        return UNetSamplingPipeline
     from .plugin import PIPELINES, SCHEDULERS
 
     for ref in (*PIPELINES, *SCHEDULERS):

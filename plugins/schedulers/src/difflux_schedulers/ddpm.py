@@ -135,6 +135,16 @@ class DDPMScheduler(VPScheduler):
         frac = (predicted_variance + 1) / 2  # learned_range: interpolate the log-variance
         return frac * torch.log(current_beta_t) + (1 - frac) * torch.log(small)
 
+    def posterior_variance(self, timestep: int | torch.Tensor) -> torch.Tensor:
+        """The reverse step's variance from ``timestep`` to the schedule's previous timestep, as ``variance_type``
+        gives it (a variance, a log-variance or, for ``fixed_small_log``, a standard deviation; Diffusers'
+        ``_get_variance``). Value-guided planning scales its gradients by ``exp(0.5 * this)``.
+
+        :raises ValueError: for the learned variance types (they need the model's output).
+        """
+        self._require_timesteps()
+        return self._variance(int(timestep), self._previous_t(timestep), None)  # type: ignore[arg-type]
+
     def step(
         self,
         model_output: torch.Tensor,
