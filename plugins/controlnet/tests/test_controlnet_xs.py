@@ -352,3 +352,17 @@ def test_bad_input_fails_before_any_model_runs(
         monkeypatch.setattr(getattr(ours, name), "forward", boom)
     with pytest.raises(error, match=match):
         ours(num_inference_steps=2, **kw)
+
+
+def test_condition_embedding_reuse_follows_changes(cn: Any, xs_pairs: dict[str, tuple[Any, Any]]) -> None:
+    """The fused UNet reuses the last condition embedding only for the same, unchanged tensor."""
+    ref, ours = xs_pairs["sd"][0].unet, xs_pairs["sd"][1].unet
+    kw = _inputs(cn, 32, False)
+    cond = kw["controlnet_cond"]
+    with torch.no_grad():
+        first = ours(**kw).sample
+        cond.mul_(0.5)  # in place: a new version of the same tensor
+        second = ours(**kw).sample
+        expected = ref(**kw).sample
+        ours.forget_condition()
+    assert cn.max_diff(second, expected) <= 1e-5 and cn.max_diff(first, second) > 1e-4

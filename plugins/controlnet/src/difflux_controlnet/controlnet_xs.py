@@ -810,6 +810,26 @@ class UNetControlNetXSModel(ModelMixin, AttentionProcessorMixin):
             )
         return model.to(unet.dtype)
 
+    def _condition(self, controlnet_cond: torch.Tensor) -> torch.Tensor:
+        """The embedded condition image; the last one is reused while the same unchanged tensor comes back
+        without autograd (a pipeline passes one condition tensor every step: its embedding never changes)."""
+        weights = tuple((p._version, p.data_ptr(), p.dtype) for p in self.controlnet_cond_embedding.parameters())
+        key = (id(controlnet_cond), controlnet_cond._version, weights)
+        cached = self.__dict__.get("_cond_cache")
+        if cached is not None and cached[0] == key and cached[1] is controlnet_cond and not torch.is_grad_enabled():
+            hint: torch.Tensor = cached[2]
+            return hint
+        cond = controlnet_cond
+        if self.config.ctrl_conditioning_channel_order == "bgr":
+            cond = torch.flip(cond, dims=[1])
+        hint = self.controlnet_cond_embedding(cond)
+        self.__dict__["_cond_cache"] = None if torch.is_grad_enabled() else (key, controlnet_cond, hint)
+        return hint
+
+    def forget_condition(self) -> None:
+        """Drop the reused condition embedding (pipelines call this at the end of a run)."""
+        self.__dict__.pop("_cond_cache", None)
+
     def _time_embedding(
         self,
         sample: torch.Tensor,
@@ -877,9 +897,7 @@ class UNetControlNetXSModel(ModelMixin, AttentionProcessorMixin):
         h_base = self.base_conv_in(sample)
         h_ctrl = h_base
         if on and controlnet_cond is not None:
-            if self.config.ctrl_conditioning_channel_order == "bgr":
-                controlnet_cond = torch.flip(controlnet_cond, dims=[1])
-            h_ctrl = self.ctrl_conv_in(sample) + self.controlnet_cond_embedding(controlnet_cond)
+            h_ctrl = self.ctrl_conv_in(sample) + self._condition(controlnet_cond)
             h_base = h_base + self.control_to_base_for_conv_in(h_ctrl) * conditioning_scale
         base_skips, ctrl_skips = [h_base], [h_ctrl]
         for down in self.down_blocks:

@@ -120,6 +120,9 @@ class ControlNetXSSteps:
         The control branch is on when ``i / steps >= start`` and ``(i + 1) / steps <= end``.
         """
 
+        halves: dict[int, torch.Tensor] = {image.shape[0]: image}  # one tensor per batch size: the fused UNet
+        # reuses the embedding of the condition tensor it saw last
+
         def control(
             i: int,
             t: torch.Tensor,
@@ -129,7 +132,8 @@ class ControlNetXSSteps:
             tensors: dict[str, torch.Tensor | None],
         ) -> dict[str, Any]:
             on = i / steps >= args.start and (i + 1) / steps <= args.end
-            cond = image[-latents.shape[0] :]
+            b = latents.shape[0]
+            cond = halves.setdefault(b, image[-b:])
             return {"controlnet_cond": cond, "conditioning_scale": args.scale, "apply_control": on}
 
         return control
@@ -237,5 +241,8 @@ class StableDiffusionControlNetXSPipeline(PromptEncoderMixin, ControlNetXSSteps,
         latents = self.prepare_latents(shape, embeds.embeds.dtype, generator, latents)
         run = Denoise(steps, embeds.for_unet(), opts)
         run.control = self.xs_step(xs, cond_image, len(steps))
-        latents = self.denoise(latents, run, embeds.negative)
+        try:
+            latents = self.denoise(latents, run, embeds.negative)
+        finally:
+            self.unet.forget_condition()
         return self.output(latents, output_type, return_dict, generator)

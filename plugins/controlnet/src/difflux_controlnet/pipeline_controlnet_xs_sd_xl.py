@@ -164,3 +164,4 @@ class StableDiffusionXLControlNetXSPipeline(ControlNetXSSteps, StableDiffusionXL
             )
         finally:
             self._xs_call = None
+            self.unet.forget_condition()
