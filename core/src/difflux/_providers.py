@@ -65,6 +65,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionParadigmsPipeline",
         "SemanticStableDiffusionPipeline",
         "CycleDiffusionPipeline",
+        "StableDiffusionModelEditingPipeline",
     ),
     "difflux-controlnet": (
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",

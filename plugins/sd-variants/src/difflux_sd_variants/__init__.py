@@ -19,6 +19,7 @@ _LAZY = {
     "SemanticStableDiffusionPipeline": "pipeline_semantic",
     "SemanticStableDiffusionPipelineOutput": "pipeline_semantic",
     "CycleDiffusionPipeline": "pipeline_cycle",
+    "StableDiffusionModelEditingPipeline": "pipeline_model_editing",
     "StableDiffusionXLInstructPix2PixPipeline": "pipeline_instruct_pix2pix",
 }
 

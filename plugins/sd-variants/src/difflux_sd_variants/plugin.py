@@ -18,6 +18,7 @@ PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_paradigms:StableDiffusionParadigmsPipeline",
     f"{_PKG}.pipeline_semantic:SemanticStableDiffusionPipeline",
     f"{_PKG}.pipeline_cycle:CycleDiffusionPipeline",
+    f"{_PKG}.pipeline_model_editing:StableDiffusionModelEditingPipeline",
 )
 
 #: every model class the plugin provides, as a lazy reference
