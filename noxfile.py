@@ -19,7 +19,9 @@ PLUGINS = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "pyproject
 def _local_folders(folder: str) -> list[str]:
     """``folder`` and, recursively, the workspace folders of the difflux distributions it depends on."""
     by_name = {"difflux": "core", "difflux-hub": "hub", **{f"difflux-{p}": f"plugins/{p}" for p in PLUGINS}}
-    deps = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]
+    # a plugin's "test" extra names the difflux distributions its tests use as oracles (difflux-flax)
+    deps = [*project["dependencies"], *project.get("optional-dependencies", {}).get("test", [])]
     found: list[str] = []
     for dep in deps:
         name = re.split(r"[<>=!~ \[;]", dep, maxsplit=1)[0].lower()

@@ -2,7 +2,7 @@
 
 Random weights with the SD 1.5 UNet config, batch 2 (classifier-free guidance) at 64x64 latents
 (512 px), 77 text tokens. For each Flax dtype and each Flax attention kernel that is available
-(``dot``, ``xla``, ``cudnn``, ``pallas-flash``), one untimed call (the jit compile, reported) then
+(``dot``, ``xla``, ``cudnn``, ``pallas-flash``, and ``auto``), one untimed call (the jit compile, reported) then
 ``--repeat`` timed calls; PyTorch runs its fp16 UNet with difflux's default attention backend. One
 line per case: median step time, ratio flax / pytorch. Needs ``pip install -U "jax[cuda12]"``;
 without a CUDA jaxlib it says so and stops.
@@ -78,6 +78,7 @@ def main() -> None:
     torch_s = _median_time(torch_step, args.repeat, sync)
     print(f"pytorch {str(torch_dtype).removeprefix('torch.'):8s} unet step {torch_s * 1e3:8.1f} ms")
     kernels = [name for name, why in fa.available_kernels().items() if why is None and not name.startswith("test")]
+    kernels.append("auto")  # per call: the available kernel of highest priority that takes the head dim
     for dtype in flax_dtypes:
         for kernel in kernels:
             unet = FlaxUNet2DConditionModel.from_config(dict(torch_unet.config), dtype=dtype, attention_kernel=kernel)

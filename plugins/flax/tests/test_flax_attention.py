@@ -24,7 +24,7 @@ def _qkv(seed: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
 def test_dot_kernel_matches_torch_sdpa() -> None:
     q, k, v = _qkv()
     ref = torch.nn.functional.scaled_dot_product_attention(
-        *(torch.from_numpy(np.asarray(a)).transpose(1, 2) for a in (q, k, v))
+        *(torch.from_numpy(np.array(a)).transpose(1, 2) for a in (q, k, v))
     ).transpose(1, 2)
     np.testing.assert_allclose(np.asarray(fa.attention(q, k, v)), ref.numpy(), atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.asarray(fa.attention(q, k, v, kernel="xla")), ref.numpy(), atol=1e-5, rtol=0)
@@ -98,8 +98,7 @@ def test_a_model_uses_its_own_kernel(sd_folder: Path) -> None:
     fa.register_attention_kernel("test-record", record)
     try:
         vae, params = FlaxAutoencoderKL.from_pretrained(sd_folder, "vae", attention_kernel="test-record")
-        jax.eval_shape(lambda p: vae.apply({"params": p}, jnp.zeros((1, 4, 4, 4)), method=vae.decode), params)
-        seen.clear()
+        seen.clear()  # loading traced the module once (the params' shapes)
         jax.eval_shape(lambda p: vae.apply({"params": p}, jnp.zeros((1, 4, 4, 4)), method=vae.decode), params)
         assert seen == [(1, 16, 1, 16)]  # the decoder's mid-block attention over 4x4 latents, one head
     finally:
@@ -121,3 +120,16 @@ def test_registry_lists_flax_classes_without_importing_jax() -> None:
     assert "'FlaxStableDiffusionPipeline'" in out and "'FlaxUNet2DConditionModel'" in out
     assert "'FlaxCLIPTextModel'" in out and "'FlaxDPMSolverMultistepScheduler'" in out
     assert out.strip().endswith("[]"), out
+
+
+@pytest.mark.parametrize(("kernel", "seq"), [("flash_gpu", 64), ("splash", 128)])
+def test_pallas_kernels_in_the_interpreter_match_dot(kernel: str, seq: int) -> None:
+    """The Pallas kernels' wiring (layout, scale, head-dim padding, fallback) checked on CPU in interpret mode."""
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.standard_normal((1, seq, 2, 40)).astype(np.float32)) for _ in range(3))
+    fn = getattr(fa, kernel)
+    ref = fa.dot_product(q, k, v, 0.2)
+    np.testing.assert_allclose(np.asarray(fn(q, k, v, 0.2, interpret=True)), np.asarray(ref), atol=1e-5, rtol=0)
+    k77, v77 = k[:, :77], v[:, :77]  # 77 text tokens: no block divides them, the dot kernel runs
+    ref77 = fa.dot_product(q, k77, v77, 0.2)
+    np.testing.assert_array_equal(np.asarray(fn(q, k77, v77, 0.2, interpret=True)), np.asarray(ref77))

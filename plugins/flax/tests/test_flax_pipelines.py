@@ -59,6 +59,7 @@ def test_text_to_image_matches_pytorch(flax_sd: tuple[Any, Any], torch_sd: Any) 
     assert float(np.abs(got - ref).max()) <= 1e-3
 
 
+@pytest.mark.slow  # compiles a pipeline of its own (~10-25 s of CPU); --run-slow runs it
 def test_image_to_image_matches_pytorch(sd_folder: Path, torch_sd: Any) -> None:
     """Image latents passed through (no VAE sampling), the same noise on both sides: strength 0.5 of 4 steps."""
     pipe, params = FlaxStableDiffusionImg2ImgPipeline.from_pretrained(
@@ -81,6 +82,7 @@ def test_image_to_image_matches_pytorch(sd_folder: Path, torch_sd: Any) -> None:
     assert float(np.abs(got - ref).max()) <= 1e-3
 
 
+@pytest.mark.slow  # compiles a pipeline of its own (~10-25 s of CPU); --run-slow runs it
 def test_inpaint_matches_pytorch(inpaint_folder: Path) -> None:
     from difflux_stable_diffusion.testing import image_input, load_difflux, mask_input
 
@@ -206,6 +208,7 @@ MULTI_DEVICE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # compiles a pipeline of its own (~10-25 s of CPU); --run-slow runs it
 def test_jit_over_four_cpu_devices_equals_single_device_runs(sd_folder: Path) -> None:
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", MULTI_DEVICE, str(sd_folder)], env=env, capture_output=True,

@@ -16,6 +16,9 @@ Built in (this plugin):
   ``pallas.ops.tpu.flash_attention`` on TPU, ``pallas.ops.gpu.attention.mha`` on GPU.
 - ``"splash"``: the TPU splash-attention kernel of ``jax.experimental.pallas.ops.tpu``.
 
+The Pallas kernels zero-pad the head dimension to the size they need, and run ``dot`` for
+sequence lengths their blocks do not divide (the 77 text tokens of cross-attention).
+
 A third party adds a kernel without editing this plugin, either by calling
 :func:`register_attention_kernel` at import time, or through the entry-point group
 ``difflux_flax.attention`` whose entries are ``register(register_attention_kernel)`` functions,
@@ -263,33 +266,81 @@ def _flash_available() -> str | None:
     return f"needs a TPU or GPU device; JAX's default backend here is {here!r}"
 
 
-def pallas_flash(q: Any, k: Any, v: Any, scale: float) -> Any:
-    """FlashAttention (Dao et al. 2022) from ``jax.experimental.pallas``: the TPU or the GPU kernel."""
-    if _platform() == "tpu":
-        from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
+def _block(*lengths: int, sizes: tuple[int, ...] = (128, 64, 32, 16)) -> int | None:
+    """The largest block size that divides every sequence length (``None``: none does)."""
+    return next((b for b in sizes if all(n % b == 0 for n in lengths)), None)
 
-        out = tpu_flash.flash_attention(
-            q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), sm_scale=scale
-        )
-        return out.transpose(0, 2, 1, 3)
+
+def _pad_head_dim(multiple_of: int | None, *arrays: Any) -> tuple[int, list[Any]]:
+    """Zero-pad the head dimension to a power of two (``multiple_of``: a multiple of it instead); zero columns
+    change neither ``q k^T`` nor, once sliced off, the output."""
+    import jax.numpy as jnp
+
+    d = int(arrays[0].shape[-1])
+    target = -(-d // multiple_of) * multiple_of if multiple_of else max(16, 1 << (d - 1).bit_length())
+    if target == d:
+        return d, list(arrays)
+    pad = ((0, 0), (0, 0), (0, 0), (0, target - d))
+    return d, [jnp.pad(a, pad) for a in arrays]
+
+
+def flash_gpu(q: Any, k: Any, v: Any, scale: float, interpret: bool = False) -> Any:
+    """FlashAttention (Dao et al. 2022), the Triton kernel of ``jax.experimental.pallas.ops.gpu.attention``.
+
+    The head dimension is zero-padded to a power of two; sequence lengths that no block size of 16-128
+    divides (e.g. 77 text tokens) run :func:`dot_product` instead. ``interpret`` runs the kernel in the
+    Pallas interpreter (any device; for tests).
+    """
     from jax.experimental.pallas.ops.gpu import attention as gpu_attention
 
-    return gpu_attention.mha(q, k, v, segment_ids=None, sm_scale=scale)
+    block = _block(q.shape[1], k.shape[1])
+    if block is None:
+        return dot_product(q, k, v, scale)
+    d, (qp, kp, vp) = _pad_head_dim(None, q, k, v)
+    sizes = gpu_attention.BlockSizes(block_q=block, block_k=block)
+    out = gpu_attention.mha(qp, kp, vp, None, sm_scale=scale, block_sizes=sizes, interpret=interpret)
+    return out[..., :d]
 
 
-def splash(q: Any, k: Any, v: Any, scale: float) -> Any:
-    """The TPU splash-attention kernel (``jax.experimental.pallas.ops.tpu.splash_attention``), full mask."""
+def flash_tpu(q: Any, k: Any, v: Any, scale: float) -> Any:
+    """FlashAttention, the TPU kernel of ``jax.experimental.pallas.ops.tpu.flash_attention`` (head dimension
+    zero-padded to a multiple of 128; sequence lengths that 128 does not divide run :func:`dot_product`)."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
+
+    if _block(q.shape[1], k.shape[1], sizes=(128,)) is None:
+        return dot_product(q, k, v, scale)
+    d, (qp, kp, vp) = _pad_head_dim(128, q, k, v)
+    out = tpu_flash.flash_attention(
+        qp.transpose(0, 2, 1, 3), kp.transpose(0, 2, 1, 3), vp.transpose(0, 2, 1, 3), sm_scale=scale
+    )
+    return out.transpose(0, 2, 1, 3)[..., :d]
+
+
+def pallas_flash(q: Any, k: Any, v: Any, scale: float) -> Any:
+    """FlashAttention from ``jax.experimental.pallas``: :func:`flash_tpu` on TPU, :func:`flash_gpu` on GPU."""
+    return flash_tpu(q, k, v, scale) if _platform() == "tpu" else flash_gpu(q, k, v, scale)
+
+
+def splash(q: Any, k: Any, v: Any, scale: float, interpret: bool = False) -> Any:
+    """The TPU splash-attention kernel (``jax.experimental.pallas.ops.tpu.splash_attention``), full mask.
+
+    Head dimension zero-padded to a multiple of 128; sequence lengths that 128 does not divide run
+    :func:`dot_product`. ``interpret`` runs it in the Pallas interpreter (any device; for tests).
+    """
     import jax
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     _, seq_q, heads, _ = q.shape
     seq_kv = k.shape[1]
+    if _block(seq_q, seq_kv, sizes=(128,)) is None:
+        return dot_product(q, k, v, scale)
+    d, (qp, kp, vp) = _pad_head_dim(128, q, k, v)
     mask = sm.MultiHeadMask([sm.FullMask((seq_q, seq_kv)) for _ in range(heads)])
-    kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1)
-    qh = (q * scale).transpose(0, 2, 1, 3)
-    out = jax.vmap(kernel)(qh, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
-    return out.transpose(0, 2, 1, 3)
+    kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
+    qh = (qp * scale).transpose(0, 2, 1, 3)
+    out = jax.vmap(kernel)(qh, kp.transpose(0, 2, 1, 3), vp.transpose(0, 2, 1, 3))
+    return out.transpose(0, 2, 1, 3)[..., :d]
 
 
 register_attention_kernel("dot", dot_product, priority=0)
