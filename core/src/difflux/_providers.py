@@ -57,6 +57,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
     "difflux-sd-guidance": (
         "StableDiffusionSAGPipeline", "StableDiffusionAttendAndExcitePipeline", "StableDiffusionGLIGENPipeline",
         "StableDiffusionGLIGENTextImagePipeline", "StableDiffusionDiffEditPipeline",
+        "StableDiffusionPix2PixZeroPipeline",
     ),
     "difflux-sd-variants": (
         "LatentConsistencyModelPipeline", "LatentConsistencyModelImg2ImgPipeline",

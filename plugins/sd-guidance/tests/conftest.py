@@ -121,3 +121,20 @@ def diffedit_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
     ref = diffusers_pipeline("StableDiffusionDiffEditPipeline", components, requires_safety_checker=False)
     ref.save_pretrained(folder / "saved")
     return ref, load_difflux(folder / "saved")
+
+
+@pytest.fixture(scope="session")
+def p2p_pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``(Diffusers StableDiffusionPix2PixZeroPipeline, difflux's)`` with DDIM and its inverse (no captioner)."""
+    import diffusers
+
+    folder = tmp_path_factory.mktemp("pix2pix-zero")
+    components = diffusers_sd_components(folder)
+    components.update(
+        inverse_scheduler=diffusers.DDIMInverseScheduler.from_config(components["scheduler"].config),
+        caption_generator=None,
+        caption_processor=None,
+    )
+    ref = diffusers_pipeline("StableDiffusionPix2PixZeroPipeline", components, requires_safety_checker=False)
+    ref.save_pretrained(folder / "saved")
+    return ref, load_difflux(folder / "saved")

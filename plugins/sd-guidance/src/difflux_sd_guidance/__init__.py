@@ -12,8 +12,10 @@ _LAZY = {
     "StableDiffusionAttendAndExcitePipeline": "pipeline_attend_and_excite",
     "DiffEditInversionPipelineOutput": "pipeline_diffedit",
     "StableDiffusionDiffEditPipeline": "pipeline_diffedit",
+    "Pix2PixInversionPipelineOutput": "pipeline_pix2pix_zero",
     "StableDiffusionGLIGENPipeline": "pipeline_gligen",
     "StableDiffusionGLIGENTextImagePipeline": "pipeline_gligen",
+    "StableDiffusionPix2PixZeroPipeline": "pipeline_pix2pix_zero",
     "StableDiffusionSAGPipeline": "pipeline_sag",
 }
 

@@ -20,16 +20,14 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from difflux.outputs import BaseOutput
 from difflux.pipeline_utils import LegacyCallback, StepCallback
 from difflux.protocols import Scheduler
 from difflux.torch_utils import randn_tensor
-from difflux_stable_diffusion._base import Denoise
 from difflux_stable_diffusion.checks import Inputs
 from difflux_stable_diffusion.prompts import Prompt
 
-from ._sd import GuidedStableDiffusion
+from ._inversion import InvertingStableDiffusion, auto_corr_loss, kl_divergence
 
 __all__ = ["DiffEditInversionPipelineOutput", "StableDiffusionDiffEditPipeline", "auto_corr_loss", "kl_divergence"]
 
@@ -43,29 +41,6 @@ class DiffEditInversionPipelineOutput(BaseOutput):
 
     latents: torch.Tensor
     images: list[PIL.Image.Image] | np.ndarray | None = None
-
-
-def auto_corr_loss(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pix2Pix Zero's auto-correlation regulariser of a noise map ``x`` ``(B, C, h, w)`` (Parmar et al., 2023,
-    eq. 3): squared means of the map times itself rolled by a random shift (the same along both axes),
-    summed over samples, channels and a 2x average-pool pyramid down to 8 pixels."""
-    loss = x.new_zeros(())
-    for i in range(x.shape[0]):
-        for j in range(x.shape[1]):
-            noise = x[i : i + 1, j : j + 1]
-            while True:
-                shift = int(torch.randint(noise.shape[2] // 2, (1,), generator=generator).item())
-                loss = loss + (noise * torch.roll(noise, shifts=shift, dims=2)).mean() ** 2
-                loss = loss + (noise * torch.roll(noise, shifts=shift, dims=3)).mean() ** 2
-                if noise.shape[2] <= 8:
-                    break
-                noise = F.avg_pool2d(noise, kernel_size=2)
-    return loss
-
-
-def kl_divergence(x: torch.Tensor) -> torch.Tensor:
-    """KL divergence of the empirical distribution of ``x`` from a standard normal (up to a factor 2)."""
-    return x.var() + x.mean() ** 2 - 1 - torch.log(x.var() + 1e-7)
 
 
 def preprocess_mask(mask: Any, batch: int) -> torch.Tensor:
@@ -101,12 +76,11 @@ def preprocess_mask(mask: Any, batch: int) -> torch.Tensor:
     return binary
 
 
-class StableDiffusionDiffEditPipeline(GuidedStableDiffusion):
+class StableDiffusionDiffEditPipeline(InvertingStableDiffusion):
     """Text-guided image editing with Stable Diffusion 1.x / 2.x and DiffEdit's automatic mask."""
 
     _optional_components = ("safety_checker", "feature_extractor", "inverse_scheduler")
     _scheduler_fixes = ("skip_prk_steps",)
-    inverse_scheduler: Any
 
     def __init__(
         self,
@@ -241,22 +215,6 @@ class StableDiffusionDiffEditPipeline(GuidedStableDiffusion):
             return [PIL.Image.fromarray((m * 255).astype(np.uint8), mode="L") for m in mask.cpu().numpy()]
         return mask.cpu().numpy()
 
-    def image_latents_of(self, pixels: torch.Tensor, total: int, generator: Generator) -> torch.Tensor:
-        """Scaled VAE latents of ``pixels`` (``[-1, 1]``; 4-channel input is taken as latents), repeated to ``total``.
-
-        :raises ValueError: when the images do not divide ``total``.
-        """
-        pixels = pixels.to(device=self.device, dtype=self.vae.dtype)
-        if pixels.shape[1] == self.vae.config.latent_channels:
-            latents = pixels
-        else:
-            if isinstance(generator, Sequence) and len(generator) != total:
-                raise ValueError(f"{len(generator)} generators for {total} images; pass one per image")
-            latents = self.encode_vae(pixels, generator)
-        if total % latents.shape[0]:
-            raise ValueError(f"cannot spread {latents.shape[0]} images over {total} prompts")
-        return torch.cat([latents] * (total // latents.shape[0]))
-
     # -- 2. inversion -----------------------------------------------------------------------------
 
     def invert(
@@ -338,22 +296,9 @@ class StableDiffusionDiffEditPipeline(GuidedStableDiffusion):
         keep = min(int(num_inference_steps * inpaint_strength), num_inference_steps)
         start = max(num_inference_steps - keep, 0)
         steps = inverse.timesteps if start == 0 else inverse.timesteps[:-start]
-        kept: list[torch.Tensor] = []
-
-        def collect(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            kept.append(tensors["latents"].detach().clone())
-            return {}
-
-        opts.callback, opts.callback_names = collect, ("latents",)
-        run = Denoise(steps, embeds.for_unet(), opts)
-        if num_reg_steps > 0:
-            run.adjust = self.regularise(num_reg_steps, lambda_auto_corr, lambda_kl, num_auto_corr_rolls, generator)
-        forward = self.scheduler
-        self.scheduler = inverse
-        try:
-            self.denoise(latents, run, embeds.negative)
-        finally:
-            self.scheduler = forward
+        kept = self.run_inversion(
+            latents, embeds, opts, steps, num_reg_steps, lambda_auto_corr, lambda_kl, num_auto_corr_rolls, generator
+        )
         stacked = torch.stack(list(reversed(kept)), 1)
         images = None
         if decode_latents:
@@ -363,40 +308,6 @@ class StableDiffusionDiffEditPipeline(GuidedStableDiffusion):
         if not return_dict:
             return stacked, images
         return DiffEditInversionPipelineOutput(latents=stacked, images=images)
-
-    def regularise(
-        self, rounds: int, lambda_auto_corr: float, lambda_kl: float, rolls: int, generator: Generator
-    ) -> Any:
-        """The inversion's ``adjust`` step: ``rounds`` rounds of gradient steps on the noise prediction."""
-        gen = generator if isinstance(generator, torch.Generator) else None
-
-        def adjust(
-            i: int, t: torch.Tensor, latents: torch.Tensor, noise_pred: torch.Tensor, uncond: torch.Tensor | None
-        ) -> torch.Tensor:
-            with torch.enable_grad():
-                for _ in range(rounds):
-                    if lambda_auto_corr > 0:
-                        for _ in range(rolls):
-                            var = noise_pred.detach().clone().requires_grad_(True)
-                            grad = torch.autograd.grad(auto_corr_loss(self.epsilon(var, latents, t), gen), var)[0]
-                            noise_pred = noise_pred - lambda_auto_corr * grad / rolls
-                    if lambda_kl > 0:
-                        var = noise_pred.detach().clone().requires_grad_(True)
-                        grad = torch.autograd.grad(kl_divergence(self.epsilon(var, latents, t)), var)[0]
-                        noise_pred = noise_pred - lambda_kl * grad
-                    noise_pred = noise_pred.detach()
-            return noise_pred
-
-        return adjust
-
-    def epsilon(self, model_output: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The noise a model output implies at timestep ``t`` of the inverse scheduler (by its ``prediction_type``)."""
-        alpha = self.inverse_scheduler.alphas_cumprod[t]
-        from difflux_schedulers.sampling import predict_x0_eps_vp
-
-        _, eps = predict_x0_eps_vp(model_output, sample, alpha, self.inverse_scheduler.config.prediction_type)
-        out: torch.Tensor = eps
-        return out
 
     # -- 3. the edit ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_gligen:StableDiffusionGLIGENPipeline",
     f"{_PKG}.pipeline_gligen:StableDiffusionGLIGENTextImagePipeline",
     f"{_PKG}.pipeline_diffedit:StableDiffusionDiffEditPipeline",
+    f"{_PKG}.pipeline_pix2pix_zero:StableDiffusionPix2PixZeroPipeline",
 )
 
 
