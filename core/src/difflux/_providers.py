@@ -53,6 +53,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "KandinskyV22InpaintCombinedPipeline", "KandinskyPipeline", "KandinskyImg2ImgPipeline",
         "KandinskyInpaintPipeline", "KandinskyPriorPipeline", "KandinskyCombinedPipeline",
         "KandinskyImg2ImgCombinedPipeline", "KandinskyInpaintCombinedPipeline", "MultilingualCLIP",
+        "Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline",
     ),
     "difflux-sd-guidance": (
         "StableDiffusionSAGPipeline", "StableDiffusionAttendAndExcitePipeline", "StableDiffusionGLIGENPipeline",

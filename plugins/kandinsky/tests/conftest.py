@@ -245,3 +245,49 @@ def k21_folders(
             diffusers.KandinskyInpaintCombinedPipeline(**{**parts, "unet": inpaint}, **prior), root / "c_inpaint"
         ),
     }
+
+
+# -- Kandinsky 3 ------------------------------------------------------------------------------------
+
+#: the published Kandinsky 3 UNet's block structure, scaled down (Diffusers' fast-test sizes)
+K3_UNET: dict[str, Any] = {
+    "in_channels": 4,
+    "time_embedding_dim": 4,
+    "groups": 2,
+    "attention_head_dim": 4,
+    "layers_per_block": 3,
+    "block_out_channels": (32, 64),
+    "cross_attention_dim": 4,
+    "encoder_hid_dim": 32,
+}
+
+
+@pytest.fixture(scope="session")
+def k3_folders(tmp_path_factory: pytest.TempPathFactory, decoder_parts: dict[str, Any]) -> dict[str, Path]:
+    """Saved Diffusers folders of Kandinsky 3 text-to-image and image-to-image (T5 text encoder)."""
+    import diffusers
+    from difflux_transformers.testing import tiny_t5_encoder, tiny_t5_tokenizer
+    from diffusers import DDPMScheduler, Kandinsky3UNet
+
+    root = tmp_path_factory.mktemp("kandinsky3")
+    torch.manual_seed(6)
+    unet = Kandinsky3UNet(**K3_UNET).eval()
+    with torch.no_grad():  # a fresh UNet's zero-initialised norms and outputs would hide most of the network
+        g = gen(7)
+        for p in unet.parameters():
+            if not p.abs().sum():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    scheduler = DDPMScheduler(
+        beta_schedule="squaredcos_cap_v2", clip_sample=True, thresholding=False, variance_type="fixed_small"
+    )
+    parts = {
+        "tokenizer": tiny_t5_tokenizer(root / "tok"),
+        "text_encoder": tiny_t5_encoder(seed=8),
+        "unet": unet,
+        "scheduler": scheduler,
+        "movq": decoder_parts["movq"],
+    }
+    return {
+        "Kandinsky3Pipeline": _save(diffusers.Kandinsky3Pipeline(**parts), root / "t2i"),
+        "Kandinsky3Img2ImgPipeline": _save(diffusers.Kandinsky3Img2ImgPipeline(**parts), root / "i2i"),
+    }

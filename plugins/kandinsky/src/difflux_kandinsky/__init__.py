@@ -9,6 +9,8 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "Kandinsky3Img2ImgPipeline": "pipeline_kandinsky3",
+    "Kandinsky3Pipeline": "pipeline_kandinsky3",
     "KandinskyCombinedPipeline": "pipeline_kandinsky_combined",
     "KandinskyImg2ImgCombinedPipeline": "pipeline_kandinsky_combined",
     "KandinskyImg2ImgPipeline": "pipeline_kandinsky",

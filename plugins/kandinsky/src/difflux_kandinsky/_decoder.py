@@ -250,7 +250,13 @@ class KandinskyV22DecoderBase(ImagesOnly, StableDiffusionBase):
         """MoVQ latents of ``image`` (one per output: each image repeated ``per_image`` times), not noised."""
         if image is None:
             raise ValueError(f"{type(self).__name__}: pass image (the image to start from)")
-        pixels = self.pixels(image, height, width).to(self.device, dtype)
+        return self.latents_of(self.pixels(image, height, width), total, per_image, dtype, generator)
+
+    def latents_of(
+        self, pixels: torch.Tensor, total: int, per_image: int, dtype: torch.dtype, generator: Generator
+    ) -> torch.Tensor:
+        """MoVQ latents of preprocessed ``pixels`` ``(B, 3, H, W)`` in ``[-1, 1]`` (latents pass through), each
+        repeated ``per_image`` times and spread to ``total``."""
+        pixels = pixels.to(self.device, dtype)
         latents = pixels if pixels.shape[1] == self.movq.config.latent_channels else self.encode_vae(pixels, generator)
-        latents = latents.repeat_interleave(per_image, dim=0)
-        return spread(latents, total)
+        return spread(latents.repeat_interleave(per_image, dim=0), total)

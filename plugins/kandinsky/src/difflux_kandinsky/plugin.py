@@ -15,6 +15,8 @@ PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_kandinsky2_2:KandinskyV22ControlnetPipeline",
     f"{_PKG}.pipeline_kandinsky2_2:KandinskyV22ControlnetImg2ImgPipeline",
     f"{_PKG}.pipeline_kandinsky2_2_prior:KandinskyV22PriorPipeline",
+    f"{_PKG}.pipeline_kandinsky3:Kandinsky3Pipeline",
+    f"{_PKG}.pipeline_kandinsky3:Kandinsky3Img2ImgPipeline",
     f"{_PKG}.pipeline_kandinsky:KandinskyPipeline",
     f"{_PKG}.pipeline_kandinsky:KandinskyImg2ImgPipeline",
     f"{_PKG}.pipeline_kandinsky:KandinskyInpaintPipeline",

@@ -88,6 +88,7 @@ _NEGATIVE_HALF = {
     "negative_prompt_embeds": "prompt_embeds",
     "negative_pooled_prompt_embeds": "add_text_embeds",
     "negative_add_time_ids": "add_time_ids",
+    "negative_attention_mask": "attention_mask",
 }
 
 
