@@ -311,3 +311,31 @@ def test_repaint_region_grows_like_kandinsky(seed: int) -> None:
 
     keep = (torch.rand(2, 1, 9, 7, generator=gen(seed)) > 0.2).float()
     assert torch.equal(grow_repaint_region(keep), prepare_mask(keep.clone()))
+
+
+def test_combined_loads_a_decoder_folder_that_names_its_prior(
+    decoder_folders: dict[str, Path],
+    prior_folders: dict[str, Path],
+    combined_folders: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """The published layout: a decoder repo whose README.md metadata names the prior repo."""
+    import shutil
+
+    from difflux.errors import LoadError
+    from difflux_kandinsky import KandinskyV22CombinedPipeline
+
+    decoder = tmp_path / "decoder"
+    shutil.copytree(decoder_folders["KandinskyV22Pipeline"], decoder)
+    with pytest.raises(LoadError, match="names no prior"):
+        KandinskyV22CombinedPipeline.from_pretrained(decoder)
+    prior = prior_folders["KandinskyV22PriorPipeline"]
+    (decoder / "README.md").write_text(f"---\nlicense: apache-2.0\nprior:\n- {prior}\n---\n# decoder\n")
+    connected = KandinskyV22CombinedPipeline.from_pretrained(decoder)
+    connected.set_progress_bar_config(disable=True)
+    assert connected.prior_pipe.prior is connected.prior_prior
+    combined = load_difflux(combined_folders["KandinskyV22CombinedPipeline"])
+    args = {"prompt": "a cat", "height": SIZE, "width": SIZE, "num_inference_steps": 2, "prior_num_inference_steps": 2}
+    a = connected(**args, output_type="np", generator=gen(0)).images
+    b = combined(**args, output_type="np", generator=gen(0)).images
+    assert max_diff(a, b) <= 1e-6

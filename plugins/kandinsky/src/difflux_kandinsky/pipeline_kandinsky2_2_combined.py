@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from difflux import DiffusionPipeline
+from difflux.config import read_json
+from difflux.errors import LoadError
+from difflux.options import LoadOptions
 from difflux.pipeline_utils import StepCallback
 from difflux.protocols import Scheduler
+from difflux.registry import get_registry
 from difflux_stable_diffusion.images import ImageInput
 
 from ._decoder import KandinskyV22DecoderBase
@@ -90,6 +96,37 @@ class _Combined(DiffusionPipeline):
             image_processor=prior_image_processor,
         )
         self.decoder_pipe = self._decoder_class(**decoder)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Load a combined folder, or a decoder folder (or repo) whose model card names its prior.
+
+        Published decoders (``kandinsky-community/kandinsky-2-2-decoder``) are decoder-only pipelines whose
+        ``README.md`` metadata lists the prior repo under ``prior:``; loading one into a combined class
+        loads that prior too (Diffusers' connected pipelines). Keyword arguments starting with ``prior_``
+        replace prior components; load options apply to both.
+
+        :raises LoadError: when a decoder folder's card names no prior.
+        """
+        options, rest = LoadOptions.split(kwargs)
+        folder = get_registry().resolve_pretrained(pretrained_model_name_or_path, options)
+        index = read_json(folder / cls.config_name, cls.config_name)
+        if any(key.startswith("prior_") for key in index):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        prior_ref = connected_prior(pretrained_model_name_or_path, folder, options)
+        if prior_ref is None:
+            raise LoadError(
+                f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): a decoder folder "
+                f"({index.get('_class_name')}) whose README.md names no prior (metadata 'prior: [repo]'); load "
+                "the prior and the decoder separately, or pass a combined folder"
+            )
+        names = {k: v for k, v in kwargs.items() if k not in rest or not k.startswith("prior_")}
+        decoder = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **names)
+        prior_kwargs = {k: v for k, v in kwargs.items() if k not in rest} | {
+            k.removeprefix("prior_"): v for k, v in rest.items() if k.startswith("prior_")
+        }
+        prior = DiffusionPipeline.from_pretrained(prior_ref, **prior_kwargs)
+        return cls(**decoder.components, **{f"prior_{k}": v for k, v in prior.components.items()})
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         super().set_progress_bar_config(**kwargs)
@@ -334,3 +371,37 @@ def _per_embedding(images: Any, count: int) -> Any:
     if isinstance(images, torch.Tensor) or not items:
         return images
     return items * (count // len(items)) if count % len(items) == 0 else items
+
+
+def connected_prior(name_or_path: str | os.PathLike[str], folder: Path, options: LoadOptions) -> str | None:
+    """The prior a decoder's model card names (``prior: [repo id or path]`` in ``README.md``'s metadata).
+
+    A local folder's card is read where it is; for a repo id the card is fetched with ``huggingface_hub``
+    (honouring ``revision``, ``cache_dir``, ``token``, ``local_files_only``). ``None`` when there is none.
+    """
+    card = folder / "README.md"
+    if not card.is_file() and not Path(name_or_path).exists():
+        from huggingface_hub import hf_hub_download
+
+        try:
+            card = Path(
+                hf_hub_download(
+                    str(name_or_path),
+                    "README.md",
+                    revision=options.revision,
+                    cache_dir=None if options.cache_dir is None else Path(options.cache_dir),
+                    token=options.token,
+                    local_files_only=options.local_files_only,
+                )
+            )
+        except Exception:  # no card, or offline without one cached: no connected prior
+            return None
+    if not card.is_file():
+        return None
+    from huggingface_hub.repocard import metadata_load
+
+    meta = metadata_load(card) or {}
+    prior = meta.get("prior")
+    if isinstance(prior, list) and prior and isinstance(prior[0], str):
+        return prior[0]
+    return prior if isinstance(prior, str) else None
