@@ -68,6 +68,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "SemanticStableDiffusionPipeline",
         "CycleDiffusionPipeline",
         "StableDiffusionModelEditingPipeline",
+        "AltDiffusionPipeline", "AltDiffusionImg2ImgPipeline", "RobertaSeriesModelWithTransformation",
     ),
     "difflux-controlnet": (
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",

@@ -20,6 +20,11 @@ _LAZY = {
     "SemanticStableDiffusionPipelineOutput": "pipeline_semantic",
     "CycleDiffusionPipeline": "pipeline_cycle",
     "StableDiffusionModelEditingPipeline": "pipeline_model_editing",
+    "AltDiffusionPipeline": "pipeline_alt_diffusion",
+    "AltDiffusionImg2ImgPipeline": "pipeline_alt_diffusion",
+    "AltDiffusionPipelineOutput": "pipeline_alt_diffusion",
+    "RobertaSeriesConfig": "roberta_series",
+    "RobertaSeriesModelWithTransformation": "roberta_series",
     "StableDiffusionXLInstructPix2PixPipeline": "pipeline_instruct_pix2pix",
 }
 

@@ -19,6 +19,8 @@ PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_semantic:SemanticStableDiffusionPipeline",
     f"{_PKG}.pipeline_cycle:CycleDiffusionPipeline",
     f"{_PKG}.pipeline_model_editing:StableDiffusionModelEditingPipeline",
+    f"{_PKG}.pipeline_alt_diffusion:AltDiffusionPipeline",
+    f"{_PKG}.pipeline_alt_diffusion:AltDiffusionImg2ImgPipeline",
 )
 
 #: every model class the plugin provides, as a lazy reference
@@ -36,3 +38,7 @@ def difflux_register_components(register: RegisterComponent) -> None:
     """Register the models under their Diffusers class names (library ``"diffusers"``)."""
     for ref in MODELS:
         register(ref)
+    # Diffusers 0.42.1 writes ["diffusers", ...]; the published AltDiffusion folders name the pipeline folder
+    roberta = f"{_PKG}.roberta_series:RobertaSeriesModelWithTransformation"
+    register(roberta)
+    register(roberta, library="alt_diffusion")
