@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import difflux_schedulers.sampling as sampling
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,22 +42,14 @@ def _torch_loop(name: str, config: dict[str, Any], n: int, x: np.ndarray, noises
     sched.set_timesteps(n)
     sample = torch.from_numpy(x) * float(sched.init_noise_sigma)
     for i, t in enumerate(sched.timesteps):
-        inp = sched.scale_model_input(sample, t)
-        out = _model(inp, float(t), torch)
-        kwargs: dict[str, Any] = {}
-        if name == "FlaxDDPMScheduler":  # the same noise on both sides
-            gen_noise = torch.from_numpy(noises[i])
-            sched_noise = gen_noise
-            import difflux_schedulers.sampling as sampling
-
-            orig = sampling.noise_like
-            sampling.noise_like = lambda like, generator, _n=sched_noise: _n  # type: ignore[assignment]
-            try:
-                sample = sched.step(out, t, sample, **kwargs).prev_sample
-            finally:
-                sampling.noise_like = orig
-            continue
-        sample = sched.step(out, t, sample, **kwargs).prev_sample
+        out = _model(sched.scale_model_input(sample, t), float(t), torch)
+        # the same noise on both sides: the stochastic samplers draw through sampling.noise_like
+        original, noise = sampling.noise_like, torch.from_numpy(noises[i])
+        sampling.noise_like = lambda like, generator, _n=noise: _n  # type: ignore[assignment]
+        try:
+            sample = sched.step(out, t, sample).prev_sample
+        finally:
+            sampling.noise_like = original
     return sample.numpy()
 
 
