@@ -69,6 +69,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "CycleDiffusionPipeline",
         "StableDiffusionModelEditingPipeline",
         "AltDiffusionPipeline", "AltDiffusionImg2ImgPipeline", "RobertaSeriesModelWithTransformation",
+        "PaintByExamplePipeline", "PaintByExampleImageEncoder",
     ),
     "difflux-controlnet": (
         "ControlNetModel", "MultiControlNetModel", "StableDiffusionControlNetPipeline",

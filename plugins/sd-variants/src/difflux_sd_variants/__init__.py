@@ -24,6 +24,8 @@ _LAZY = {
     "AltDiffusionImg2ImgPipeline": "pipeline_alt_diffusion",
     "AltDiffusionPipelineOutput": "pipeline_alt_diffusion",
     "RobertaSeriesConfig": "roberta_series",
+    "PaintByExamplePipeline": "pipeline_paint_by_example",
+    "PaintByExampleImageEncoder": "paint_by_example_encoder",
     "RobertaSeriesModelWithTransformation": "roberta_series",
     "StableDiffusionXLInstructPix2PixPipeline": "pipeline_instruct_pix2pix",
 }

@@ -21,6 +21,7 @@ PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_model_editing:StableDiffusionModelEditingPipeline",
     f"{_PKG}.pipeline_alt_diffusion:AltDiffusionPipeline",
     f"{_PKG}.pipeline_alt_diffusion:AltDiffusionImg2ImgPipeline",
+    f"{_PKG}.pipeline_paint_by_example:PaintByExamplePipeline",
 )
 
 #: every model class the plugin provides, as a lazy reference
@@ -42,3 +43,6 @@ def difflux_register_components(register: RegisterComponent) -> None:
     roberta = f"{_PKG}.roberta_series:RobertaSeriesModelWithTransformation"
     register(roberta)
     register(roberta, library="alt_diffusion")
+    exemplar = f"{_PKG}.paint_by_example_encoder:PaintByExampleImageEncoder"
+    register(exemplar)
+    register(exemplar, library="paint_by_example")
