@@ -84,7 +84,8 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
     ),
     "difflux-audio": (
         "AudioLDMPipeline", "MusicLDMPipeline", "AudioLDM2Pipeline", "AudioLDM2UNet2DConditionModel",
-        "AudioLDM2ProjectionModel", "AudioDiffusionPipeline", "Mel",
+        "AudioLDM2ProjectionModel", "AudioDiffusionPipeline", "Mel", "SpectrogramDiffusionPipeline",
+        "SpectrogramNotesEncoder", "SpectrogramContEncoder", "T5FilmDecoder", "OnnxRuntimeModel",
     ),
     "difflux-flax": (
         "FlaxDDIMScheduler", "FlaxDDPMScheduler", "FlaxPNDMScheduler", "FlaxLMSDiscreteScheduler",

@@ -14,7 +14,7 @@ from difflux_stable_diffusion.testing import gen, load_difflux
 
 from conftest import rel_diff
 
-CLIP = np.sin(np.arange(40000) / 10.0) * np.linspace(0, 1, 40000)
+CLIP = np.sin(np.arange(8000) / 10.0) * np.linspace(0, 1, 8000)
 
 
 @pytest.fixture(scope="module", params=["DDPMScheduler", "DDIMScheduler"])
@@ -27,7 +27,8 @@ def pipes(request: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, 
         norm_num_groups=8, down_block_types=("AttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "AttnUpBlock2D"),
     )
-    mel = diffusers.Mel(x_res=64, y_res=32, n_iter=4)
+    # a short STFT keeps Griffin-Lim's mel inversion (a least-squares fit per bin) cheap
+    mel = diffusers.Mel(x_res=64, y_res=32, sample_rate=8000, n_fft=256, hop_length=64, n_iter=4)
     scheduler = getattr(diffusers, request.param)()
     oracle = diffusers.AudioDiffusionPipeline(vqvae=None, unet=unet, mel=mel, scheduler=scheduler)
     oracle.set_progress_bar_config(disable=True)
@@ -56,11 +57,11 @@ def test_images_and_audio_match_diffusers(pipes: tuple[Any, Any], case: str, mon
     expected = oracle(**kwargs, generator=gen(0))
     out = pipe(**kwargs, generator=gen(0))
     assert np.abs(np.asarray(out.images[0], int) - np.asarray(expected.images[0], int)).max() <= 1
-    assert out.audios.shape == expected.audios.shape == (1, 1, 63 * 512)
+    assert out.audios.shape == expected.audios.shape == (1, 1, 63 * 64)
     assert rel_diff(out.audios, expected.audios) < 1e-4
-    assert out.sample_rate == 22050 and len(out) == 2  # audios, images (the rate is an attribute)
+    assert out.sample_rate == 8000 and len(out) == 2  # audios, images (the rate is an attribute)
     images, (rate, audios) = pipe(**kwargs, generator=gen(0), return_dict=False)
-    assert rate == 22050 and len(images) == len(audios) == 1
+    assert rate == 8000 and len(images) == len(audios) == 1
 
 
 def test_mel_round_trip_keeps_a_tone(pipes: tuple[Any, Any]) -> None:

@@ -17,6 +17,11 @@ __all__ = [
     "AudioLDMPipeline",
     "Mel",
     "MusicLDMPipeline",
+    "OnnxRuntimeModel",
+    "SpectrogramContEncoder",
+    "SpectrogramDiffusionPipeline",
+    "SpectrogramNotesEncoder",
+    "T5FilmDecoder",
 ]
 
 _WHERE = {
@@ -25,6 +30,13 @@ _WHERE = {
     "AudioLDM2Pipeline": "difflux_audio.pipeline_audioldm2",
     "AudioDiffusionPipeline": "difflux_audio.audio_diffusion",
     "Mel": "difflux_audio.audio_diffusion",
+    **{
+        name: "difflux_audio.spectrogram_diffusion"
+        for name in (
+            "OnnxRuntimeModel", "SpectrogramContEncoder", "SpectrogramDiffusionPipeline", "SpectrogramNotesEncoder",
+            "T5FilmDecoder",
+        )
+    },
     "AudioLDM2ProjectionModel": "difflux_audio.modeling_audioldm2",
     "AudioLDM2UNet2DConditionModel": "difflux_audio.modeling_audioldm2",
 }

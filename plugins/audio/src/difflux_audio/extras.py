@@ -1,8 +1,7 @@
 """The optional extras of ``difflux-audio``, imported only when a feature needs them.
 
 ``librosa`` (Audio Diffusion's :class:`~difflux_audio.audio_diffusion.Mel`, resampling for CLAP
-ranking), ``note_seq`` (MIDI input of Spectrogram Diffusion) and ``onnxruntime`` (its MelGAN
-stage). A missing one is a :class:`MissingExtraError` that names the extra to install.
+ranking), ``onnxruntime`` (Spectrogram Diffusion's MelGAN stage) and ``soundfile``. A missing one is a :class:`MissingExtraError` that names the extra to install.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ __all__ = ["EXTRAS", "MissingExtraError", "has_extra", "require"]
 #: import name -> the ``difflux-audio`` extra that installs it
 EXTRAS: dict[str, str] = {
     "librosa": "librosa",
-    "note_seq": "note-seq",
     "onnxruntime": "onnxruntime",
     "soundfile": "soundfile",
 }

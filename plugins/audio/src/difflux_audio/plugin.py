@@ -11,6 +11,8 @@ _PKG = "difflux_audio"
 MODELS: tuple[str, ...] = (
     f"{_PKG}.modeling_audioldm2:AudioLDM2UNet2DConditionModel",
     f"{_PKG}.modeling_audioldm2:AudioLDM2ProjectionModel",
+    f"{_PKG}.spectrogram_diffusion:T5FilmDecoder",
+    f"{_PKG}.spectrogram_diffusion:OnnxRuntimeModel",
 )
 
 #: every pipeline class the plugin provides, as a lazy reference
@@ -19,6 +21,7 @@ PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_audioldm:MusicLDMPipeline",
     f"{_PKG}.pipeline_audioldm2:AudioLDM2Pipeline",
     f"{_PKG}.audio_diffusion:AudioDiffusionPipeline",
+    f"{_PKG}.spectrogram_diffusion:SpectrogramDiffusionPipeline",
 )
 
 #: components Diffusers writes under its pipeline module's name in ``model_index.json``: ref -> library
@@ -26,6 +29,9 @@ PIPELINE_MODULE_COMPONENTS: dict[str, str] = {
     f"{_PKG}.modeling_audioldm2:AudioLDM2UNet2DConditionModel": "audioldm2",
     f"{_PKG}.modeling_audioldm2:AudioLDM2ProjectionModel": "audioldm2",
     f"{_PKG}.audio_diffusion:Mel": "audio_diffusion",
+    f"{_PKG}.spectrogram_diffusion:SpectrogramNotesEncoder": "spectrogram_diffusion",
+    f"{_PKG}.spectrogram_diffusion:SpectrogramContEncoder": "spectrogram_diffusion",
+    f"{_PKG}.spectrogram_diffusion:OnnxRuntimeModel": "onnx_utils",
 }
 
 
