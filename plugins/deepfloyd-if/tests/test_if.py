@@ -17,7 +17,10 @@ TOL = 1e-4
 def _diffusers(folder: Path) -> Any:
     import diffusers
 
-    pipe = diffusers.DiffusionPipeline.from_pretrained(folder)
+    # its SR img2img / inpainting classes do not list the checker and watermarker as optional: pass them
+    pipe = diffusers.DiffusionPipeline.from_pretrained(
+        folder, safety_checker=None, feature_extractor=None, watermarker=None
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -47,6 +50,11 @@ CASES = [
     ("IFPipeline", {"prompt": ["a red cat", "a blue dog"], "num_images_per_prompt": 2}),
     ("IFSuperResolutionPipeline", {}),
     ("IFSuperResolutionPipeline", {"guidance_scale": 1.0, "noise_level": 100, "output_type": "np"}),
+    ("IFImg2ImgPipeline", {"strength": 0.5, "num_inference_steps": 4}),
+    ("IFImg2ImgSuperResolutionPipeline", {"strength": 0.5, "num_inference_steps": 4}),
+    ("IFInpaintingPipeline", {}),
+    ("IFInpaintingPipeline", {"strength": 0.5, "num_inference_steps": 4, "output_type": "np"}),
+    ("IFInpaintingSuperResolutionPipeline", {"noise_level": 50}),
 ]
 
 

@@ -9,6 +9,10 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "IFImg2ImgPipeline": "pipeline_if_img2img",
+    "IFImg2ImgSuperResolutionPipeline": "pipeline_if_img2img",
+    "IFInpaintingPipeline": "pipeline_if_inpainting",
+    "IFInpaintingSuperResolutionPipeline": "pipeline_if_inpainting",
     "IFPipeline": "pipeline_if",
     "IFPipelineOutput": "_base",
     "IFSafetyChecker": "safety_checker",

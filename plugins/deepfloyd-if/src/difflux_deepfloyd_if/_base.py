@@ -19,10 +19,21 @@ import PIL.Image
 import torch
 from difflux.image import numpy_to_pil, pt_to_numpy
 from difflux.outputs import BaseOutput
+from difflux.pipeline_utils import check_finite
+from difflux.torch_utils import randn_tensor
 from difflux_pixart.prompts import encode_prompt_t5
-from difflux_stable_diffusion._base import Denoise, StableDiffusionBase
+from difflux_stable_diffusion._base import Denoise, StableDiffusionBase, spread
+from difflux_stable_diffusion.checks import Inputs
 
-__all__ = ["IFBase", "IFPipelineOutput", "pixels_as_given", "pixels_resized"]
+__all__ = [
+    "IFBase",
+    "IFPipelineOutput",
+    "ImageStart",
+    "binary_mask",
+    "pixels_as_given",
+    "pixels_resized",
+    "resize_short_side",
+]
 
 Prompt = str | Sequence[str]
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -248,3 +259,131 @@ class IFBase(StableDiffusionBase):
     def check_clean_caption(self, clean_caption: Any) -> None:
         if not isinstance(clean_caption, bool):
             raise TypeError(f"{type(self).__name__}: clean_caption must be True or False, got {clean_caption!r}")
+
+
+def binary_mask(mask_image: Any, side: int) -> torch.Tensor:
+    """The repaint mask as a ``(B, 1, H, W)`` float batch of 0 (keep) and 1 (repaint), thresholded at 0.5:
+    PIL masks converted to grey, resized to a short side of ``side`` pixels (:func:`resize_short_side`) and
+    scaled to ``[0, 1]``; arrays ``(H, W)`` and tensors ``(H, W)`` / ``(1, H, W)`` / ``(B, H, W)`` /
+    ``(B, 1, H, W)`` taken in ``[0, 1]``."""
+    masks = _as_list(mask_image)
+    if isinstance(masks[0], PIL.Image.Image):
+        arrays = [np.asarray(resize_short_side(m.convert("L"), side), dtype=np.float32) / 255.0 for m in masks]
+        mask = torch.from_numpy(np.stack(arrays)[:, None])
+    elif isinstance(masks[0], np.ndarray):
+        mask = torch.from_numpy(np.concatenate([m[None, None] for m in masks]).astype(np.float32))
+    else:
+        mask = torch.cat(masks) if masks[0].ndim == 4 else torch.stack(masks)
+        if mask.ndim == 2:
+            mask = mask[None, None]
+        elif mask.ndim == 3:
+            mask = mask[None] if mask.shape[0] == 1 else mask[:, None]
+    return (mask >= 0.5).to(torch.float32)
+
+
+class ImageStart(IFBase):
+    """Image-to-image and inpainting starts: the given image, noised to the first timestep of the cut schedule."""
+
+    def noised_start(
+        self,
+        image: torch.Tensor,
+        steps: torch.Tensor,
+        total: int,
+        per_prompt: int,
+        dtype: torch.dtype,
+        generator: Generator,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``image`` ``(B, C, H, W)`` in ``[-1, 1]`` repeated per image and noised to ``steps[0]`` (fresh noise
+        from ``generator``); where ``mask`` is 0 the image stays clean. Returns ``(total, C, H, W)``."""
+        image = image.to(self.device, dtype)
+        noise = randn_tensor((total, *image.shape[1:]), generator=generator, device=self.device, dtype=dtype)
+        image = spread(image.repeat_interleave(per_prompt, 0), total)
+        noised: torch.Tensor = self.scheduler.add_noise(image, noise, steps[:1].repeat(total))
+        return noised if mask is None else (1 - mask) * image + mask * noised
+
+    def repaint_only(self, run: Denoise, mask: torch.Tensor) -> None:
+        """Keep each step's result only where ``mask`` (``(total, 1, H, W)``) is 1: elsewhere the samples stay
+        what they were before the step."""
+        before: dict[str, torch.Tensor] = {}
+
+        def remember(i: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+            before["latents"] = latents
+            return latents
+
+        def blend(i: int, latents: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+            return (1 - keep) * before["latents"] + keep * latents
+
+        run.extra["mask"] = mask
+        run.before, run.blend = remember, blend
+
+    def masks_for(self, mask_image: Any, total: int, per_prompt: int, dtype: torch.dtype) -> torch.Tensor:
+        """:func:`binary_mask` at the UNet's sample size, one per output."""
+        mask = binary_mask(mask_image, self.unet.config.sample_size).to(self.device, dtype)
+        if mask.shape[0] == 1:
+            return mask.repeat_interleave(total, 0)
+        return spread(mask.repeat_interleave(per_prompt, 0), total, "masks")
+
+    def start_from_image(
+        self,
+        call: dict[str, Any],
+        start_image: Any,
+        mask_image: Any = None,
+        low_res: Any = None,
+    ) -> Any:
+        """The run of an image-to-image or inpainting pipeline, from its call's arguments (``locals()``).
+
+        ``start_image``: what is noised (resized to the UNet's sample size); ``mask_image``: where to repaint
+        (inpainting); ``low_res``: the lower stage's image (super-resolution stages, see
+        :class:`~difflux_deepfloyd_if.pipeline_if.SuperResolution`).
+        """
+        name = type(self).__name__
+        self.check_clean_caption(call["clean_caption"])
+        for label, value in (("image", start_image), ("mask_image", mask_image), ("low-res image", low_res)):
+            if value is not None:
+                check_finite(value, label, name)
+        if low_res is not None:
+            self.check_noise_level(call["noise_level"])  # type: ignore[attr-defined]
+        inputs = Inputs.of(call, image=start_image, mask_image=mask_image, needs_image=True)
+        inputs.needs_mask = "mask_image" in call
+        batch = self.check_inputs(inputs, image_minimum=1)
+        per_prompt = call["num_images_per_prompt"]
+        total = batch * per_prompt
+        start = pixels_resized(start_image, self.unet.config.sample_size)
+        if start.shape[0] not in (1, batch):
+            raise ValueError(f"{name}: {start.shape[0]} images for {batch} prompts; pass one, or one per prompt")
+        generator = call["generator"]
+        opts = self.sampling(
+            call["guidance_scale"],
+            eta=call["eta"],
+            generator=generator,
+            cross_attention_kwargs=call["cross_attention_kwargs"],
+            callback=call["callback_on_step_end"],
+            callback_names=call["callback_on_step_end_tensor_inputs"],
+            legacy=call["callback"],
+            legacy_steps=call["callback_steps"] if call["callback"] is not None else None,
+        )
+        steps = self.schedule(call["num_inference_steps"], call["timesteps"], strength=call["strength"])
+        run, negative = self.prompt_run(
+            opts,
+            steps,
+            call["prompt"],
+            call["negative_prompt"],
+            per_prompt,
+            call["prompt_embeds"],
+            call["negative_prompt_embeds"],
+            call["clean_caption"],
+        )
+        dtype = run.embeds.dtype
+        mask = None if mask_image is None else self.masks_for(mask_image, total, per_prompt, dtype)
+        if mask is not None and mask.shape[-2:] != start.shape[-2:]:
+            raise ValueError(f"{name}: mask_image is {tuple(mask.shape[-2:])} but image {tuple(start.shape[-2:])}")
+        latents = self.noised_start(start, steps, total, per_prompt, dtype, generator, mask)
+        if low_res is not None:
+            pixels = pixels_as_given(low_res).to(self.device, self.unet.dtype).repeat_interleave(per_prompt, 0)
+            pixels = spread(pixels, total)
+            height, width = start.shape[-2:]
+            self.condition(run, pixels, call["noise_level"], height, width, generator)  # type: ignore[attr-defined]
+        if mask is not None:
+            self.repaint_only(run, mask)
+        return self.output(self.denoise(latents, run, negative), call["output_type"], call["return_dict"], generator)

@@ -11,6 +11,10 @@ _PKG = "difflux_deepfloyd_if"
 PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_if:IFPipeline",
     f"{_PKG}.pipeline_if:IFSuperResolutionPipeline",
+    f"{_PKG}.pipeline_if_img2img:IFImg2ImgPipeline",
+    f"{_PKG}.pipeline_if_img2img:IFImg2ImgSuperResolutionPipeline",
+    f"{_PKG}.pipeline_if_inpainting:IFInpaintingPipeline",
+    f"{_PKG}.pipeline_if_inpainting:IFInpaintingSuperResolutionPipeline",
 )
 
 

@@ -24,6 +24,8 @@ MARGIN = 14
 class IFWatermarker(ModelMixin):
     """The watermark as a model with no config (a buffer to load); :meth:`apply_watermark` stamps PIL images."""
 
+    watermark_image: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("watermark_image", torch.zeros((MARK_SIZE, MARK_SIZE, 4)))
@@ -42,8 +44,7 @@ class IFWatermarker(ModelMixin):
         h, w = (int(height / scale), int(width / scale)) if scale < 1 else (height, width)
         k = (h * w / 1024**2) ** 0.5
         size, right, bottom = int(k * MARK_SIZE), w - int(MARGIN * k), h - int(MARGIN * k)
-        stored: torch.Tensor = self.watermark_image
-        rgba = stored.to(torch.uint8).cpu().numpy()
+        rgba = self.watermark_image.to(torch.uint8).cpu().numpy()
         mark = PIL.Image.fromarray(rgba, mode="RGBA").resize(
             (size, size), PIL.Image.Resampling.BICUBIC, reducing_gap=None
         )
