@@ -98,7 +98,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
 #: First-party distributions that register no class named in checkpoints (backends, bridges, tools).
 _OTHER_FIRST_PARTY = frozenset({
     "difflux-transformers", "difflux-optimize", "difflux-attention-sdpa", "difflux-attention-xformers",
-    "difflux-attention-flash", "difflux-attention-sage", "difflux-ray",
+    "difflux-attention-flash", "difflux-attention-sage", "difflux-ray", "difflux-context-parallel",
 })
 # fmt: on
 
