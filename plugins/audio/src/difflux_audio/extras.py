@@ -1,7 +1,8 @@
 """The optional extras of ``difflux-audio``, imported only when a feature needs them.
 
 ``librosa`` (Audio Diffusion's :class:`~difflux_audio.audio_diffusion.Mel`, resampling for CLAP
-ranking), ``onnxruntime`` (Spectrogram Diffusion's MelGAN stage) and ``soundfile``. A missing one is a :class:`MissingExtraError` that names the extra to install.
+ranking), ``onnxruntime`` (Spectrogram Diffusion's MelGAN stage) and ``soundfile``. A missing one
+is a :class:`MissingExtraError` that names the extra to install.
 """
 
 from __future__ import annotations
