@@ -90,12 +90,13 @@ def bench_tiny(repeat: int) -> float:
     return ratio
 
 
-def bench_transformer(repeat: int) -> float:
+def bench_transformer(repeat: int, layers: int = 28) -> float:
     import diffusers
     from difflux_models.transformers import PixArtTransformer2DModel
 
-    config: dict[str, Any] = {"sample_size": 128, "num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 72,
-              "cross_attention_dim": 1152, "caption_channels": 4096, "in_channels": 4, "out_channels": 8}  # fmt: skip
+    config: dict[str, Any] = {"sample_size": 128, "num_layers": layers, "num_attention_heads": 16,
+                              "attention_head_dim": 72, "cross_attention_dim": 1152, "caption_channels": 4096,
+                              "in_channels": 4, "out_channels": 8}  # fmt: skip
     torch.manual_seed(0)
     ref = diffusers.PixArtTransformer2DModel(**config).eval()
     with torch.no_grad():
@@ -123,7 +124,7 @@ def bench_transformer(repeat: int) -> float:
     diff = float((run(ref)() - run(ours)()).abs().max())
     medians = alternate({"diffusers": run(ref), "difflux": run(ours)}, repeat, warmup=False)
     ratio = medians["difflux"] / medians["diffusers"]
-    print(f"PixArt-alpha transformer ({params:.0f}M params, 28 blocks x 1152), one forward at 64x64 latents: "
+    print(f"PixArt-alpha transformer ({params:.0f}M params, {layers} blocks x 1152), one forward at 64x64 latents: "
           f"diffusers {medians['diffusers']:.2f} s, difflux {medians['difflux']:.2f} s, ratio {ratio:.2f} "
           f"(goal <= 1.0); max |diff| {diff:.2e}")  # fmt: skip
     return ratio
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--case", choices=("tiny", "transformer", "all"), default="all")
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per library (tiny case)")
     parser.add_argument("--repeat-transformer", type=int, default=2, help="timed forwards per library")
+    parser.add_argument("--layers", type=int, default=28, help="transformer blocks (fewer: a quick proxy)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the tiny case (the big one uses all)")
     args = parser.parse_args()
     if args.case in ("tiny", "all"):
@@ -142,7 +144,7 @@ def main() -> None:
         bench_tiny(args.repeat)
         torch.set_num_threads(threads)
     if args.case in ("transformer", "all"):
-        bench_transformer(args.repeat_transformer)
+        bench_transformer(args.repeat_transformer, args.layers)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,25 @@ def test_generator_makes_plans_reproducible(rl_pair: tuple[Any, Any, Any]) -> No
     assert unguided.shape == (2,) and np.isfinite(unguided).all()
 
 
+def test_saves_without_the_environment_and_loads_both_ways(
+    cl: Any, rl_pair: tuple[Any, Any, Any], tmp_path: Any
+) -> None:
+    import json
+
+    from diffusers.experimental import ValueGuidedRLPipeline as Ref
+
+    _, ours, _ = rl_pair
+    ours.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "model_index.json").read_text())["env"] == [None, None]
+    assert ours.env is not None  # still attached after saving
+    again = cl.load_difflux(tmp_path / "saved", env=ours.env)
+    back = Ref.from_pretrained(tmp_path / "saved", env=ours.env)
+    back.set_progress_bar_config(disable=True)
+    obs = np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32)
+    kw = {"batch_size": 2, "planning_horizon": 8, "n_guide_steps": 1}
+    assert np.abs(_plan(back, obs, 4, **kw) - _plan(again, obs, 4, **kw)).max() <= 1e-4
+
+
 def test_statistics_come_from_the_environment(rl_pair: tuple[Any, Any, Any]) -> None:
     ref, ours, _ = rl_pair
     for key in ("observations", "actions", "rewards"):

@@ -12,6 +12,7 @@ The environment is any object with the small interface of :class:`PlanningEnviro
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -91,6 +92,16 @@ class ValueGuidedRLPipeline(DiffusionPipeline):
                     raise KeyError(f"ValueGuidedRLPipeline: env.get_dataset() needs a numeric {key!r} array")
             self.state_dim = int(env.observation_space.shape[0])
             self.action_dim = int(env.action_space.shape[0])
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Save the models and the scheduler; ``env`` is written as ``[null, null]``, as Diffusers does (an
+        environment is not a file: pass it again to ``from_pretrained(..., env=env)``)."""
+        env = self.env
+        self.register_modules(env=None)
+        try:
+            return super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self.register_modules(env=env)
 
     def normalize(self, x_in: Any, key: str) -> Any:
         """``(x - mean) / std`` with the dataset's statistics of ``key``."""
