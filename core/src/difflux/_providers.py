@@ -46,6 +46,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "LDMTextToImagePipeline", "LDMBertModel", "LDMSuperResolutionPipeline", "VQDiffusionPipeline",
         "LearnedClassifierFreeSamplingEmbeddings", "ValueGuidedRLPipeline",
     ),
+    "difflux-unclip": ("UnCLIPPipeline", "UnCLIPImageVariationPipeline"),
     "difflux-kandinsky": (
         "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22ControlnetPipeline",
         "KandinskyV22ControlnetImg2ImgPipeline", "KandinskyV22PriorPipeline", "KandinskyV22PriorEmb2EmbPipeline",

@@ -25,11 +25,12 @@ from difflux.pipeline_utils import (
     check_output_type,
     check_steps,
     cut_schedule,
-    step_callback,
 )
 from difflux.protocols import Scheduler
 from difflux.torch_utils import randn_tensor
 from difflux_stable_diffusion.prompts import prompt_list
+
+from .prior import PriorText, denoise_prior, encode_prior_prompt
 
 __all__ = ["KandinskyPriorPipelineOutput", "KandinskyV22PriorEmb2EmbPipeline", "KandinskyV22PriorPipeline"]
 
@@ -45,15 +46,6 @@ class KandinskyPriorPipelineOutput(BaseOutput):
 
     image_embeds: torch.Tensor | np.ndarray
     negative_image_embeds: torch.Tensor | np.ndarray
-
-
-@dataclasses.dataclass
-class _Text:
-    """The prior's text conditioning: pooled embeddings ``(B, D)``, token states ``(B, T, W)``, mask ``(B, T)``."""
-
-    embeds: torch.Tensor
-    hidden_states: torch.Tensor
-    mask: torch.Tensor
 
 
 class _KandinskyPriorBase(DenoisingState, DiffusionPipeline):
@@ -146,30 +138,11 @@ class _KandinskyPriorBase(DenoisingState, DiffusionPipeline):
 
     # -- conditioning ----------------------------------------------------------------------
 
-    def _tokens(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = self.tokenizer
-        inputs = tok(
-            prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
-        )
-        return inputs.input_ids.to(self.device), inputs.attention_mask.bool().to(self.device)
-
-    def encode_prompt(self, prompts: list[str], per_prompt: int, guidance: bool, negatives: list[str] | None) -> _Text:
-        """CLIP text conditioning of the prior, repeated per image, ``[negative, positive]`` when guiding.
-
-        Prompts longer than the tokenizer's ``model_max_length`` are truncated.
-        """
-        ids, mask = self._tokens(prompts)
-        out = self.text_encoder(ids)
-        embeds, hidden = out.text_embeds, out.last_hidden_state
-        embeds, hidden = embeds.repeat_interleave(per_prompt, 0), hidden.repeat_interleave(per_prompt, 0)
-        mask = mask.repeat_interleave(per_prompt, 0)
-        if guidance:
-            neg_ids, neg_mask = self._tokens(negatives if negatives is not None else [""] * len(prompts))
-            neg = self.text_encoder(neg_ids)
-            embeds = torch.cat([neg.text_embeds.repeat_interleave(per_prompt, 0), embeds])
-            hidden = torch.cat([neg.last_hidden_state.repeat_interleave(per_prompt, 0), hidden])
-            mask = torch.cat([neg_mask.repeat_interleave(per_prompt, 0), mask])
-        return _Text(embeds, hidden, mask)
+    def encode_prompt(
+        self, prompts: list[str], per_prompt: int, guidance: bool, negatives: list[str] | None
+    ) -> PriorText:
+        """The prior's CLIP text conditioning (:func:`~difflux_kandinsky.prior.encode_prior_prompt`)."""
+        return encode_prior_prompt(self, prompts, per_prompt, guidance, negatives)
 
     def encode_image(self, image: ImageCond, per_image: int) -> torch.Tensor:
         """CLIP image embeddings ``(B * per_image, D)`` of images (PIL, or ``(B, 3, S, S)`` pixel tensors
@@ -197,50 +170,15 @@ class _KandinskyPriorBase(DenoisingState, DiffusionPipeline):
         self,
         latents: torch.Tensor,
         timesteps: torch.Tensor,
-        text: _Text,
+        text: PriorText,
         generator: Generator,
         callback: StepCallback | None = None,
         callback_names: Sequence[str] = ("latents",),
     ) -> torch.Tensor:
-        """Denoise image embeddings ``(N, D)`` over ``timesteps``; returns them un-normalised (CLIP scale).
-
-        Guidance reads ``pipe._guidance_scale`` anew each step; a step callback may replace ``latents``,
-        ``prompt_embeds``, ``text_encoder_hidden_states`` and ``text_mask``.
-        """
-        tensors: dict[str, Any] = {
-            "latents": latents,
-            "prompt_embeds": text.embeds,
-            "text_encoder_hidden_states": text.hidden_states,
-            "text_mask": text.mask,
-        }
-        self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as bar:
-            for i, t in enumerate(timesteps):
-                if self._interrupt:
-                    break
-                latents = tensors["latents"]
-                guiding = self.do_classifier_free_guidance and tensors["prompt_embeds"].shape[0] == 2 * len(latents)
-                model_input = torch.cat([latents] * 2) if guiding else latents
-                keep = slice(-model_input.shape[0], None)
-                predicted = self.prior(
-                    model_input,
-                    timestep=t,
-                    proj_embedding=tensors["prompt_embeds"][keep],
-                    encoder_hidden_states=tensors["text_encoder_hidden_states"][keep],
-                    attention_mask=tensors["text_mask"][keep],
-                ).predicted_image_embedding
-                if guiding:
-                    uncond, cond = predicted.chunk(2)
-                    predicted = uncond + self._guidance_scale * (cond - uncond)
-                previous = timesteps[i + 1] if i + 1 < len(timesteps) else None
-                tensors["latents"] = self.scheduler.step(
-                    predicted, t, latents, prev_timestep=previous, generator=generator
-                ).prev_sample
-                if callback is not None:
-                    tensors = step_callback(self, callback, i, t, tensors, callback_names)
-                bar.update()
-        out: torch.Tensor = self.prior.post_process_latents(tensors["latents"])
-        return out
+        """The prior's loop (:func:`~difflux_kandinsky.prior.denoise_prior`) with this pipeline's models."""
+        return denoise_prior(
+            self, self.prior, self.scheduler, latents, timesteps, text, generator, callback, callback_names
+        )
 
     def finish(
         self, embeds: torch.Tensor, negatives: list[str] | None, output_type: str, return_dict: bool

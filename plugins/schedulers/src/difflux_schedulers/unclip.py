@@ -123,8 +123,11 @@ class UnCLIPScheduler(VPScheduler):
         prev_timestep: int | torch.Tensor | None = None,
         generator: Generator = None,
         return_dict: bool = True,
+        *,
+        eta: float = 0.0,
     ) -> SchedulerOutput | tuple[torch.Tensor, ...]:
-        """One ancestral DDPM step from ``timestep`` to ``prev_timestep`` (see the class docstring).
+        """One ancestral DDPM step from ``timestep`` to ``prev_timestep`` (see the class docstring; ``eta`` is
+        unused, accepted so that generic loops can pass it as to DDIM).
 
         ``model_output``: ``(B, C, ...)``, or ``(B, 2C, ...)`` with the predicted variance for ``learned_range``.
         """
