@@ -5,6 +5,8 @@ ways, the missing-onnxruntime error, bad input.
 Diffusers 0.42.1's note / continuous encoders call ``get_extended_attention_mask``, a transformers 4
 helper that transformers 5 dropped; the oracle gets that helper back here, written as transformers 4
 defines it (a keep-mask ``(batch, seq)`` -> ``(1 - mask[:, None, None, :]) * finfo(dtype).min``).
+The pinned transformers-4.49 oracle (``nox -s audio-oracle``) cannot stand in: there Diffusers' call
+of ``T5Block`` fails on a missing ``cache_position``.
 """
 
 from __future__ import annotations
