@@ -120,3 +120,37 @@ def if_folders(tmp_path_factory: pytest.TempPathFactory, if_parts: dict[str, Any
     ):
         folders[name] = _save(getattr(diffusers, name)(**parts), root / name)
     return folders
+
+
+@pytest.fixture(scope="session")
+def if_checked_folder(tmp_path_factory: pytest.TempPathFactory, if_parts: dict[str, Any]) -> tuple[Path, Any]:
+    """A saved Diffusers ``IFPipeline`` with a tiny ``IFSafetyChecker`` (flags nothing: both heads' biases are
+    -10), a ``CLIPImageProcessor`` and an ``IFWatermarker`` holding a random RGBA mark; and the checker itself
+    (Diffusers' ``IFSafetyChecker`` skips ``post_init``, so transformers 5 cannot load it back: the oracle gets
+    it in memory)."""
+    import diffusers
+    from difflux_transformers.testing import tiny_clip_vision
+    from diffusers.pipelines.deepfloyd_if import IFSafetyChecker, IFWatermarker
+    from transformers import CLIPConfig
+
+    vision, processor = tiny_clip_vision(seed=3, image_size=SIZE)
+    config = CLIPConfig(vision_config=vision.config.to_dict(), projection_dim=32)
+    torch.manual_seed(4)
+    checker = IFSafetyChecker(config).eval()
+    watermarker = IFWatermarker()
+    with torch.no_grad():
+        checker.p_head.bias.fill_(-10.0)
+        checker.w_head.bias.fill_(-10.0)
+        mark = torch.randint(0, 256, (62, 62, 4), generator=torch.Generator().manual_seed(5)).float()
+        watermarker.watermark_image.copy_(mark)
+    p = if_parts
+    pipe = diffusers.IFPipeline(
+        tokenizer=p["tokenizer"],
+        text_encoder=p["text_encoder"],
+        unet=p["unet"],
+        scheduler=p["scheduler"],
+        safety_checker=checker,
+        feature_extractor=processor,
+        watermarker=watermarker,
+    )
+    return _save(pipe, tmp_path_factory.mktemp("if_checked") / "IFPipeline"), checker

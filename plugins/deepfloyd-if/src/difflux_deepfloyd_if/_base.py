@@ -317,9 +317,9 @@ class ImageStart(IFBase):
         run.extra["mask"] = mask
         run.before, run.blend = remember, blend
 
-    def masks_for(self, mask_image: Any, total: int, per_prompt: int, dtype: torch.dtype) -> torch.Tensor:
-        """:func:`binary_mask` at the UNet's sample size, one per output."""
-        mask = binary_mask(mask_image, self.unet.config.sample_size).to(self.device, dtype)
+    def masks_for(self, mask: torch.Tensor, total: int, per_prompt: int, dtype: torch.dtype) -> torch.Tensor:
+        """The :func:`binary_mask` batch ``(1 or B, 1, H, W)`` as one mask per output ``(total, 1, H, W)``."""
+        mask = mask.to(self.device, dtype)
         if mask.shape[0] == 1:
             return mask.repeat_interleave(total, 0)
         return spread(mask.repeat_interleave(per_prompt, 0), total, "masks")
@@ -352,6 +352,15 @@ class ImageStart(IFBase):
         start = pixels_resized(start_image, self.unet.config.sample_size)
         if start.shape[0] not in (1, batch):
             raise ValueError(f"{name}: {start.shape[0]} images for {batch} prompts; pass one, or one per prompt")
+        side = self.unet.config.sample_size
+        mask = None if mask_image is None else binary_mask(mask_image, side)
+        if mask is not None and mask.shape[-2:] != start.shape[-2:]:
+            raise ValueError(
+                f"{name}: mask_image is {tuple(mask.shape[-2:])} but image {tuple(start.shape[-2:])} (after resizing "
+                "PIL inputs to the UNet's sample size); pass a mask the size of the image"
+            )
+        if mask is not None and mask.shape[0] not in (1, batch):
+            raise ValueError(f"{name}: {mask.shape[0]} masks for {batch} prompts; pass one, or one per prompt")
         generator = call["generator"]
         opts = self.sampling(
             call["guidance_scale"],
@@ -375,9 +384,8 @@ class ImageStart(IFBase):
             call["clean_caption"],
         )
         dtype = run.embeds.dtype
-        mask = None if mask_image is None else self.masks_for(mask_image, total, per_prompt, dtype)
-        if mask is not None and mask.shape[-2:] != start.shape[-2:]:
-            raise ValueError(f"{name}: mask_image is {tuple(mask.shape[-2:])} but image {tuple(start.shape[-2:])}")
+        if mask is not None:
+            mask = self.masks_for(mask, total, per_prompt, dtype)
         latents = self.noised_start(start, steps, total, per_prompt, dtype, generator, mask)
         if low_res is not None:
             pixels = pixels_as_given(low_res).to(self.device, self.unet.dtype).repeat_interleave(per_prompt, 0)
