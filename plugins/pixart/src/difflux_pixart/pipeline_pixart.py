@@ -61,6 +61,10 @@ class _PixArt(ImagesOnly, StableDiffusionBase):
     _callback_tensor_inputs: tuple[str, ...] = ("latents", "prompt_embeds", "negative_prompt_embeds")
     #: PixArt-sigma has a 2048 px bucket table (transformer ``sample_size`` 256)
     _sigma: ClassVar[bool] = False
+    #: ``max_sequence_length`` when the call does not give one
+    _max_sequence_length: ClassVar[int] = 120
+    #: a one-step run returns the scheduler's predicted clean sample (PixArt-alpha's one-step distilled models)
+    _one_step_original: ClassVar[bool] = False
 
     transformer: Any
 
@@ -171,15 +175,6 @@ class _PixArt(ImagesOnly, StableDiffusionBase):
             image = resize_and_crop_tensor(image, asked[1], asked[0])
         return self.wrap_output(self.finish(image, args["output_type"]), None, args["return_dict"])
 
-
-class PixArtAlphaPipeline(_PixArt):
-    """PixArt-alpha text-to-image (256, 512 and 1024 px models; 1024 px conditions on size and aspect ratio).
-
-    Components: ``tokenizer`` (``T5Tokenizer``), ``text_encoder`` (``T5EncoderModel``), ``vae``
-    (``AutoencoderKL``), ``transformer`` (``PixArtTransformer2DModel``; published folders name it
-    ``Transformer2DModel``), ``scheduler`` (``DPMSolverMultistepScheduler`` in the published models).
-    """
-
     def __call__(
         self,
         prompt: Prompt | None = None,
@@ -204,7 +199,7 @@ class PixArtAlphaPipeline(_PixArt):
         callback_steps: int | None = None,
         clean_caption: bool = True,
         use_resolution_binning: bool = True,
-        max_sequence_length: int = 120,
+        max_sequence_length: int | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> Any:
@@ -218,50 +213,35 @@ class PixArtAlphaPipeline(_PixArt):
             and centre-cropped back to ``height`` x ``width``.
         :param clean_caption: clean captions as in training (needs ``beautifulsoup4`` and ``ftfy``;
             a warning otherwise, and captions are only lower-cased).
-        :param max_sequence_length: T5 tokens per caption (120 for PixArt-alpha).
+        :param max_sequence_length: T5 tokens per caption (default: 120 for PixArt-alpha, 300 for -sigma).
         :returns: ``ImagePipelineOutput(images=...)`` (``"pil"``, ``"np"`` ``(batch, h, w, 3)`` float32 in
             ``[0, 1]``, ``"pt"`` ``(batch, 3, h, w)``, or ``"latent"``), or ``(images,)``.
         :raises ValueError | TypeError: for bad input, before any model runs.
         """
-        return self.generate(dict(locals()), one_step_original=True)
+        args = dict(locals())
+        if max_sequence_length is None:
+            args["max_sequence_length"] = self._max_sequence_length
+        return self.generate(args, one_step_original=self._one_step_original)
+
+
+class PixArtAlphaPipeline(_PixArt):
+    """PixArt-alpha text-to-image (256, 512 and 1024 px models; 1024 px conditions on size and aspect ratio).
+
+    Components: ``tokenizer`` (``T5Tokenizer``), ``text_encoder`` (``T5EncoderModel``), ``vae``
+    (``AutoencoderKL``), ``transformer`` (``PixArtTransformer2DModel``; published folders name it
+    ``Transformer2DModel``), ``scheduler`` (``DPMSolverMultistepScheduler`` in the published models).
+    Call arguments: :meth:`_PixArt.__call__` (120-token captions by default).
+    """
+
+    _max_sequence_length = 120
+    _one_step_original = True
 
 
 class PixArtSigmaPipeline(_PixArt):
     """PixArt-sigma text-to-image (up to 2048 px buckets; 300-token captions; no size conditioning).
 
-    Components as :class:`PixArtAlphaPipeline`.
+    Components and call arguments as :class:`PixArtAlphaPipeline` (300-token captions by default).
     """
 
     _sigma = True
-
-    def __call__(
-        self,
-        prompt: Prompt | None = None,
-        negative_prompt: Prompt | None = "",
-        num_inference_steps: int = 20,
-        timesteps: Sequence[int] | None = None,
-        sigmas: Sequence[float] | None = None,
-        guidance_scale: float = 4.5,
-        num_images_per_prompt: int = 1,
-        height: int | None = None,
-        width: int | None = None,
-        eta: float = 0.0,
-        generator: Generator = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        prompt_attention_mask: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_attention_mask: torch.Tensor | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        callback: LegacyCallback | None = None,
-        callback_steps: int | None = None,
-        clean_caption: bool = True,
-        use_resolution_binning: bool = True,
-        max_sequence_length: int = 300,
-        callback_on_step_end: StepCallback | None = None,
-        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-    ) -> Any:
-        """Generate images for ``prompt``; the arguments are :meth:`PixArtAlphaPipeline.__call__`'s
-        (``max_sequence_length`` 300 by default)."""
-        return self.generate(dict(locals()), one_step_original=False)
+    _max_sequence_length = 300
