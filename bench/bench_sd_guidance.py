@@ -1,7 +1,8 @@
 """Attention-guided Stable Diffusion (difflux-sd-guidance) against Diffusers in the same run (CPU, fp32).
 
 ``--case tiny``: each pipeline end to end on the tiny random SD components of the tests (16x16
-latents, 32 px images), classifier-free guidance on, ``--steps`` steps. Diffusers builds and saves
+latents, 32 px images), classifier-free guidance on, ``--steps`` steps (DiffEdit: mask, inversion
+and edit; Pix2Pix Zero: the reference and the guided run). Diffusers builds and saves
 the pipeline; both libraries load the same folder and run with the same seed and inputs; calls
 alternate (one warm-up each), medians of ``--repeat`` are compared (goal: difflux / diffusers <= 0.9).
 
@@ -31,18 +32,64 @@ PROMPT = "a cat and a dog"
 
 
 def alternate(ours: Any, theirs: Any, kwargs: dict[str, Any], repeat: int) -> tuple[float, float, float]:
-    """``(difflux median s, diffusers median s, max |output diff|)``: one warm-up each, then alternating calls."""
+    """``(difflux median s, diffusers median s, max |output diff|)``: one warm-up each, then alternating calls.
+
+    ``kwargs["__call__"]`` (optional) is ``fn(pipe, generator) -> output array`` run instead of ``pipe(**kwargs)``.
+    """
+    kwargs = dict(kwargs)
+    fn = kwargs.pop("__call__", None) or (lambda pipe, gen: pipe(**kwargs, generator=gen).images)
     outs = []
     for pipe in (ours, theirs):
         pipe.set_progress_bar_config(disable=True)
-        outs.append(np.asarray(pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images))
+        outs.append(np.asarray(fn(pipe, torch.Generator().manual_seed(0))))
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
         for pipe, bucket in zip((ours, theirs), times):
             start = time.perf_counter()
-            pipe(**kwargs, generator=torch.Generator().manual_seed(0))
+            fn(pipe, torch.Generator().manual_seed(0))
             bucket.append(time.perf_counter() - start)
     return statistics.median(times[0]), statistics.median(times[1]), float(np.abs(outs[0] - outs[1]).max())
+
+
+def diffedit(steps: int) -> Any:
+    """DiffEdit's three calls: the mask, the inversion, the edit (the mask from swapped embeddings in Diffusers)."""
+    import PIL.Image
+
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+    def run(pipe: Any, gen: torch.Generator) -> Any:
+        import diffusers
+
+        if isinstance(pipe, diffusers.DiffusionPipeline):
+            src, neg = pipe.encode_prompt("a cat", "cpu", 1, True)
+            tgt, tneg = pipe.encode_prompt("a dog", "cpu", 1, True)
+            embeds = {
+                "source_prompt_embeds": neg,
+                "source_negative_prompt_embeds": src,
+                "target_prompt_embeds": tneg,
+                "target_negative_prompt_embeds": tgt,
+            }
+        else:
+            embeds = {"source_prompt": "a cat", "target_prompt": "a dog"}
+        mask = pipe.generate_mask(
+            image=image,
+            num_maps_per_mask=2,
+            num_inference_steps=steps,
+            generator=gen,
+            mask_thresholding_ratio=1.0,
+            **embeds,
+        )
+        inverted = pipe.invert(prompt="a cat", image=image, num_inference_steps=steps, generator=gen).latents
+        return pipe(
+            prompt="a dog",
+            mask_image=mask.astype(np.float32),
+            image_latents=inverted,
+            num_inference_steps=steps,
+            generator=gen,
+            output_type="np",
+        ).images
+
+    return run
 
 
 def report(name: str, result: tuple[float, float, float], goal: float) -> None:
@@ -53,24 +100,21 @@ def report(name: str, result: tuple[float, float, float], goal: float) -> None:
     )
 
 
-def tiny_cases(folder: Path) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
-    """``(label, Diffusers class, UNet overrides, call kwargs)`` of each pipeline."""
+def tiny_cases(steps: int) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(Diffusers class, UNet overrides, call kwargs)`` of each pipeline."""
     boxes = {"gligen_boxes": [[0.1, 0.2, 0.5, 0.8], [0.55, 0.1, 0.95, 0.6]], "gligen_phrases": ["a cat", "a dog"]}
+    p2p = {"source_embeds": None, "target_embeds": None}  # filled per pipeline (its text encoder)
     return [
-        ("StableDiffusionSAGPipeline", "StableDiffusionSAGPipeline", {}, {}),
+        ("StableDiffusionSAGPipeline", {}, {}),
         (
-            "StableDiffusionAttendAndExcitePipeline",
             "StableDiffusionAttendAndExcitePipeline",
             {},
             {"token_indices": [2], "attn_res": (8, 8), "max_iter_to_alter": 3},
         ),
-        ("StableDiffusionGLIGENPipeline", "StableDiffusionGLIGENPipeline", {"attention_type": "gated"}, boxes),
-        (
-            "StableDiffusionGLIGENTextImagePipeline",
-            "StableDiffusionGLIGENTextImagePipeline",
-            {"attention_type": "gated-text-image"},
-            boxes,
-        ),
+        ("StableDiffusionGLIGENPipeline", {"attention_type": "gated"}, boxes),
+        ("StableDiffusionGLIGENTextImagePipeline", {"attention_type": "gated-text-image"}, boxes),
+        ("StableDiffusionDiffEditPipeline", {}, {"__call__": diffedit(steps)}),
+        ("StableDiffusionPix2PixZeroPipeline", {}, p2p),
     ]
 
 
@@ -80,7 +124,8 @@ def bench_tiny(steps: int, repeat: int) -> None:
 
     print(f"tiny pipelines end to end, {steps} steps, 32x32, CFG, CPU fp32 (median of {repeat})")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, cls, unet, extra in tiny_cases(Path(tmp)):
+        for cls, unet, extra in tiny_cases(steps):
+            label = cls
             folder = Path(tmp) / label
             components = diffusers_sd_components(folder, **unet)
             if cls == "StableDiffusionGLIGENTextImagePipeline":
@@ -93,10 +138,18 @@ def bench_tiny(steps: int, repeat: int) -> None:
                     image_encoder=encoder,
                     image_project=diffusers.pipelines.stable_diffusion.CLIPImageProjection(hidden_size=32),
                 )
+            if cls in ("StableDiffusionDiffEditPipeline", "StableDiffusionPix2PixZeroPipeline"):
+                components["inverse_scheduler"] = diffusers.DDIMInverseScheduler.from_config(
+                    components["scheduler"].config
+                )
+            if cls == "StableDiffusionPix2PixZeroPipeline":
+                components.update(caption_generator=None, caption_processor=None)
             ref = getattr(diffusers, cls)(**components, requires_safety_checker=False)
             ref.save_pretrained(folder / "saved")
             ours = load_difflux(folder / "saved")
             kwargs = {"prompt": PROMPT, "num_inference_steps": steps, "output_type": "np", **extra}
+            if "source_embeds" in extra:
+                kwargs.update(source_embeds=ours.get_embeds(["a cat"]), target_embeds=ours.get_embeds(["a dog"]))
             report(label, alternate(ours, ref, kwargs, repeat), 0.9)
 
 
