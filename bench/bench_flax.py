@@ -7,7 +7,8 @@ parameters, random weights) on batch 2 (classifier-free guidance) at 64x64 laten
 tokens. Each side runs one untimed warm-up (Flax: the jit compile, reported separately), then
 ``--repeat`` timed calls alternating between the two frameworks; medians are compared
 (flax / pytorch). The outputs are checked against each other first (max abs difference).
-Run: ``python bench/bench_flax.py`` (about 3 minutes on 2 cores for ``--case all``).
+Run: ``python bench/bench_flax.py`` (``--sd15-side 32`` halves the latent side: on a busy 2-core machine the
+SD 1.5 case at 64x64 takes longer than 20 minutes, its XLA compile alone about 2 minutes).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def run_case(name: str, config: dict[str, Any], side: int, tokens: int, repeat: 
         torch_times.append(time.perf_counter() - start)
     f, p = statistics.median(flax_times), statistics.median(torch_times)
     print(
-        f"{name:5s} unet step: flax-jit {f * 1e3:9.1f} ms  pytorch {p * 1e3:9.1f} ms  ratio flax/pytorch {f / p:5.2f}  "
+        f"{name:5s} {side}x{side} latents, batch 2, unet step: flax-jit {f * 1e3:9.1f} ms  "
+        f"pytorch {p * 1e3:9.1f} ms  ratio flax/pytorch {f / p:5.2f}  "
         f"(jit compile {compile_s:.1f} s, max |diff| {diff:.2e}, {repeat} calls each)"
     )
     return {"flax_s": f, "torch_s": p, "ratio": f / p, "compile_s": compile_s, "max_diff": diff}
@@ -78,12 +80,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=("tiny", "sd15", "all"), default="all")
     parser.add_argument("--repeat", type=int, default=0, help="timed calls per framework (default 20 tiny, 3 sd15)")
+    parser.add_argument("--sd15-side", type=int, default=64, help="latent side of the sd15 case (64: 512 px)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.case in ("tiny", "all"):
         run_case("tiny", TINY, 16, 7, args.repeat or 20)
     if args.case in ("sd15", "all"):
-        run_case("sd15", SD15, 64, 77, args.repeat or 3)
+        run_case("sd15", SD15, args.sd15_side, 77, args.repeat or 3)
 
 
 if __name__ == "__main__":

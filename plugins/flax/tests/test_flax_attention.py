@@ -122,6 +122,7 @@ def test_registry_lists_flax_classes_without_importing_jax() -> None:
     assert out.strip().endswith("[]"), out
 
 
+@pytest.mark.slow  # the Pallas interpreter is slow on CPU (~3 s of CPU); --run-slow runs it
 @pytest.mark.parametrize(("kernel", "seq"), [("flash_gpu", 64), ("splash", 128)])
 def test_pallas_kernels_in_the_interpreter_match_dot(kernel: str, seq: int) -> None:
     """The Pallas kernels' wiring (layout, scale, head-dim padding, fallback) checked on CPU in interpret mode."""
