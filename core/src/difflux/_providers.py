@@ -42,11 +42,19 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "StableDiffusionSafetyChecker",
     ),
     "difflux-pixart": ("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
+    "difflux-deepfloyd-if": (
+        "IFPipeline", "IFSuperResolutionPipeline", "IFImg2ImgPipeline", "IFImg2ImgSuperResolutionPipeline",
+        "IFInpaintingPipeline", "IFInpaintingSuperResolutionPipeline", "IFSafetyChecker", "IFWatermarker",
+    ),
     "difflux-pipelines-classic": (
         "LDMTextToImagePipeline", "LDMBertModel", "LDMSuperResolutionPipeline", "VQDiffusionPipeline",
         "LearnedClassifierFreeSamplingEmbeddings", "ValueGuidedRLPipeline",
     ),
-    "difflux-unclip": ("UnCLIPPipeline", "UnCLIPImageVariationPipeline"),
+    "difflux-wuerstchen": ("WuerstchenPrior", "WuerstchenDiffNeXt", "PaellaVQModel"),
+    "difflux-unclip": (
+        "UnCLIPPipeline", "UnCLIPImageVariationPipeline", "StableUnCLIPPipeline", "StableUnCLIPImg2ImgPipeline",
+        "StableUnCLIPImageNormalizer",
+    ),
     "difflux-kandinsky": (
         "KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22ControlnetPipeline",
         "KandinskyV22ControlnetImg2ImgPipeline", "KandinskyV22PriorPipeline", "KandinskyV22PriorEmb2EmbPipeline",

@@ -9,6 +9,9 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "StableUnCLIPImageNormalizer": "pipeline_stable_unclip",
+    "StableUnCLIPImg2ImgPipeline": "pipeline_stable_unclip",
+    "StableUnCLIPPipeline": "pipeline_stable_unclip",
     "UnCLIPImageVariationPipeline": "pipeline_unclip",
     "UnCLIPPipeline": "pipeline_unclip",
 }
