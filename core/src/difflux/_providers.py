@@ -51,6 +51,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "LearnedClassifierFreeSamplingEmbeddings", "ValueGuidedRLPipeline",
     ),
     "difflux-wuerstchen": ("WuerstchenPrior", "WuerstchenDiffNeXt", "PaellaVQModel"),
+    "difflux-wuerstchen": ("WuerstchenPrior", "WuerstchenDiffNeXt", "PaellaVQModel"),
     "difflux-unclip": (
         "UnCLIPPipeline", "UnCLIPImageVariationPipeline", "StableUnCLIPPipeline", "StableUnCLIPImg2ImgPipeline",
         "StableUnCLIPImageNormalizer",
