@@ -197,3 +197,14 @@ def test_bad_input_fails_before_any_model_runs(
     args = {**_inputs(name, {}), **bad}
     with pytest.raises((TypeError, ValueError), match=match):
         pipe(**args)
+
+
+@pytest.mark.parametrize("name", ["IFPipeline", "IFSuperResolutionPipeline"])
+def test_difflux_folders_load_in_diffusers(if_folders: dict[str, Path], tmp_path: Path, name: str) -> None:
+    ours = load_difflux(if_folders[name])
+    ours.save_pretrained(tmp_path / name)
+    theirs = _diffusers(tmp_path / name)
+    assert type(theirs).__name__ == name
+    args = _inputs(name, {})
+    a, b = ours(**args, generator=gen(0)).images, theirs(**args, generator=gen(0)).images
+    assert max_diff(a, b) <= TOL

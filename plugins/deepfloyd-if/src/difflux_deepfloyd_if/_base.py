@@ -123,7 +123,6 @@ class IFBase(StableDiffusionBase):
         feature_extractor: Any = None,
         watermarker: Any = None,
         requires_safety_checker: bool = True,
-        **extra: Any,
     ) -> None:
         super().__init__()
         self.warn_about_safety_checker(safety_checker, feature_extractor, requires_safety_checker)
@@ -135,7 +134,6 @@ class IFBase(StableDiffusionBase):
             safety_checker=safety_checker,
             feature_extractor=feature_extractor,
             watermarker=watermarker,
-            **extra,
         )
         self.register_to_config(requires_safety_checker=requires_safety_checker)
 

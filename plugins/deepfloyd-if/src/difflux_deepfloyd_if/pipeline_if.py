@@ -123,8 +123,8 @@ class SuperResolution(IFBase):
             feature_extractor,
             watermarker,
             requires_safety_checker,
-            image_noising_scheduler=image_noising_scheduler,
         )
+        self.register_modules(image_noising_scheduler=image_noising_scheduler)
         if unet is not None and unet.config.in_channels != 6:
             raise ValueError(
                 f"{type(self).__name__} needs a super-resolution UNet (6 input channels: samples and the upscaled "
