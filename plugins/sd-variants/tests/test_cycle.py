@@ -20,11 +20,12 @@ def cycle(sv: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
 @pytest.mark.parametrize(
     "options",
     [
-        {},
-        {"guidance_scale": 1.0, "eta": 0.5, "strength": 1.0, "num_images_per_prompt": 2, "output_type": "latent"},
-        {"source_guidance_scale": 2.0, "strength": 0.5, "num_inference_steps": 6},
+        pytest.param({}, id="default"),
+        pytest.param({"guidance_scale": 1.0, "eta": 0.5, "strength": 1.0, "num_images_per_prompt": 2,
+                      "output_type": "latent"}, id="unguided-two-images", marks=pytest.mark.slow),
+        pytest.param({"source_guidance_scale": 2.0, "strength": 0.5, "num_inference_steps": 6},
+                     id="source-guidance", marks=pytest.mark.slow),
     ],
-    ids=["default", "unguided-two-images", "source-guidance"],
 )
 def test_cycle_parity(sv: Any, cycle: Any, options: dict[str, Any]) -> None:
     ref, ours = cycle

@@ -23,11 +23,12 @@ def ip2p(sv: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[A
 @pytest.mark.parametrize(
     "options",
     [
-        {},
-        {"guidance_scale": 4.0, "image_guidance_scale": 2.0, "negative_prompt": "blue", "num_images_per_prompt": 2},
-        {"image_guidance_scale": 0.5},  # no guidance: one UNet batch
+        pytest.param({}, id="default"),
+        pytest.param({"guidance_scale": 4.0, "image_guidance_scale": 2.0, "negative_prompt": "blue",
+                      "num_images_per_prompt": 2}, id="scales-negative", marks=pytest.mark.slow),
+        # no guidance: one UNet batch
+        pytest.param({"image_guidance_scale": 0.5}, id="unguided", marks=pytest.mark.slow),
     ],
-    ids=["default", "scales-negative", "unguided"],
 )
 def test_sd_instruct_pix2pix_parity(sv: Any, ip2p: Any, options: dict[str, Any]) -> None:
     ref, ours = ip2p["sd"]
@@ -38,10 +39,10 @@ def test_sd_instruct_pix2pix_parity(sv: Any, ip2p: Any, options: dict[str, Any])
 @pytest.mark.parametrize(
     "options",
     [
-        {"output_type": "np"},
-        {"guidance_rescale": 0.7, "negative_prompt": "blue", "original_size": (64, 64), "output_type": "latent"},
+        pytest.param({"output_type": "np"}, id="default"),
+        pytest.param({"guidance_rescale": 0.7, "negative_prompt": "blue", "original_size": (64, 64),
+                      "output_type": "latent"}, id="rescale", marks=pytest.mark.slow),
     ],
-    ids=["default", "rescale"],
 )
 def test_sdxl_instruct_pix2pix_parity(sv: Any, ip2p: Any, options: dict[str, Any]) -> None:
     ref, ours = ip2p["sdxl"]

@@ -22,12 +22,13 @@ def lcm_pairs(sv: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tu
 @pytest.mark.parametrize(
     "options",
     [
-        {"num_inference_steps": 2, "output_type": "np"},
-        {"num_inference_steps": 3, "original_inference_steps": 30, "guidance_scale": 4.0, "output_type": "latent",
-         "num_images_per_prompt": 2},
-        {"timesteps": [999, 499], "num_inference_steps": None, "output_type": "np"},
+        pytest.param({"num_inference_steps": 2, "output_type": "np"}, id="default"),
+        pytest.param({"num_inference_steps": 3, "original_inference_steps": 30, "guidance_scale": 4.0,
+                      "output_type": "latent", "num_images_per_prompt": 2},
+                     id="original-steps", marks=pytest.mark.slow),
+        pytest.param({"timesteps": [999, 499], "num_inference_steps": None, "output_type": "np"},
+                     id="custom-timesteps", marks=pytest.mark.slow),
     ],
-    ids=["default", "original-steps", "custom-timesteps"],
 )
 def test_lcm_txt2img_parity(sv: Any, lcm_pairs: Any, options: dict[str, Any]) -> None:
     ref, ours = lcm_pairs["txt2img"]
@@ -37,7 +38,7 @@ def test_lcm_txt2img_parity(sv: Any, lcm_pairs: Any, options: dict[str, Any]) ->
     assert sv.max_diff(a, b) <= tol
 
 
-@pytest.mark.parametrize("strength", [0.6, 1.0])
+@pytest.mark.parametrize("strength", [0.6, pytest.param(1.0, marks=pytest.mark.slow)])
 def test_lcm_img2img_parity(sv: Any, lcm_pairs: Any, strength: float) -> None:
     ref, ours = lcm_pairs["img2img"]
     kw = {"prompt": sv.PROMPT, "image": sv.image_input(3), "num_inference_steps": 2, "strength": strength,

@@ -42,8 +42,8 @@ def pbe(sv: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Pa
     return ref, sv.load_difflux(folder / "pbe"), folder / "pbe"
 
 
-@pytest.mark.parametrize("options", [{"output_type": "np"}, {"guidance_scale": 1.0, "num_images_per_prompt": 2,
-                                                             "output_type": "latent"}])
+@pytest.mark.parametrize("options", [{"output_type": "np"}, pytest.param(
+    {"guidance_scale": 1.0, "num_images_per_prompt": 2, "output_type": "latent"}, marks=pytest.mark.slow)])
 def test_paint_by_example_parity(sv: Any, pbe: Any, options: dict[str, Any]) -> None:
     ref, ours, _ = pbe
     kw = {"example_image": sv.image_input(8), "image": sv.image_input(9), "mask_image": sv.mask_input(),

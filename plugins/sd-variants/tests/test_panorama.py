@@ -30,12 +30,14 @@ def panorama(sv: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tup
 @pytest.mark.parametrize(
     ("sched", "options"),
     [
-        ("DDIMScheduler", {"view_batch_size": 1}),
-        ("DDIMScheduler", {"view_batch_size": 2, "negative_prompt": "blue", "output_type": "latent"}),
-        ("EulerDiscreteScheduler", {"view_batch_size": 1, "output_type": "latent"}),
-        ("DDIMScheduler", {"circular_padding": True, "view_batch_size": 5, "output_type": "np"}),
+        pytest.param("DDIMScheduler", {"view_batch_size": 1}, id="ddim", marks=pytest.mark.slow),
+        pytest.param("DDIMScheduler", {"view_batch_size": 2, "negative_prompt": "blue", "output_type": "latent"},
+                     id="batched-views", marks=pytest.mark.slow),
+        pytest.param("EulerDiscreteScheduler", {"view_batch_size": 1, "output_type": "latent"},
+                     id="euler-state-per-view"),
+        pytest.param("DDIMScheduler", {"circular_padding": True, "view_batch_size": 5, "output_type": "np"},
+                     id="circular"),
     ],
-    ids=["ddim", "batched-views", "euler-state-per-view", "circular"],
 )
 def test_panorama_parity(sv: Any, panorama: Any, sched: str, options: dict[str, Any]) -> None:
     ref, ours = panorama[sched]
@@ -46,6 +48,7 @@ def test_panorama_parity(sv: Any, panorama: Any, sched: str, options: dict[str, 
     assert sv.max_diff(a, b) <= (sv.LATENT_TOL if latent else sv.PIXEL_TOL)
 
 
+@pytest.mark.slow
 def test_panorama_guidance_rescale_applies(sv: Any, panorama: Any) -> None:
     """Diffusers 0.42.1's panorama never rescales (its do_classifier_free_guidance property is always False);
     difflux applies guidance_rescale as the SD pipelines do, so the output moves away from the unrescaled one."""

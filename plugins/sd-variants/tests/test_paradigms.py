@@ -22,13 +22,14 @@ def paradigms(sv: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tu
 @pytest.mark.parametrize(
     ("sched", "options"),
     [
-        ("DDPMParallelScheduler", {"parallel": 3, "num_inference_steps": 6}),
-        ("DDIMParallelScheduler", {"parallel": 4, "num_inference_steps": 5, "tolerance": 0.5,
-                                   "negative_prompt": "blue"}),
-        ("DDPMParallelScheduler", {"parallel": 2, "num_inference_steps": 3, "guidance_scale": 1.0,
-                                   "num_images_per_prompt": 2}),
+        pytest.param("DDPMParallelScheduler", {"parallel": 3, "num_inference_steps": 6}, id="ddpm"),
+        pytest.param("DDIMParallelScheduler", {"parallel": 4, "num_inference_steps": 5, "tolerance": 0.5,
+                                                "negative_prompt": "blue"},
+                     id="ddim-negative", marks=pytest.mark.slow),
+        pytest.param("DDPMParallelScheduler", {"parallel": 2, "num_inference_steps": 3, "guidance_scale": 1.0,
+                                                "num_images_per_prompt": 2},
+                     id="unguided-two-images", marks=pytest.mark.slow),
     ],
-    ids=["ddpm", "ddim-negative", "unguided-two-images"],
 )
 def test_paradigms_parity(sv: Any, paradigms: Any, sched: str, options: dict[str, Any]) -> None:
     ref, ours = paradigms[sched]

@@ -19,13 +19,14 @@ def sega(sv: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
 @pytest.mark.parametrize(
     "options",
     [
-        {"editing_prompt": ["a dog", "red"], "edit_warmup_steps": [0, 1], "reverse_editing_direction": [False, True],
-         "edit_threshold": [0.8, 0.5], "edit_weights": [1.0, 2.0]},
-        {"editing_prompt": "blue", "edit_warmup_steps": 0, "edit_cooldown_steps": 2, "edit_guidance_scale": 3.0,
-         "negative_prompt": "a cat", "num_images_per_prompt": 2},
-        {},
+        pytest.param({"editing_prompt": ["a dog", "red"], "edit_warmup_steps": [0, 1],
+                      "reverse_editing_direction": [False, True], "edit_threshold": [0.8, 0.5],
+                      "edit_weights": [1.0, 2.0]}, id="two-concepts-staggered"),
+        pytest.param({"editing_prompt": "blue", "edit_warmup_steps": 0, "edit_cooldown_steps": 2,
+                      "edit_guidance_scale": 3.0, "negative_prompt": "a cat", "num_images_per_prompt": 2},
+                     id="cooldown-negative", marks=pytest.mark.slow),
+        pytest.param({}, id="no-edit", marks=pytest.mark.slow),
     ],
-    ids=["two-concepts-staggered", "cooldown-negative", "no-edit"],
 )
 def test_sega_parity(sv: Any, sega: Any, options: dict[str, Any]) -> None:
     ref, ours = sega
@@ -37,6 +38,7 @@ def test_sega_parity(sv: Any, sega: Any, options: dict[str, Any]) -> None:
         assert sv.max_diff(ref.sem_guidance, ours.sem_guidance) <= 1e-4
 
 
+@pytest.mark.slow
 def test_sega_replays_sem_guidance(sv: Any, sega: Any) -> None:
     """A run's recorded semantic guidance, passed back without editing prompts, gives the edited image again."""
     _, ours = sega

@@ -17,10 +17,8 @@ import torch
 from difflux.image import postprocess
 from difflux.outputs import BaseOutput
 from difflux.pipeline_utils import LegacyCallback, StepCallback
-from difflux_stable_diffusion.checks import Inputs
+from difflux_stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from difflux_stable_diffusion.prompts import Prompt
-
-from ._sd import SDComponents
 
 __all__ = ["LDM3DPipelineOutput", "StableDiffusionLDM3DPipeline", "split_rgb_depth"]
 
@@ -70,10 +68,12 @@ def split_rgb_depth(image: torch.Tensor, output_type: str) -> tuple[Any, Any]:
     return images, depth_images
 
 
-class StableDiffusionLDM3DPipeline(SDComponents):
-    """Text-to-RGB-and-depth with LDM3D (Intel's ``ldm3d``, ``ldm3d-4c``, ``ldm3d-pano`` checkpoints)."""
+class StableDiffusionLDM3DPipeline(StableDiffusionPipeline):
+    """Text-to-RGB-and-depth with LDM3D (Intel's ``ldm3d``, ``ldm3d-4c``, ``ldm3d-pano`` checkpoints): the SD
+    text-to-image pipeline with LDM3D's defaults and an output split into RGB and depth."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _scheduler_fixes = None  # Diffusers' LDM3D uses the scheduler config as given
 
     def run_safety_checker(self, image: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, list[bool] | None]:
         """The safety checker looks at the RGB channels; flagged samples are blacked out in every channel."""
@@ -128,21 +128,10 @@ class StableDiffusionLDM3DPipeline(SDComponents):
         callback: LegacyCallback | None = None,
         callback_steps: int | None = None,
     ) -> Any:
-        """Generate RGB images and depth maps for ``prompt``.
+        """Generate RGB images and depth maps for ``prompt`` (Stable Diffusion's text-to-image; LDM3D's defaults).
 
         :returns: ``LDM3DPipelineOutput(rgb, depth, nsfw_content_detected)``, or ``((rgb, depth), flags)``.
         :raises ValueError | TypeError: on bad input, before any model runs.
         """
-        batch = self.check_inputs(Inputs.of(locals()))
-        height, width = self.default_size(height, width)
-        total = batch * num_images_per_prompt
-        opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
-        steps = self.schedule(num_inference_steps, timesteps, sigmas)
-        latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
-        latents = self.denoise(latents, self.run(steps, embeds, opts, total), embeds.negative)
-        return self.output(latents, output_type, return_dict, generator)
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        return super().__call__(**arguments)
