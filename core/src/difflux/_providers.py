@@ -50,8 +50,10 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
         "LDMTextToImagePipeline", "LDMBertModel", "LDMSuperResolutionPipeline", "VQDiffusionPipeline",
         "LearnedClassifierFreeSamplingEmbeddings", "ValueGuidedRLPipeline",
     ),
-    "difflux-wuerstchen": ("WuerstchenPrior", "WuerstchenDiffNeXt", "PaellaVQModel"),
-    "difflux-wuerstchen": ("WuerstchenPrior", "WuerstchenDiffNeXt", "PaellaVQModel"),
+    "difflux-wuerstchen": (
+        "WuerstchenPrior", "WuerstchenDiffNeXt", "PaellaVQModel", "WuerstchenPriorPipeline",
+        "WuerstchenDecoderPipeline",
+    ),
     "difflux-unclip": (
         "UnCLIPPipeline", "UnCLIPImageVariationPipeline", "StableUnCLIPPipeline", "StableUnCLIPImg2ImgPipeline",
         "StableUnCLIPImageNormalizer",

@@ -63,3 +63,37 @@ def oracle_models() -> dict[str, Any]:
         "decoder": _randomise(WuerstchenDiffNeXt(**DECODER)),
         "vqgan": _randomise(PaellaVQModel(**VQGAN)),
     }
+
+
+@pytest.fixture(scope="session")
+def oracle_pipes(oracle_models: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Diffusers' prior and decoder pipelines in memory, each saved (with Diffusers) to a folder.
+
+    Short prompts (``model_max_length=8``) keep the text encoder cheap; the prior makes 2x2 embeddings
+    of 85-pixel images (``resolution_multiple`` 42.67), the decoder 8x8 latents → 16-pixel images.
+    """
+    from difflux_transformers.testing import tiny_clip_text_model, tiny_clip_tokenizer
+    from diffusers import DDPMWuerstchenScheduler
+    from diffusers.pipelines.deprecated.wuerstchen import WuerstchenDecoderPipeline, WuerstchenPriorPipeline
+
+    root = tmp_path_factory.mktemp("wuerstchen")
+    tokenizer = tiny_clip_tokenizer(root / "vocab", model_max_length=8)
+    prior = WuerstchenPriorPipeline(
+        tokenizer=tokenizer,
+        text_encoder=tiny_clip_text_model(0),
+        prior=oracle_models["prior"],
+        scheduler=DDPMWuerstchenScheduler(),
+    )
+    decoder = WuerstchenDecoderPipeline(
+        tokenizer=tokenizer,
+        text_encoder=tiny_clip_text_model(1),
+        decoder=oracle_models["decoder"],
+        scheduler=DDPMWuerstchenScheduler(),
+        vqgan=oracle_models["vqgan"],
+        latent_dim_scale=4.0,
+    )
+    for pipe in (prior, decoder):
+        pipe.set_progress_bar_config(disable=True)
+    prior.save_pretrained(root / "prior")
+    decoder.save_pretrained(root / "decoder")
+    return {"prior": prior, "decoder": decoder, "root": root}

@@ -10,7 +10,9 @@ from typing import Any
 
 _LAZY = {
     "PaellaVQModel": "modeling",
+    "WuerstchenDecoderPipeline": "pipeline_wuerstchen",
     "WuerstchenDiffNeXt": "modeling",
+    "WuerstchenPriorPipeline": "pipeline_wuerstchen",
     "WuerstchenPrior": "modeling",
 }
 

@@ -8,9 +8,13 @@ from difflux.registry import RegisterComponent, RegisterPipeline
 _PKG = "difflux_wuerstchen"
 
 #: every pipeline class the plugin provides, as a lazy reference
-PIPELINES: tuple[str, ...] = ()
+PIPELINES: tuple[str, ...] = (
+    f"{_PKG}.pipeline_wuerstchen:WuerstchenPriorPipeline",
+    f"{_PKG}.pipeline_wuerstchen:WuerstchenDecoderPipeline",
+)
 
-#: the models, which Diffusers writes into model_index.json as ["wuerstchen", "<Class>"]
+#: the models: the published checkpoints name them ["wuerstchen", "<Class>"] in model_index.json,
+#: Diffusers 0.42.1 writes ["diffusers", "<Class>"]
 MODELS: tuple[str, ...] = (
     f"{_PKG}.modeling:WuerstchenPrior",
     f"{_PKG}.modeling:WuerstchenDiffNeXt",
@@ -28,3 +32,4 @@ def difflux_register_pipelines(register: RegisterPipeline) -> None:
 def difflux_register_components(register: RegisterComponent) -> None:
     for ref in MODELS:
         register(ref, library="wuerstchen")
+        register(ref, library="diffusers")
