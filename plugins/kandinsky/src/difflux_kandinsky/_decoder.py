@@ -13,8 +13,8 @@ Latent Diffusion* (2023, arXiv:2310.03502).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from difflux.pipeline_utils import (
@@ -25,10 +25,10 @@ from difflux.pipeline_utils import (
     check_steps,
 )
 from difflux.protocols import Scheduler
-from difflux_stable_diffusion._base import ImagesOnly, StableDiffusionBase, spread
+from difflux_stable_diffusion._base import ImagesOnly, Sampling, StableDiffusionBase, spread
 from difflux_stable_diffusion.images import ImageInput, is_image_input, preprocess_image
 
-__all__ = ["Embeds", "KandinskyV22DecoderBase", "latent_size"]
+__all__ = ["Begun", "Embeds", "KandinskyV22DecoderBase", "latent_size"]
 
 Embeds = torch.Tensor | Sequence[torch.Tensor]
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -41,6 +41,16 @@ def latent_size(pixels: int, scale_factor: int) -> int:
     before dividing by ``scale_factor``, so a 500-pixel request gives a 512-pixel image.
     """
     return -(-pixels // scale_factor**2) * scale_factor
+
+
+class Begun(NamedTuple):
+    """A checked run: the image count, the loop options, the embeddings the UNet sees and their negative half."""
+
+    total: int
+    opts: Sampling
+    embeds: torch.Tensor
+    negative: torch.Tensor | None
+    batch: int  # image embeddings given
 
 
 def _as_batch(value: Embeds | None, name: str, pipeline: str) -> torch.Tensor | None:
@@ -188,6 +198,39 @@ class KandinskyV22DecoderBase(ImagesOnly, StableDiffusionBase):
                 f"{type(self).__name__}: {label} must be a PIL image, array or tensor (or a list of them), "
                 f"got {type(image).__name__}"
             )
+
+    def begin(self, args: Mapping[str, Any]) -> Begun:
+        """Check a decoder call's common arguments (its ``locals()``) and set up the run, before any model runs.
+
+        Checks ``image_embeds`` / ``negative_image_embeds`` / ``guidance_scale`` (:meth:`check_embeds`) and the
+        run options (:meth:`check_run`), sets the run state (:meth:`sampling`) and batches the embeddings.
+        """
+        positive, negative = self.check_embeds(
+            args["image_embeds"], args.get("negative_image_embeds"), args["guidance_scale"]
+        )
+        names = args["callback_on_step_end_tensor_inputs"]
+        total = self.check_run(
+            positive.shape[0],
+            args["height"],
+            args["width"],
+            args["num_inference_steps"],
+            args["num_images_per_prompt"],
+            args.get("generator"),
+            args.get("latents"),
+            args["output_type"],
+            names,
+            strength=args.get("strength"),
+        )
+        opts = self.sampling(
+            args["guidance_scale"],
+            generator=args.get("generator"),
+            callback=args.get("callback_on_step_end"),
+            callback_names=names,
+            legacy=args.get("callback"),
+            legacy_steps=args.get("callback_steps"),
+        )
+        embeds, negative = self.image_embeds(positive, negative, args["num_images_per_prompt"], opts.guidance)
+        return Begun(total, opts, embeds, negative, positive.shape[0])
 
     # -- conditioning ----------------------------------------------------------------------
 

@@ -69,27 +69,8 @@ class KandinskyV22Pipeline(KandinskyV22DecoderBase):
         :returns: ``ImagePipelineOutput`` (or ``(images,)``).
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        positive, negative = self.check_embeds(image_embeds, negative_image_embeds, guidance_scale)
-        total = self.check_run(
-            positive.shape[0],
-            height,
-            width,
-            num_inference_steps,
-            num_images_per_prompt,
-            generator,
-            latents,
-            output_type,
-            callback_on_step_end_tensor_inputs,
-        )
-        opts = self.sampling(
-            guidance_scale,
-            generator=generator,
-            callback=callback_on_step_end,
-            callback_names=callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps,
-        )
-        embeds, negative = self.image_embeds(positive, negative, num_images_per_prompt, opts.guidance)
+        begun = self.begin(locals())
+        total, opts, embeds, negative, _ = begun
         steps = self.schedule(num_inference_steps)
         start = self.prepare_latents(self.latent_shape(total, height, width), embeds.dtype, generator, latents)
         run = Denoise(steps, embeds, opts, added_cond_kwargs={"image_embeds": embeds})
@@ -128,30 +109,10 @@ class KandinskyV22Img2ImgPipeline(KandinskyV22DecoderBase):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        positive, negative = self.check_embeds(image_embeds, negative_image_embeds, guidance_scale)
+        begun = self.begin(locals())
         self.check_image(image)
         check_finite(image, "image", type(self).__name__)
-        total = self.check_run(
-            positive.shape[0],
-            height,
-            width,
-            num_inference_steps,
-            num_images_per_prompt,
-            generator,
-            None,
-            output_type,
-            callback_on_step_end_tensor_inputs,
-            strength=strength,
-        )
-        opts = self.sampling(
-            guidance_scale,
-            generator=generator,
-            callback=callback_on_step_end,
-            callback_names=callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps,
-        )
-        embeds, negative = self.image_embeds(positive, negative, num_images_per_prompt, opts.guidance)
+        total, opts, embeds, negative, _ = begun
         start = self.movq_latents(image, height, width, total, num_images_per_prompt, embeds.dtype, generator)
         steps = self.schedule(num_inference_steps, strength=strength)
         run = Denoise(steps, embeds, opts, added_cond_kwargs={"image_embeds": embeds})
@@ -193,28 +154,9 @@ class KandinskyV22ControlnetPipeline(KandinskyV22DecoderBase):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        positive, negative = self.check_embeds(image_embeds, negative_image_embeds, guidance_scale)
-        hints = self.check_hint(hint, positive.shape[0], height, width)
-        total = self.check_run(
-            positive.shape[0],
-            height,
-            width,
-            num_inference_steps,
-            num_images_per_prompt,
-            generator,
-            latents,
-            output_type,
-            callback_on_step_end_tensor_inputs,
-        )
-        opts = self.sampling(
-            guidance_scale,
-            generator=generator,
-            callback=callback_on_step_end,
-            callback_names=callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps,
-        )
-        embeds, negative = self.image_embeds(positive, negative, num_images_per_prompt, opts.guidance)
+        begun = self.begin(locals())
+        hints = self.check_hint(hint, begun.batch, height, width)
+        total, opts, embeds, negative, _ = begun
         steps = self.schedule(num_inference_steps)
         start = self.prepare_latents(self.latent_shape(total, height, width), embeds.dtype, generator, latents)
         run = Denoise(
@@ -291,31 +233,11 @@ class KandinskyV22ControlnetImg2ImgPipeline(KandinskyV22ControlnetPipeline):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        positive, negative = self.check_embeds(image_embeds, negative_image_embeds, guidance_scale)
-        hints = self.check_hint(hint, positive.shape[0], height, width)
+        begun = self.begin(locals())
+        hints = self.check_hint(hint, begun.batch, height, width)
         self.check_image(image)
         check_finite(image, "image", type(self).__name__)
-        total = self.check_run(
-            positive.shape[0],
-            height,
-            width,
-            num_inference_steps,
-            num_images_per_prompt,
-            generator,
-            None,
-            output_type,
-            callback_on_step_end_tensor_inputs,
-            strength=strength,
-        )
-        opts = self.sampling(
-            guidance_scale,
-            generator=generator,
-            callback=callback_on_step_end,
-            callback_names=callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps,
-        )
-        embeds, negative = self.image_embeds(positive, negative, num_images_per_prompt, opts.guidance)
+        total, opts, embeds, negative, _ = begun
         start = self.movq_latents(image, height, width, total, num_images_per_prompt, embeds.dtype, generator)
         steps = self.schedule(num_inference_steps, strength=strength)
         run = Denoise(
@@ -390,33 +312,14 @@ class KandinskyV22InpaintPipeline(KandinskyV22DecoderBase):
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
         name = type(self).__name__
-        positive, negative = self.check_embeds(image_embeds, negative_image_embeds, guidance_scale)
+        begun = self.begin(locals())
         self.check_image(image)
         self.check_image(mask_image, "mask_image")
         check_finite(image, "image", name)
         check_finite(mask_image, "mask_image", name)
-        total = self.check_run(
-            positive.shape[0],
-            height,
-            width,
-            num_inference_steps,
-            num_images_per_prompt,
-            generator,
-            latents,
-            output_type,
-            callback_on_step_end_tensor_inputs,
-        )
         if image is None or mask_image is None:
             raise ValueError(f"{name}: pass image and mask_image")
-        opts = self.sampling(
-            guidance_scale,
-            generator=generator,
-            callback=callback_on_step_end,
-            callback_names=callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps,
-        )
-        embeds, negative = self.image_embeds(positive, negative, num_images_per_prompt, opts.guidance)
+        total, opts, embeds, negative, _ = begun
         steps = self.schedule(num_inference_steps)
         known = self.movq_latents(image, height, width, total, num_images_per_prompt, embeds.dtype, generator)
         repaint = preprocess_mask(mask_image, height, width, multiple=1).to(self.device, embeds.dtype)
