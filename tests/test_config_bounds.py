@@ -27,7 +27,8 @@ def _classes() -> list[type[ConfigMixin]]:
             found[cls.__qualname__] = cls
     for name in sorted(registry.schedulers):
         cls = registry.scheduler_class(name)
-        found[cls.__qualname__] = cls
+        if isinstance(cls, type) and issubclass(cls, ConfigMixin):  # Flax schedulers validate through these
+            found[cls.__qualname__] = cls
     return [found[k] for k in sorted(found)]
 
 
