@@ -52,7 +52,7 @@ _BY_DISTRIBUTION: dict[str, tuple[str, ...]] = {
     ),
     "difflux-wuerstchen": (
         "WuerstchenPrior", "WuerstchenDiffNeXt", "PaellaVQModel", "WuerstchenPriorPipeline",
-        "WuerstchenDecoderPipeline",
+        "WuerstchenDecoderPipeline", "WuerstchenCombinedPipeline",
     ),
     "difflux-unclip": (
         "UnCLIPPipeline", "UnCLIPImageVariationPipeline", "StableUnCLIPPipeline", "StableUnCLIPImg2ImgPipeline",

@@ -104,3 +104,57 @@ def test_decoder_bad_input_is_refused_before_any_model(
     monkeypatch.setattr(pipe.decoder, "forward", lambda *a, **k: pytest.fail("the decoder ran"))
     with pytest.raises(error, match=match):
         pipe(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def combined(oracle_pipes: dict[str, Any]) -> dict[str, Any]:
+    """Diffusers' combined pipeline on the two stages' components, saved; the decoder folder with a card."""
+    from diffusers.pipelines.deprecated.wuerstchen import WuerstchenCombinedPipeline
+
+    prior, decoder = oracle_pipes["prior"], oracle_pipes["decoder"]
+    pipe = WuerstchenCombinedPipeline(**decoder.components, **{f"prior_{k}": v for k, v in prior.components.items()})
+    pipe.set_progress_bar_config(disable=True)
+    root = oracle_pipes["root"]
+    pipe.save_pretrained(root / "combined")
+    carded = root / "decoder_with_card"
+    if not carded.exists():
+        shutil.copytree(root / "decoder", carded)
+        (carded / "README.md").write_text(f"---\nprior:\n- {root / 'prior'}\n---\n")
+    return {"oracle": pipe, "folder": root / "combined", "carded": carded}
+
+
+def test_combined_matches_diffusers(combined: dict[str, Any]) -> None:
+    from difflux_wuerstchen import WuerstchenCombinedPipeline
+
+    kw: dict[str, Any] = {
+        # 3x3 embeddings; the combined decoder's latent_dim_scale is its default 10.67: 32x32 latents
+        "height": 128,
+        "width": 128,
+        "prior_num_inference_steps": 2,
+        "num_inference_steps": 1,
+        "prior_guidance_scale": 4.0,
+        "output_type": "pt",
+    }
+    expected = combined["oracle"]("a cat", generator=gen(0), **kw).images
+    ours = load_difflux(combined["folder"])
+    assert isinstance(ours, WuerstchenCombinedPipeline)
+    assert ours.prior_pipe.prior is ours.components["prior_prior"]  # the stages share the components
+    assert max_diff(ours("a cat", generator=gen(0), **kw).images, expected) < 1 / 255
+    # the published layout: a decoder folder whose card names the prior
+    from_card = WuerstchenCombinedPipeline.from_pretrained(combined["carded"])
+    assert sorted(from_card.components) == sorted(ours.components)
+    for name, module in ours.components.items():
+        if isinstance(module, torch.nn.Module):
+            theirs = from_card.components[name].state_dict()
+            assert all(torch.equal(v, theirs[k]) for k, v in module.state_dict().items()), name
+
+
+def test_combined_checks_decoder_options_before_the_prior(
+    combined: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours = load_difflux(combined["folder"])
+    monkeypatch.setattr(ours.prior_prior, "forward", lambda *a, **k: pytest.fail("the prior ran"))
+    with pytest.raises(ValueError, match="output_type"):
+        ours("a cat", height=64, width=64, output_type="jpg")
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        ours("a cat", height=64, width=64, num_inference_steps=0)

@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
+    "WuerstchenCombinedPipeline": "pipeline_wuerstchen_combined",
     "PaellaVQModel": "modeling",
     "WuerstchenDecoderPipeline": "pipeline_wuerstchen",
     "WuerstchenDiffNeXt": "modeling",

@@ -349,6 +349,36 @@ class WuerstchenDecoderPipeline(_WuerstchenText, DiffusionPipeline):
         )
         self.register_to_config(latent_dim_scale=latent_dim_scale)
 
+    def check_call(
+        self,
+        prompt: Any,
+        negative_prompt: Any,
+        num_inference_steps: Any,
+        timesteps: Sequence[float] | None,
+        guidance_scale: Any,
+        num_images_per_prompt: Any,
+        output_type: Any,
+        callback_names: Sequence[str],
+    ) -> None:
+        """Check the decoder's options (all but the embeddings).
+
+        :raises TypeError | ValueError: naming the argument.
+        """
+        name = type(self).__name__
+        if prompt is None or not isinstance(prompt, (str, list)):
+            raise TypeError(f"{name}: prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        _check_prompts(name, prompt, negative_prompt, None, None)
+        _check_common(
+            name,
+            num_images_per_prompt,
+            num_inference_steps,
+            timesteps,
+            guidance_scale,
+            callback_names,
+            self._callback_tensor_inputs,
+        )
+        check_output_type(output_type, ("pil", "np", "pt", "latent"), name)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -385,24 +415,22 @@ class WuerstchenDecoderPipeline(_WuerstchenText, DiffusionPipeline):
             )
             raise TypeError(f"{name}: image_embeddings must be a (B, C, h, w) tensor from the prior, got {got}")
         check_finite(image_embeddings, "image_embeddings", name)
-        if prompt is None or not isinstance(prompt, (str, list)):
-            raise TypeError(f"{name}: prompt must be a string or a list of strings, got {type(prompt).__name__}")
-        _check_prompts(name, prompt, negative_prompt, None, None)
-        _check_common(
-            name,
-            num_images_per_prompt,
+        self.check_call(
+            prompt,
+            negative_prompt,
             num_inference_steps,
             timesteps,
             guidance_scale,
+            num_images_per_prompt,
+            output_type,
             callback_on_step_end_tensor_inputs,
-            self._callback_tensor_inputs,
         )
-        check_output_type(output_type, ("pil", "np", "pt", "latent"), name)
         batch = image_embeddings.shape[0]
         prompts = prompt_list(prompt) or []
-        if len(prompts) not in (1, batch * num_images_per_prompt):
+        if (batch * num_images_per_prompt) % len(prompts):
             raise ValueError(
-                f"{name}: {len(prompts)} prompts for {batch} image embeddings; pass one prompt, or one per image"
+                f"{name}: {len(prompts)} prompts for {batch * num_images_per_prompt} images; pass one "
+                f"prompt, or one per image embedding"
             )
         total = batch * int(num_images_per_prompt)
         check_batch(total, generator)

@@ -11,6 +11,7 @@ _PKG = "difflux_wuerstchen"
 PIPELINES: tuple[str, ...] = (
     f"{_PKG}.pipeline_wuerstchen:WuerstchenPriorPipeline",
     f"{_PKG}.pipeline_wuerstchen:WuerstchenDecoderPipeline",
+    f"{_PKG}.pipeline_wuerstchen_combined:WuerstchenCombinedPipeline",
 )
 
 #: the models: the published checkpoints name them ["wuerstchen", "<Class>"] in model_index.json,
