@@ -22,13 +22,53 @@ from .pipeline_kandinsky2_2 import KandinskyV22Img2ImgPipeline, KandinskyV22Inpa
 from .pipeline_kandinsky2_2_prior import Generator, KandinskyV22PriorPipeline, Prompt
 
 __all__ = [
+    "ConnectedPriorMixin",
     "KandinskyV22CombinedPipeline",
     "KandinskyV22Img2ImgCombinedPipeline",
     "KandinskyV22InpaintCombinedPipeline",
 ]
 
 
-class _Combined(DiffusionPipeline):
+class ConnectedPriorMixin:
+    """``from_pretrained`` for combined pipelines (before ``DiffusionPipeline`` in the bases) whose
+    ``prior_*`` components may come from the prior repo a decoder's model card names (Kandinsky,
+    Würstchen)."""
+
+    config_name: str
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Load a combined folder, or a decoder folder (or repo) whose model card names its prior.
+
+        Published decoders (``kandinsky-community/kandinsky-2-2-decoder``) are decoder-only pipelines whose
+        ``README.md`` metadata lists the prior repo under ``prior:``; loading one into a combined class
+        loads that prior too (Diffusers' connected pipelines). Keyword arguments starting with ``prior_``
+        replace prior components; load options apply to both.
+
+        :raises LoadError: when a decoder folder's card names no prior.
+        """
+        options, rest = LoadOptions.split(kwargs)
+        folder = get_registry().resolve_pretrained(pretrained_model_name_or_path, options)
+        index = read_json(folder / cls.config_name, cls.config_name)
+        if any(key.startswith("prior_") for key in index):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)  # type: ignore[misc]
+        prior_ref = connected_prior(pretrained_model_name_or_path, folder, options)
+        if prior_ref is None:
+            raise LoadError(
+                f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): a decoder folder "
+                f"({index.get('_class_name')}) whose README.md names no prior (metadata 'prior: [repo]'); load "
+                "the prior and the decoder separately, or pass a combined folder"
+            )
+        names = {k: v for k, v in kwargs.items() if k not in rest or not k.startswith("prior_")}
+        decoder = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **names)
+        prior_kwargs = {k: v for k, v in kwargs.items() if k not in rest} | {
+            k.removeprefix("prior_"): v for k, v in rest.items() if k.startswith("prior_")
+        }
+        prior = DiffusionPipeline.from_pretrained(prior_ref, **prior_kwargs)
+        return cls(**decoder.components, **{f"prior_{k}": v for k, v in prior.components.items()})
+
+
+class _Combined(ConnectedPriorMixin, DiffusionPipeline):
     """The prior (``prior_*`` components) and a decoder (``unet``, ``scheduler``, ``movq``) in one pipeline.
 
     ``prior_pipe`` and ``decoder_pipe`` hold the same component objects, so the combined pipeline's
@@ -96,37 +136,6 @@ class _Combined(DiffusionPipeline):
             image_processor=prior_image_processor,
         )
         self.decoder_pipe = self._decoder_class(**decoder)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Load a combined folder, or a decoder folder (or repo) whose model card names its prior.
-
-        Published decoders (``kandinsky-community/kandinsky-2-2-decoder``) are decoder-only pipelines whose
-        ``README.md`` metadata lists the prior repo under ``prior:``; loading one into a combined class
-        loads that prior too (Diffusers' connected pipelines). Keyword arguments starting with ``prior_``
-        replace prior components; load options apply to both.
-
-        :raises LoadError: when a decoder folder's card names no prior.
-        """
-        options, rest = LoadOptions.split(kwargs)
-        folder = get_registry().resolve_pretrained(pretrained_model_name_or_path, options)
-        index = read_json(folder / cls.config_name, cls.config_name)
-        if any(key.startswith("prior_") for key in index):
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        prior_ref = connected_prior(pretrained_model_name_or_path, folder, options)
-        if prior_ref is None:
-            raise LoadError(
-                f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): a decoder folder "
-                f"({index.get('_class_name')}) whose README.md names no prior (metadata 'prior: [repo]'); load "
-                "the prior and the decoder separately, or pass a combined folder"
-            )
-        names = {k: v for k, v in kwargs.items() if k not in rest or not k.startswith("prior_")}
-        decoder = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **names)
-        prior_kwargs = {k: v for k, v in kwargs.items() if k not in rest} | {
-            k.removeprefix("prior_"): v for k, v in rest.items() if k.startswith("prior_")
-        }
-        prior = DiffusionPipeline.from_pretrained(prior_ref, **prior_kwargs)
-        return cls(**decoder.components, **{f"prior_{k}": v for k, v in prior.components.items()})
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         super().set_progress_bar_config(**kwargs)

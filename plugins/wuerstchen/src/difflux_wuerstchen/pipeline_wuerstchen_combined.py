@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from difflux import DiffusionPipeline
-from difflux.config import read_json
-from difflux.errors import LoadError
-from difflux.options import LoadOptions
 from difflux.pipeline_utils import StepCallback
-from difflux.registry import get_registry
-from difflux_kandinsky.pipeline_kandinsky2_2_combined import connected_prior
+from difflux_kandinsky.pipeline_kandinsky2_2_combined import ConnectedPriorMixin
 
 from .pipeline_wuerstchen import Generator, Prompt, WuerstchenDecoderPipeline, WuerstchenPriorPipeline
 
 __all__ = ["WuerstchenCombinedPipeline"]
 
 
-class WuerstchenCombinedPipeline(DiffusionPipeline):
+class WuerstchenCombinedPipeline(ConnectedPriorMixin, DiffusionPipeline):
     """Prompt → images: :class:`~.pipeline_wuerstchen.WuerstchenPriorPipeline` then
     :class:`~.pipeline_wuerstchen.WuerstchenDecoderPipeline`.
 
@@ -62,34 +57,6 @@ class WuerstchenCombinedPipeline(DiffusionPipeline):
         self.decoder_pipe = WuerstchenDecoderPipeline(
             text_encoder=text_encoder, tokenizer=tokenizer, decoder=decoder, scheduler=scheduler, vqgan=vqgan
         )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Load a combined folder, or a decoder folder (or repo) whose model card names its prior.
-
-        Keyword arguments starting with ``prior_`` replace prior components; load options apply to both.
-
-        :raises LoadError: when a decoder folder's card names no prior.
-        """
-        options, rest = LoadOptions.split(kwargs)
-        folder = get_registry().resolve_pretrained(pretrained_model_name_or_path, options)
-        index = read_json(folder / cls.config_name, cls.config_name)
-        if any(key.startswith("prior_") for key in index):
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        prior_ref = connected_prior(pretrained_model_name_or_path, folder, options)
-        if prior_ref is None:
-            raise LoadError(
-                f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r}): a decoder folder "
-                f"({index.get('_class_name')}) whose README.md names no prior (metadata 'prior: [repo]'); load "
-                "the prior and the decoder separately, or pass a combined folder"
-            )
-        names = {k: v for k, v in kwargs.items() if k not in rest or not k.startswith("prior_")}
-        decoder = DiffusionPipeline.from_pretrained(pretrained_model_name_or_path, **names)
-        prior_kwargs = {k: v for k, v in kwargs.items() if k not in rest} | {
-            k.removeprefix("prior_"): v for k, v in rest.items() if k.startswith("prior_")
-        }
-        prior = DiffusionPipeline.from_pretrained(prior_ref, **prior_kwargs)
-        return cls(**decoder.components, **{f"prior_{k}": v for k, v in prior.components.items()})
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         super().set_progress_bar_config(**kwargs)
