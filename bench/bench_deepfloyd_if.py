@@ -4,10 +4,12 @@
 libraries load the same folder), ``--steps`` (20) steps at 32x32 with guidance, timed over ``--repeat`` calls after a
 warm-up, alternating between the libraries; medians compared (goal: difflux / diffusers <= 0.9).
 
-``--case unet``: the IF stage-I UNet at IF-I-XL's size (512/1024/1536/2048 channels, 3 resnets per block,
-simple cross-attention with 64-wide heads, 4096-wide T5-XXL states; about 4.3 B parameters), random weights
-shared by both libraries, one step on batch 2 (guidance) at 64x64 (goal <= 1.0). It needs two fp32 copies
-(about 35 GiB); when the machine has less memory available the case says so and is skipped.
+``--case unet``: a stage-I UNet at IF-I-XL's scale (512/1024/1536/2048 channels, 3 resnets per block,
+simple cross-attention with 64-wide heads, 4096-wide T5-XXL states; :data:`PUBLISHED_UNET` was written from
+the IF layout without the Hub's unet/config.json at hand: it builds 2.3 B parameters where IF-I-XL has
+4.3 B, so check it against that file before quoting figures), random weights shared by both libraries, one
+step on batch 2 (guidance) at 64x64 (goal <= 1.0). It needs two fp32 copies; when the machine has less
+memory available the case says so and is skipped.
 Run: ``python bench/bench_deepfloyd_if.py [--case tiny|unet|all]``.
 """
 
@@ -25,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "deepfloyd-if"))
 
-#: IF-I-XL-v1.0's stage-I UNet layout (the tiny test UNet's block and embedding types at published width)
+#: a stage-I UNet at IF-I-XL's scale (block and embedding types of the published one; widths not verified)
 PUBLISHED_UNET: dict[str, Any] = {
     "sample_size": 64,
     "in_channels": 3,
