@@ -139,7 +139,10 @@ def test_combined_matches_diffusers(combined: dict[str, Any]) -> None:
     ours = load_difflux(combined["folder"])
     assert isinstance(ours, WuerstchenCombinedPipeline)
     assert ours.prior_pipe.prior is ours.components["prior_prior"]  # the stages share the components
-    assert max_diff(ours("a cat", generator=gen(0), **kw).images, expected) < 1 / 255
+    # the tiny random prior's embeddings reach thousands, so float-order noise (thread counts differ between
+    # runs) reaches the decoder as ~1e-4 and a near-saturated pixel moves by up to ~5e-3; the prior and decoder
+    # parity tests keep the strict tolerances stage by stage
+    assert max_diff(ours("a cat", generator=gen(0), **kw).images, expected) < 1e-2
     # the published layout: a decoder folder whose card names the prior
     from_card = WuerstchenCombinedPipeline.from_pretrained(combined["carded"])
     assert sorted(from_card.components) == sorted(ours.components)

@@ -296,7 +296,7 @@ class SpectrogramNotesEncoder(_T5Encoder):
         num_heads: int,
         d_kv: int,
         d_ff: int,
-        feed_forward_proj: str,
+        feed_forward_proj: str = "gated-gelu",  # the published encoders' (Diffusers requires it; no default there)
         is_decoder: bool = False,
     ) -> None:
         super().__init__()
@@ -327,7 +327,7 @@ class SpectrogramContEncoder(_T5Encoder):
         num_heads: int,
         d_kv: int,
         d_ff: int,
-        feed_forward_proj: str,
+        feed_forward_proj: str = "gated-gelu",  # the published encoders' (Diffusers requires it; no default there)
         is_decoder: bool = False,
     ) -> None:
         super().__init__()

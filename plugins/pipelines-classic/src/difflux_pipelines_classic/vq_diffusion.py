@@ -48,7 +48,7 @@ class LearnedClassifierFreeSamplingEmbeddings(ModelMixin):
     :raises ValueError: when ``learnable`` lacks ``hidden_size`` or ``length``.
     """
 
-    def __init__(self, learnable: bool, hidden_size: int | None = None, length: int | None = None) -> None:
+    def __init__(self, learnable: bool = False, hidden_size: int | None = None, length: int | None = None) -> None:
         super().__init__()
         self.learnable = learnable
         if learnable and (hidden_size is None or length is None):
