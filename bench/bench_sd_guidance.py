@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+# the tests' Diffusers component builder (test-only, next to the sd-guidance tests)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "sd-guidance" / "tests"))
 
 PROMPT = "a cat and a dog"
 
@@ -120,7 +124,8 @@ def tiny_cases(steps: int) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
 
 def bench_tiny(steps: int, repeat: int) -> None:
     import diffusers
-    from difflux_stable_diffusion.testing import diffusers_sd_components, load_difflux
+    from difflux_stable_diffusion.testing import load_difflux
+    from sd_oracle import diffusers_sd_components
 
     print(f"tiny pipelines end to end, {steps} steps, 32x32, CFG, CPU fp32 (median of {repeat})")
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,8 +175,8 @@ def sd15_pipelines(cls: str) -> tuple[Any, Any]:
     import diffusers
     from difflux_models import AutoencoderKL, UNet2DConditionModel
     from difflux_schedulers.ddim import DDIMScheduler
-    from difflux_stable_diffusion.testing import diffusers_sd_components
     from difflux_transformers.testing import tiny_clip_text_model
+    from sd_oracle import diffusers_sd_components
 
     with tempfile.TemporaryDirectory() as tmp:
         parts = diffusers_sd_components(Path(tmp))

@@ -28,7 +28,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, cast
 
 import jax
 import jax.numpy as jnp
@@ -212,11 +212,19 @@ def load_state_dict(files: list[Path]) -> dict[str, np.ndarray]:
     return out
 
 
+class HasDummyInputs(Protocol):
+    """What every Flax model class provides: example inputs whose shapes ``init`` traces."""
+
+    def dummy_inputs(self) -> tuple[Any, ...]: ...
+
+
 class FlaxModelMixin:
     """Config and weights I/O of the Flax models (the subclass is a ``flax.linen.Module``).
 
     The config keys are the PyTorch model's (``config.json``); keys the Flax port does not use are
-    reported once and kept when the pipeline saves the folder again.
+    reported once and kept when the pipeline saves the folder again. A subclass defines
+    ``dummy_inputs() -> tuple`` (:class:`HasDummyInputs`): small example inputs for ``init`` /
+    ``eval_shape``, of which only the shapes matter.
     """
 
     #: the Diffusers / transformers class name written as ``_class_name`` / ``architectures``
@@ -274,17 +282,14 @@ class FlaxModelMixin:
 
     # -- params -----------------------------------------------------------------------------
 
-    def dummy_inputs(self) -> tuple[Any, ...]:
-        """Small example inputs for ``init`` / ``eval_shape`` (shapes only matter)."""
-        raise NotImplementedError
-
     def init_weights(self, rng: jax.Array) -> dict[str, Any]:
         """Random params (Flax's default initialisers), the tree :meth:`from_pretrained` returns."""
-        return dict(self.init(rng, *self.dummy_inputs())["params"])  # type: ignore[attr-defined]
+        return dict(self.init(rng, *cast(HasDummyInputs, self).dummy_inputs())["params"])  # type: ignore[attr-defined]
 
     def params_shape(self) -> dict[str, Any]:
         """The params tree of ``jax.ShapeDtypeStruct`` leaves (no memory, no compute)."""
-        shapes = jax.eval_shape(lambda: self.init(jax.random.key(0), *self.dummy_inputs()))  # type: ignore[attr-defined]
+        inputs = cast(HasDummyInputs, self).dummy_inputs()
+        shapes = jax.eval_shape(lambda: self.init(jax.random.key(0), *inputs))  # type: ignore[attr-defined]
         return dict(shapes["params"])
 
     def check_params(self, params: Any) -> None:

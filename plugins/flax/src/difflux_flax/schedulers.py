@@ -26,6 +26,7 @@ DPM-Solver++ multistep (Lu et al. 2022, Algorithm 2; orders 1-3).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import os
@@ -91,7 +92,7 @@ def _at(state: FlaxSchedulerState, name: str, like: jax.Array, offset: int = 0) 
     return state.tables[name][state.step_index + offset].astype(like.dtype)
 
 
-class FlaxScheduler:
+class FlaxScheduler(abc.ABC):
     """Base of the Flax schedulers: the config of the paired PyTorch scheduler and the shared plumbing.
 
     ``FlaxXScheduler(**config)`` and ``FlaxXScheduler.from_config(config)`` accept exactly the config
@@ -197,8 +198,9 @@ class FlaxScheduler:
         """Start stepping at ``state.timesteps[begin_index]`` (image-to-image starts part-way)."""
         return dataclasses.replace(state, step_index=jnp.asarray(begin_index, jnp.int32))
 
+    @abc.abstractmethod
     def _tables(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray], float]:
-        raise NotImplementedError
+        """``(timesteps, named per-step tables, initial noise sigma)`` for ``n`` inference steps."""
 
     def _buffers(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         return {}
@@ -219,6 +221,7 @@ class FlaxScheduler:
         a = a.reshape(-1, *([1] * (original_samples.ndim - 1)))
         return jnp.sqrt(a) * original_samples + jnp.sqrt(1 - a) * noise
 
+    @abc.abstractmethod
     def step(
         self,
         state: FlaxSchedulerState,
@@ -232,7 +235,6 @@ class FlaxScheduler:
 
         ``timestep`` is accepted for the Diffusers signature; the position is ``state.step_index``.
         """
-        raise NotImplementedError
 
     def _done(
         self, state: FlaxSchedulerState, prev: jax.Array, like: jax.Array, **buffers: jax.Array

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["diffusers_sd_components", "gen", "image_input", "load_difflux", "mask_input", "max_diff"]
+__all__ = ["gen", "image_input", "load_difflux", "mask_input", "max_diff"]
 
 #: Default image side of the test inputs, in pixels (16x16 latents with a two-block VAE).
 SIZE = 32
@@ -59,52 +59,3 @@ def max_diff(a: Any, b: Any) -> float:
     if a.shape != b.shape:
         raise AssertionError(f"shapes differ: {a.shape} vs {b.shape}")
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
-
-
-def diffusers_sd_components(folder: Path, scheduler: str = "DDIMScheduler", **unet: Any) -> dict[str, Any]:
-    """Tiny random SD 1.x components built with Diffusers (the test-only oracle; imported here, in tests only).
-
-    UNet: blocks ``DownBlock2D`` / ``CrossAttnDownBlock2D`` of 4 / 8 channels, a cross-attention mid
-    block, 32-wide cross-attention, 16x16 latents (``unet`` overrides its config); a two-block VAE
-    (32-pixel images); the tiny CLIP text encoder and tokenizer (written into ``folder / "vocab"``);
-    ``scheduler`` by Diffusers class name with SD's ``scaled_linear`` betas. No safety checker.
-    """
-    import diffusers
-    from difflux_transformers.testing import tiny_clip_text_model, tiny_clip_tokenizer
-
-    config: dict[str, Any] = {
-        "block_out_channels": (4, 8),
-        "layers_per_block": 1,
-        "sample_size": SIZE // 2,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
-        "cross_attention_dim": 32,
-        "norm_num_groups": 2,
-        "attention_head_dim": 2,
-        **unet,
-    }
-    torch.manual_seed(0)
-    model = diffusers.UNet2DConditionModel(**config)
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=SIZE,
-    )
-    sched = getattr(diffusers, scheduler)(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return {
-        "unet": model,
-        "vae": vae,
-        "text_encoder": tiny_clip_text_model(0),
-        "tokenizer": tiny_clip_tokenizer(folder / "vocab"),
-        "scheduler": sched,
-        "safety_checker": None,
-        "feature_extractor": None,
-    }
