@@ -16,6 +16,7 @@ __all__ = [
     "AudioLDM2UNet2DConditionModel",
     "AudioLDMPipeline",
     "Mel",
+    "MidiProcessor",
     "MusicLDMPipeline",
     "OnnxRuntimeModel",
     "SpectrogramContEncoder",
@@ -30,6 +31,7 @@ _WHERE = {
     "AudioLDM2Pipeline": "difflux_audio.pipeline_audioldm2",
     "AudioDiffusionPipeline": "difflux_audio.audio_diffusion",
     "Mel": "difflux_audio.audio_diffusion",
+    "MidiProcessor": "difflux_audio.midi",
     **{
         name: "difflux_audio.spectrogram_diffusion"
         for name in (

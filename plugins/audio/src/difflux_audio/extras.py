@@ -1,7 +1,8 @@
 """The optional extras of ``difflux-audio``, imported only when a feature needs them.
 
 ``librosa`` (Audio Diffusion's :class:`~difflux_audio.audio_diffusion.Mel`, resampling for CLAP
-ranking), ``onnxruntime`` (Spectrogram Diffusion's MelGAN stage) and ``soundfile``. A missing one
+ranking), ``note_seq`` (the ``[midi]`` extra: MIDI input of Spectrogram Diffusion), ``onnxruntime``
+(Spectrogram Diffusion's MelGAN stage) and ``soundfile``. A missing one
 is a :class:`MissingExtraError` that names the extra to install.
 """
 
@@ -17,6 +18,7 @@ __all__ = ["EXTRAS", "MissingExtraError", "has_extra", "require"]
 #: import name -> the ``difflux-audio`` extra that installs it
 EXTRAS: dict[str, str] = {
     "librosa": "librosa",
+    "note_seq": "midi",
     "onnxruntime": "onnxruntime",
     "soundfile": "soundfile",
 }
