@@ -284,6 +284,7 @@ _CALL_PARAMETERS: dict[str, tuple[str, ...]] = {
     "width": ("width",),
     "num_images": ("batch_size", "num_images_per_prompt", "num_waveforms_per_prompt"),
     "audio_length": ("audio_length_in_s",),
+    "midi": ("midi",),
 }
 
 
@@ -465,6 +466,8 @@ def _check_generate_options(args: argparse.Namespace) -> Path:
     output = _check_output(args.output)
     if args.device is not None:
         _check_device(args.device)
+    if args.midi is not None and not Path(args.midi).is_file():
+        raise UsageError(f"--midi {args.midi!r}: no such file")
     return output
 
 
@@ -636,6 +639,7 @@ def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument(
         "--audio-length", type=_positive_float, help="clip length in seconds (audio pipelines)", metavar="SECONDS"
     )
+    p.add_argument("--midi", metavar="FILE", help="MIDI file to synthesize (Spectrogram Diffusion)")
     p.add_argument("--height", type=_int_at_least(1), help="image height in pixels")
     p.add_argument("--width", type=_int_at_least(1), help="image width in pixels")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cpu)")

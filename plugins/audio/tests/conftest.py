@@ -124,3 +124,53 @@ def references() -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(Path(__file__).parent / "data" / "reference_tf4.safetensors"))
+
+
+def _extended_mask(self: Any, mask: torch.Tensor, shape: Any) -> torch.Tensor:
+    extended = mask[:, None, None, :].to(self.dtype)
+    return (1.0 - extended) * torch.finfo(self.dtype).min
+
+
+def tiny_spectrogram_diffusion(max_length: int = 32, vocab_size: int = 100) -> Any:
+    """A tiny Diffusers ``SpectrogramDiffusionPipeline`` (no melgan), notes of up to ``max_length`` tokens.
+
+    Diffusers 0.42.1's note / continuous encoders call ``get_extended_attention_mask``, a transformers 4
+    helper that transformers 5 dropped; the oracle gets that helper back here, written as transformers 4
+    defines it (a keep-mask ``(batch, seq)`` -> ``(1 - mask[:, None, None, :]) * finfo(dtype).min``).
+    """
+    import diffusers
+    from diffusers.pipelines.deprecated.spectrogram_diffusion import SpectrogramContEncoder, SpectrogramNotesEncoder
+
+    for cls in (SpectrogramNotesEncoder, SpectrogramContEncoder):
+        if not hasattr(cls, "get_extended_attention_mask"):
+            cls.get_extended_attention_mask = _extended_mask  # type: ignore[attr-defined]
+    torch.manual_seed(0)
+    enc = {"d_model": 32, "dropout_rate": 0.1, "num_layers": 1, "num_heads": 2, "d_kv": 16, "d_ff": 37,
+           "feed_forward_proj": "gated-gelu"}
+    pipe = diffusers.SpectrogramDiffusionPipeline(
+        notes_encoder=SpectrogramNotesEncoder(max_length=max_length, vocab_size=vocab_size, **enc).eval(),
+        continuous_encoder=SpectrogramContEncoder(input_dims=128, targets_context_length=256, **enc).eval(),
+        decoder=diffusers.T5FilmDecoder(
+            input_dims=128, targets_length=256, d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=37
+        ).eval(),
+        scheduler=diffusers.DDPMScheduler(),
+        melgan=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def export_melgan_stand_in(folder: Path) -> Path:
+    """Write ``folder/model.onnx``: a MelGAN stand-in of 4 samples per frame (needs the onnx package)."""
+
+    class Vocoder(torch.nn.Module):
+        def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(input_features.mean(-1)).repeat_interleave(4, dim=1)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        Vocoder(), (torch.randn(1, 8, 128),), str(folder / "model.onnx"),
+        input_names=["input_features"], output_names=["audio"], dynamic_axes={"input_features": {1: "frames"}},
+        dynamo=False,
+    )
+    return folder

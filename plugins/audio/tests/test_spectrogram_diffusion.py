@@ -3,8 +3,7 @@ to the first), MelGAN through onnxruntime matches Diffusers' OnnxRuntimeModel, f
 ways, the missing-onnxruntime error, bad input.
 
 Diffusers 0.42.1's note / continuous encoders call ``get_extended_attention_mask``, a transformers 4
-helper that transformers 5 dropped; the oracle gets that helper back here, written as transformers 4
-defines it (a keep-mask ``(batch, seq)`` -> ``(1 - mask[:, None, None, :]) * finfo(dtype).min``).
+helper that transformers 5 dropped; the oracle gets that helper back (``conftest.tiny_spectrogram_diffusion``).
 The pinned transformers-4.49 oracle (``nox -s audio-oracle``) cannot stand in: there Diffusers' call
 of ``T5Block`` fails on a missing ``cache_position``.
 """
@@ -20,37 +19,14 @@ import pytest
 import torch
 from difflux_stable_diffusion.testing import gen, load_difflux
 
-from conftest import rel_diff
+from conftest import export_melgan_stand_in, rel_diff, tiny_spectrogram_diffusion
 
 TOKENS = [[1, 5, 7, 9] + [0] * 28, [3, 4, 6] + [0] * 29]
 
 
-def _extended_mask(self: Any, mask: torch.Tensor, shape: Any) -> torch.Tensor:
-    extended = mask[:, None, None, :].to(self.dtype)
-    return (1.0 - extended) * torch.finfo(self.dtype).min
-
-
 @pytest.fixture(scope="module")
 def oracle_and_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
-    import diffusers
-    from diffusers.pipelines.deprecated.spectrogram_diffusion import SpectrogramContEncoder, SpectrogramNotesEncoder
-
-    for cls in (SpectrogramNotesEncoder, SpectrogramContEncoder):
-        if not hasattr(cls, "get_extended_attention_mask"):
-            cls.get_extended_attention_mask = _extended_mask  # type: ignore[attr-defined]
-    torch.manual_seed(0)
-    enc = {"d_model": 32, "dropout_rate": 0.1, "num_layers": 1, "num_heads": 2, "d_kv": 16, "d_ff": 37,
-           "feed_forward_proj": "gated-gelu"}
-    pipe = diffusers.SpectrogramDiffusionPipeline(
-        notes_encoder=SpectrogramNotesEncoder(max_length=32, vocab_size=100, **enc).eval(),
-        continuous_encoder=SpectrogramContEncoder(input_dims=128, targets_context_length=256, **enc).eval(),
-        decoder=diffusers.T5FilmDecoder(
-            input_dims=128, targets_length=256, d_model=32, num_layers=1, num_heads=2, d_kv=16, d_ff=37
-        ).eval(),
-        scheduler=diffusers.DDPMScheduler(),
-        melgan=None,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_spectrogram_diffusion()
     folder = tmp_path_factory.mktemp("spectrogram") / "pipe"
     pipe.save_pretrained(folder)
     return pipe, folder
@@ -73,16 +49,7 @@ def test_melgan_through_onnxruntime(oracle_and_folder: tuple[Any, Path], pipe: A
     import diffusers
     from difflux_audio.spectrogram_diffusion import OnnxRuntimeModel
 
-    class Vocoder(torch.nn.Module):  # a MelGAN stand-in: 4 samples per frame
-        def forward(self, input_features: torch.Tensor) -> torch.Tensor:
-            return torch.tanh(input_features.mean(-1)).repeat_interleave(4, dim=1)
-
-    (tmp_path / "melgan").mkdir()
-    torch.onnx.export(
-        Vocoder(), (torch.randn(1, 8, 128),), str(tmp_path / "melgan" / "model.onnx"),
-        input_names=["input_features"], output_names=["audio"], dynamic_axes={"input_features": {1: "frames"}},
-        dynamo=False,
-    )
+    export_melgan_stand_in(tmp_path / "melgan")
     ours = OnnxRuntimeModel.from_pretrained(tmp_path / "melgan")
     theirs = diffusers.OnnxRuntimeModel.from_pretrained(tmp_path / "melgan", provider_options=None)
     oracle = oracle_and_folder[0]
@@ -138,6 +105,8 @@ BAD = {
     "audio-without-melgan": ({"input_tokens": TOKENS}, "needs the melgan component"),
     "output-type": ({"input_tokens": TOKENS, "output_type": "pt"}, "choose 'np'"),
     "steps": ({"input_tokens": TOKENS, "num_inference_steps": 0, "output_type": "mel"}, "num_inference_steps"),
+    "segment-too-long": ({"input_tokens": [[1] * 33], "output_type": "mel"}, "takes at most 32 (its max_length)"),
+    "no-input": ({"output_type": "mel"}, "pass input_tokens"),
 }
 
 

@@ -466,6 +466,13 @@ class SpectrogramDiffusionPipeline(DenoisingState, DiffusionPipeline):
                 f"{name}: input_tokens must be a non-empty list of token lists (one per segment), as "
                 "MidiProcessor(midi_file) returns"
             )
+        limit = getattr(getattr(self.notes_encoder, "config", None), "max_length", None)
+        too_long = [i for i, seg in enumerate(input_tokens) if isinstance(limit, int) and len(seg) > limit]
+        if too_long:
+            raise ValueError(
+                f"{name}: segment {too_long[0]} of input_tokens has {len(input_tokens[too_long[0]])} tokens; the "
+                f"notes encoder takes at most {limit} (its max_length)"
+            )
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"{name}: num_inference_steps must be a positive int, got {num_inference_steps!r}")
         if output_type not in ("np", "mel"):
@@ -475,7 +482,7 @@ class SpectrogramDiffusionPipeline(DenoisingState, DiffusionPipeline):
 
     def __call__(
         self,
-        input_tokens: list[list[int]],
+        input_tokens: list[list[int]] | None = None,
         generator: torch.Generator | None = None,
         num_inference_steps: int = 100,
         return_dict: bool = True,
@@ -484,16 +491,31 @@ class SpectrogramDiffusionPipeline(DenoisingState, DiffusionPipeline):
         callback_steps: int = 1,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        midi: str | os.PathLike[str] | bytes | None = None,
     ) -> Any:
         """Audio (``output_type="np"``, ``(1, samples)`` at 16 kHz through MelGAN) or the log-mel
         spectrogram (``"mel"``, ``(1, 256 * segments, 128)``) of ``input_tokens`` (one token list per
-        segment, as :class:`~difflux_audio.midi.MidiProcessor` returns).
+        segment, as :class:`~difflux_audio.midi.MidiProcessor` returns), or of ``midi`` (a MIDI file's
+        path or bytes, read by ``MidiProcessor``: the ``[midi]`` extra; not in Diffusers).
 
         ``callback(segment, spectrogram so far)`` runs after every ``callback_steps`` segments;
         ``callback_on_step_end`` after each denoising step (``latents``: the noisy segment).
 
-        :raises ValueError | TypeError: on bad input, before any model runs.
+        :raises ValueError | TypeError: on bad input, before any model runs; both ``input_tokens`` and
+            ``midi``, or neither, is a ``TypeError``.
+        :raises FileNotFoundError | difflux_audio.midi.MidiError: a ``midi`` that is not a file, not
+            MIDI, or holds no notes.
         """
+        if midi is not None:
+            if input_tokens is not None:
+                raise TypeError(f"{type(self).__name__}: pass input_tokens or midi, not both")
+            from .midi import MidiProcessor
+
+            input_tokens = MidiProcessor()(midi)
+        if input_tokens is None:
+            raise TypeError(
+                f"{type(self).__name__}: pass input_tokens (one token list per segment) or midi (a MIDI file)"
+            )
         self._check(input_tokens, num_inference_steps, output_type)
         if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps < 1:
             raise ValueError(f"{type(self).__name__}: callback_steps must be a positive int, got {callback_steps!r}")
