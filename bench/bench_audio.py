@@ -12,6 +12,10 @@ a guided batch of 2 for a 5.12 s clip (128 x 16 latents), same weights in both (
 ``--case cli``: ``difflux generate`` of a 0.25 s clip from a tiny AudioLDM folder, command to .wav
 file (a fresh process: imports, loading, 10 steps, vocoder, writing).
 
+``--case midi``: ``MidiProcessor`` on the same 60 s MIDI file (4 instruments, drums, sustain
+pedal; 2,520 notes, 13 segments), difflux against Diffusers, from the file's bytes to
+tokens (note-seq parses the file in both); the tokens must be equal.
+
 Run: ``python bench/bench_audio.py`` (about 2-3 minutes on 2 cores).
 """
 
@@ -201,11 +205,58 @@ def bench_cli(repeat: int) -> None:
           f"median {statistics.median(times):.2f} s of {repeat} (fresh process each)")
 
 
+def _midi_piece(seconds: float = 60.0) -> bytes:
+    """A MIDI file: piano, bass, strings and a lead (overlapping notes, varied velocities and lengths,
+    sustain pedal on the piano) over a drum kit in eighth notes."""
+    import io
+
+    import pretty_midi
+
+    rng = np.random.default_rng(0)
+    song = pretty_midi.PrettyMIDI()
+    for program, per_second in ((0, 16), (33, 4), (48, 6), (81, 8)):
+        track = pretty_midi.Instrument(program=program)
+        for start in np.sort(rng.uniform(0, seconds, int(seconds * per_second))):
+            length = float(rng.choice([0.05, 0.25, 0.5, 1.0, 3.0]))
+            track.notes.append(pretty_midi.Note(int(rng.integers(30, 120)), int(rng.integers(28, 96)),
+                                                float(start), float(start) + length))
+        if program == 0:
+            for k, time_ in enumerate(np.arange(0.0, seconds, 2.0)):
+                track.control_changes.append(pretty_midi.ControlChange(64, 127 if k % 2 == 0 else 0, float(time_)))
+        song.instruments.append(track)
+    kit = pretty_midi.Instrument(program=0, is_drum=True)
+    kit.notes.extend(
+        pretty_midi.Note(100, int(rng.choice([36, 38, 42, 46])), float(t), float(t) + 0.1)
+        for t in np.arange(0.0, seconds, 0.125)
+    )
+    song.instruments.append(kit)
+    out = io.BytesIO()
+    song.write(out)
+    return out.getvalue()
+
+
+def bench_midi(repeat: int) -> None:
+    from difflux_audio import MidiProcessor
+    from diffusers.pipelines.deprecated.spectrogram_diffusion.midi_utils import MidiProcessor as DiffusersMidi
+
+    data = _midi_piece()
+    ours, theirs = MidiProcessor(), DiffusersMidi()
+    tokens = ours(data)
+    if tokens != [[int(t) for t in segment] for segment in theirs(data)]:
+        raise SystemExit("MidiProcessor: the tokens differ from Diffusers'")
+    medians = alternate({"diffusers": partial(theirs, data), "difflux": partial(ours, data)}, max(repeat, 5))
+    print(
+        f"MidiProcessor, 60 s MIDI ({len(data)} bytes, {len(tokens)} segments): diffusers "
+        f"{medians['diffusers'] * 1e3:8.1f} ms    difflux {medians['difflux'] * 1e3:8.1f} ms    ratio "
+        f"{medians['difflux'] / medians['diffusers']:.2f}   tokens equal"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--case", choices=["tiny", "unet", "cli", "all"], default="all")
+    parser.add_argument("--case", choices=["tiny", "unet", "cli", "midi", "all"], default="all")
     args = parser.parse_args()
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     if args.case in ("tiny", "all"):
@@ -214,6 +265,8 @@ def main() -> None:
         bench_unet(args.repeat)
     if args.case in ("cli", "all"):
         bench_cli(args.repeat)
+    if args.case in ("midi", "all"):
+        bench_midi(args.repeat)
 
 
 if __name__ == "__main__":
