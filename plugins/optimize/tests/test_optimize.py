@@ -21,6 +21,7 @@ from difflux.registry import reset_registry
 from difflux_optimize.graphs import CUDAGraphedForward
 from difflux_optimize.layout import cpu_supports_bf16
 from difflux_optimize.regional import _Region
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ATOL = 1e-4  # fp32 CPU, on latents
 FAST = {"compile_backend": "eager"}
@@ -311,6 +312,98 @@ def test_cuda_max_matches_eager_in_fp16(kit: Any) -> None:
     assert len(unet.forward.graphs) == 1
     for i, e in enumerate(eager):
         assert (fast[2 * i + 1].float() - e.float()).abs().max().item() < 1e-2
+
+
+# -- the loop around the graph: nothing waits for the device ---------------------------------------
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts reads of a tensor's value on the host (``int(t)``, ``t.item()``, ``bool(t)``: on a GPU each one
+    waits for every queued kernel) made outside the denoiser's forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.in_denoiser = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func.overloadpacket is torch.ops.aten._local_scalar_dense and not self.in_denoiser:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+_LOOP_SCHEDULERS = (
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "EDMEulerScheduler",
+    "LCMScheduler",
+    "DDIMParallelScheduler",
+    "DDPMParallelScheduler",
+)
+
+
+@pytest.mark.parametrize("name", _LOOP_SCHEDULERS)
+def test_the_denoising_loop_never_reads_a_device_value_on_the_host(name: str, kit: Any, tmp_path: Path) -> None:
+    """Guidance and the scheduler step stay outside the CUDA graph; that is cheap only if the host never waits
+    for the device between steps, so it queues step k+1 while the graph of step k runs. A value read on the
+    host (``int(timestep)`` of a GPU tensor) would wait for it: none may happen from the first denoiser call
+    to the last step, for every scheduler the SD pipeline takes."""
+    import difflux_schedulers
+
+    pipe = kit.tiny_sd(tmp_path)
+    pipe.scheduler = getattr(difflux_schedulers, name).from_config(pipe.scheduler.config)
+    mode = _HostReads()
+    forward = pipe.unet.forward
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(mode.reads)
+        mode.in_denoiser += 1
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            mode.in_denoiser -= 1
+
+    pipe.unet.forward = counted
+    steps: list[int] = []
+    with mode:
+        pipe(
+            "a cat",
+            num_inference_steps=6,
+            height=16,
+            width=16,
+            output_type="latent",
+            callback_on_step_end=lambda p, i, t, kw: steps.append(mode.reads) or {},
+        )
+    assert len(calls) >= 6
+    assert steps[-1] - calls[0] == 0, f"{name}: {steps[-1] - calls[0]} host reads in the loop"
+
+
+def test_the_host_copy_of_the_schedule_follows_in_place_changes() -> None:
+    from difflux_schedulers import DDIMScheduler
+
+    scheduler = DDIMScheduler()
+    scheduler.set_timesteps(5)
+    ts = scheduler.timesteps
+    assert [scheduler._timestep_value(t) for t in ts] == ts.tolist()
+    assert scheduler._timestep_value(ts[2:][1]) == int(ts[3])  # a view of a view still maps
+    ts[3] = 7  # in place: the host copy is refreshed
+    assert scheduler._timestep_value(ts[3]) == 7
+    other = torch.tensor([999, 500])  # not a view into the schedule: read as is
+    assert scheduler._timestep_value(other[1]) == 500
+    scheduler.set_timesteps(3)  # a new schedule
+    assert [scheduler._timestep_value(t) for t in scheduler.timesteps] == scheduler.timesteps.tolist()
 
 
 # -- the compile cache across processes -------------------------------------------------------------

@@ -256,6 +256,43 @@ class BaseScheduler(SchedulerMixin):
             )
         return index
 
+    def _timestep_value(self, timestep: float | torch.Tensor) -> int:
+        """``int(timestep)``, read from a host copy of the schedule when ``timestep`` is an element of
+        ``self.timesteps`` (what ``for t in scheduler.timesteps`` yields, a view into it): a loop on a GPU then
+        never waits for the device in ``step``, so the host queues the next denoiser call (a CUDA-graph replay)
+        while the current one runs. Any other value (a Python number, a tensor built elsewhere) is read as is.
+        """
+        if isinstance(timestep, torch.Tensor):
+            index = self._schedule_view_index(timestep)
+            if index is not None:
+                return self._host_timesteps()[index]
+        return int(timestep)
+
+    def _schedule_view_index(self, timestep: torch.Tensor) -> int | None:
+        """The index of ``timestep`` in ``self.timesteps`` when it is a 0-d view into that tensor, else ``None``."""
+        schedule = getattr(self, "timesteps", None)
+        if (
+            not isinstance(schedule, torch.Tensor)
+            or schedule.dim() != 1
+            or timestep.dim() != 0
+            or timestep.dtype != schedule.dtype
+            or timestep.device != schedule.device
+            or schedule.stride(0) <= 0
+            or timestep.untyped_storage().data_ptr() != schedule.untyped_storage().data_ptr()
+        ):
+            return None
+        index, rest = divmod(int(timestep.storage_offset()) - int(schedule.storage_offset()), int(schedule.stride(0)))
+        return index if rest == 0 and 0 <= index < schedule.shape[0] else None
+
+    def _host_timesteps(self) -> list[int]:
+        """``self.timesteps`` as Python ints, refreshed when the tensor is replaced or changed in place."""
+        schedule: torch.Tensor = self.timesteps  # type: ignore[attr-defined]
+        key = (id(schedule), schedule._version)
+        cached = getattr(self, "_host_schedule", None)
+        if cached is None or cached[0] != key:
+            cached = self._host_schedule = (key, [int(t) for t in schedule.tolist()])
+        return cached[1]
+
     def _count_step(self, timestep: float | torch.Tensor) -> None:
         """Advance the step index of a scheduler whose maths do not use it (DDIM, DDPM): it counts too
         (without an end, since such a ``step`` may be called any number of times)."""
@@ -390,7 +427,7 @@ class VPScheduler(BaseScheduler):
         """Index of ``timestep`` in the schedule (raises the ``not in the schedule`` error if it is not)."""
         if isinstance(timestep, float) or (isinstance(timestep, torch.Tensor) and timestep.is_floating_point()):
             return self.index_for_timestep(timestep)
-        pos = self._positions.get(int(timestep))
+        pos = self._positions.get(self._timestep_value(timestep))
         return self.index_for_timestep(timestep) if pos is None else pos
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> torch.Tensor:

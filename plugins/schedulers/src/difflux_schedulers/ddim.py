@@ -83,7 +83,7 @@ class DDIMScheduler(VPScheduler):
         self._position(timestep)
         self._count_step(timestep)
         cfg = self.config
-        t = int(timestep)
+        t = self._timestep_value(timestep)
         prev_t = t - cfg.num_train_timesteps // self._steps()
         alpha_prod_t, sqrt_alpha, sqrt_one_minus_alpha = self._roots(t)
         alpha_prod_t_prev, sqrt_alpha_prev, sqrt_one_minus_alpha_prev = self._roots(prev_t)
@@ -175,7 +175,7 @@ class DDIMInverseScheduler(VPScheduler):
         self._position(timestep)
         self._count_step(timestep)
         cfg = self.config
-        next_t = int(timestep)
+        next_t = self._timestep_value(timestep)
         t = min(next_t - cfg.num_train_timesteps // self._steps(), cfg.num_train_timesteps - 1)
         _, sqrt_alpha, sqrt_one_minus_alpha = self._roots(t)
         _, sqrt_alpha_next, sqrt_one_minus_alpha_next = self._roots(next_t)

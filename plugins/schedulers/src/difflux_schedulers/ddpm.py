@@ -99,7 +99,7 @@ class DDPMScheduler(VPScheduler):
 
     def _previous_t(self, t: int) -> int:
         index = self._position(t)
-        return -1 if index == len(self._positions) - 1 else int(self.timesteps[index + 1])
+        return -1 if index == len(self._positions) - 1 else self._host_timesteps()[index + 1]
 
     def _posterior_constants(self, t: int, prev_t: int) -> tuple[torch.Tensor, ...]:
         """``(x0 weight, x_t weight, beta_t, fixed-small variance, its root)`` of the step from ``t`` to ``prev_t``."""
@@ -143,7 +143,7 @@ class DDPMScheduler(VPScheduler):
         :raises ValueError: for the learned variance types (they need the model's output).
         """
         self._require_timesteps()
-        return self._variance(int(timestep), self._previous_t(timestep), None)  # type: ignore[arg-type]
+        return self._variance(self._timestep_value(timestep), self._previous_t(timestep), None)  # type: ignore[arg-type]
 
     def step(
         self,
@@ -158,8 +158,8 @@ class DDPMScheduler(VPScheduler):
         """One ancestral step from ``timestep`` to the previous timestep of the schedule (``eta`` is unused)."""
         self._require_timesteps()
         cfg = self.config
-        t = int(timestep)
-        prev_t = self._previous_t(timestep)  # type: ignore[arg-type]
+        t = self._timestep_value(timestep)
+        prev_t = self._previous_t(t)
         self._count_step(timestep)
         predicted_variance = None
         if model_output.shape[1] == sample.shape[1] * 2 and self.variance_type in ("learned", "learned_range"):

@@ -200,7 +200,7 @@ class LCMScheduler(VPScheduler):
         self._require_timesteps()
         i = self._ensure_step_index(timestep)
         cfg = self.config
-        t = int(timestep)
+        t = self._timestep_value(timestep)
         t_prev = self._t_list[i + 1] if i + 1 < len(self._t_list) else t
         _, root_a, root_b = self._roots(t)
         c_skip, c_out = self._boundary_scalings(t)

@@ -73,7 +73,7 @@ class DDPMParallelScheduler(DDPMScheduler):
         :raises ValueError: for the learned variance types (they need the model's output).
         """
         self._require_timesteps()
-        return self._variance(int(timestep), self._previous_t(timestep), None)  # type: ignore[arg-type]
+        return self._variance(self._timestep_value(timestep), self._previous_t(timestep), None)  # type: ignore[arg-type]
 
     def batch_step_no_noise(
         self, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor
@@ -103,7 +103,7 @@ class DDIMParallelScheduler(DDIMScheduler):
     def step_variance(self, timestep: int | torch.Tensor) -> torch.Tensor:
         """sigma_t^2 of DDIM with eta = 1 (Song et al. 2021, eq. 16) for the step from ``timestep``."""
         self._require_timesteps()
-        t = int(timestep)
+        t = self._timestep_value(timestep)
         prev = t - self.config.num_train_timesteps // self._steps()
         return sampling.ddim_variance(self._alpha_at(t), self._alpha_at(prev))
 

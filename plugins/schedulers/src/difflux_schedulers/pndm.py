@@ -188,6 +188,7 @@ class PNDMScheduler(VPScheduler):
                 "PNDMScheduler.step_prk: the Runge-Kutta warm-up is over (or skip_prk_steps=True); "
                 "call step() or step_plms()"
             )
+        timestep = self._timestep_value(timestep)
         stage = self.counter % 4
         diff_to_prev = 0 if self.counter % 2 else self._stride() // 2
         prev_timestep = timestep - diff_to_prev
@@ -211,6 +212,7 @@ class PNDMScheduler(VPScheduler):
                 "PNDMScheduler: the multistep stage needs the Runge-Kutta warm-up first; step through "
                 "scheduler.timesteps in order with step() (or use skip_prk_steps=True)"
             )
+        timestep = self._timestep_value(timestep)
         stride = self._stride()
         prev_timestep = timestep - stride
         if self.counter != 1:

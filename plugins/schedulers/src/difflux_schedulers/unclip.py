@@ -132,7 +132,7 @@ class UnCLIPScheduler(VPScheduler):
         ``model_output``: ``(B, C, ...)``, or ``(B, 2C, ...)`` with the predicted variance for ``learned_range``.
         """
         self._require_timesteps()
-        t = int(timestep)
+        t = self._timestep_value(timestep)
         if prev_timestep is None:
             prev_t = t - 1 if self.num_inference_steps is None else int(self.previous_timestep(t))
         else:

@@ -178,7 +178,7 @@ class VQDiffusionScheduler(BaseScheduler):
         :raises ValueError: for a ``model_output`` not shaped ``(batch, num_vec_classes - 1, pixels)``.
         """
         self._require_timesteps()
-        t = int(timestep)
+        t = self._timestep_value(timestep)
         codes = self.num_embed - 1
         if model_output.ndim != 3 or model_output.shape[1] != codes or model_output.shape[2] != sample.shape[-1]:
             raise ValueError(
