@@ -2,7 +2,8 @@
 
 Rows (each a ``--case``): Diffusers eager (the baseline, always measured), difflux eager,
 difflux ``optimize()`` (mode ``"default"``), difflux ``optimize("max")`` (adds bf16 autocast on a
-bf16-capable CPU), Diffusers with ``torch.compile`` (``channels_last``, ``fullgraph=True``), and
+bf16-capable CPU), ``max-no-compile``: ``optimize("max")`` without ``regional_compile``, Diffusers
+with ``torch.compile`` (``channels_last``, ``fullgraph=True``), and
 ``cache``: the first-forward time of a second process that loads the compile cache written by a
 first one (each process with an empty inductor cache). Random weights at the published config,
 the same weights and inputs for both libraries. Ratios are against Diffusers eager of this run.
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_models import SD15, TINY, median_time, unet_inputs
 
-CASES = ("eager", "optimize", "optimize-max", "diffusers-compile", "cache")
+CASES = ("eager", "optimize", "optimize-max", "max-no-compile", "diffusers-compile", "cache")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -125,6 +126,13 @@ def run_cases(cases: list[str], config: dict[str, Any], dtype: torch.dtype, dev:
             first = timed_first(call(ours), sync)
             diff = max_diff(call(ours)(), expected)
             table.add(f"difflux optimize({mode!r})", median_time(call(ours), iters, sync, warmup), first, diff)
+            del ours
+        if "max-no-compile" in cases:  # what the CPU gains without compiling (bf16 autocast, layout, fused QKV)
+            ours = ours_from(ref)
+            print(ours.optimize("max", skip=("regional_compile",)), flush=True)
+            first = timed_first(call(ours), sync)
+            diff = max_diff(call(ours)(), expected)
+            table.add("difflux optimize('max'), no compile", median_time(call(ours), iters, sync, warmup), first, diff)
             del ours
         if "diffusers-compile" in cases:
             ref.to(memory_format=torch.channels_last)

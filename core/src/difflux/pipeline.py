@@ -60,6 +60,7 @@ def _without_autograd(call: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(call)
     def __call__(self: DiffusionPipeline, *args: Any, **kwargs: Any) -> Any:
+        _check_prompt_embeds(type(self).__name__, kwargs)
         depth = self.__dict__.get("_difflux_call_depth", 0)
         self.__dict__["_difflux_call_depth"] = depth + 1
         try:
@@ -72,6 +73,19 @@ def _without_autograd(call: Callable[..., Any]) -> Callable[..., Any]:
 
     __call__._difflux_no_grad = True  # type: ignore[attr-defined]
     return __call__
+
+
+def _check_prompt_embeds(pipeline: str, kwargs: dict[str, Any]) -> None:
+    """Every ``*prompt_embeds`` keyword (``prompt_embeds``, ``negative_pooled_prompt_embeds`` ...) of a
+    pipeline call is ``None`` or a tensor, checked before the pipeline's own code reads its shape.
+
+    :raises TypeError: naming the argument and the type it got.
+    """
+    for key, value in kwargs.items():
+        if key.endswith("prompt_embeds") and value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{pipeline}: {key} must be a torch.Tensor (from encode_prompt), got {type(value).__name__}"
+            )
 
 
 def _dtype_alias(kwargs: dict[str, Any], where: str) -> dict[str, Any]:

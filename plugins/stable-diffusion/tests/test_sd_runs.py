@@ -543,6 +543,14 @@ CASES: list[tuple[str, str, Any, str]] = [
     ("NaN image", "image", "nan-image", "image holds 1 NaN"),
     ("image under one latent pixel", "image", "tiny-image", "smaller than one latent pixel"),
     ("prompt_embeds of the wrong width", "prompt_embeds", "wide-embeds", "features per token, but the UNet"),
+    ("prompt_embeds as a list", "prompt_embeds", "list-embeds", r"prompt_embeds must be a torch.Tensor.*got list"),
+    ("prompt_embeds without a token axis", "prompt_embeds", "flat-embeds", r"shaped \(batch, tokens, features\)"),
+    (
+        "negative_prompt_embeds as an array",
+        "negative_prompt_embeds",
+        "array-embeds",
+        r"negative_prompt_embeds must be a torch.Tensor.*got ndarray",
+    ),
     ("output_type unknown", "output_type", "jpg", "output_type='jpg' is not supported"),
     ("unknown callback tensor", "callback_on_step_end_tensor_inputs", ["latents", "noise"], "'noise'"),
 ]
@@ -563,6 +571,12 @@ def _value(maker: Any, pipe: Any) -> Any:
         return picture(size=1)
     if maker == "wide-embeds":
         return _bad_embeds(int(pipe.unet.config.cross_attention_dim))
+    if maker == "list-embeds":
+        return torch.randn(1, 77, int(pipe.unet.config.cross_attention_dim)).tolist()
+    if maker == "flat-embeds":
+        return torch.randn(1, int(pipe.unet.config.cross_attention_dim))
+    if maker == "array-embeds":
+        return torch.randn(1, 77, int(pipe.unet.config.cross_attention_dim)).numpy()
     return maker
 
 

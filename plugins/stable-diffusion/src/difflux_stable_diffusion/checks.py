@@ -106,6 +106,8 @@ def _check_prompts(name: str, args: Inputs) -> int:
         raise ValueError(f"{name}: prompt_2 needs prompt (prompt_embeds already hold both encoders' features)")
     if args.negative_prompt is not None and args.negative_prompt_embeds is not None:
         raise ValueError(f"{name}: pass negative_prompt or negative_prompt_embeds, not both")
+    for key in ("prompt_embeds", "negative_prompt_embeds"):  # type and rank before the batch is read from them
+        check_embeds_width(getattr(args, key), None, key, name, "")
     prompts = prompt_list(args.prompt)
     batch = len(prompts) if prompts is not None else int(args.prompt_embeds.shape[0])  # type: ignore[union-attr]
     if batch < 1:
