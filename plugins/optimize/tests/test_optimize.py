@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import difflux
+import difflux_schedulers
 import pytest
 import torch
 from difflux.errors import ConfigError
@@ -332,24 +333,10 @@ class _HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-_LOOP_SCHEDULERS = (
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "DEISMultistepScheduler",
-    "UniPCMultistepScheduler",
-    "EDMEulerScheduler",
-    "LCMScheduler",
-    "DDIMParallelScheduler",
-    "DDPMParallelScheduler",
+#: every scheduler the SD pipeline takes (its ``compatibles``), and the ones other SD-base families use
+_LOOP_SCHEDULERS = sorted(
+    {c.__name__ for c in difflux_schedulers.DDIMScheduler().compatibles}
+    | {"LCMScheduler", "DDIMParallelScheduler", "DDPMParallelScheduler"}
 )
 
 
@@ -359,8 +346,7 @@ def test_the_denoising_loop_never_reads_a_device_value_on_the_host(name: str, ki
     for the device between steps, so it queues step k+1 while the graph of step k runs. A value read on the
     host (``int(timestep)`` of a GPU tensor) would wait for it: none may happen from the first denoiser call
     to the last step, for every scheduler the SD pipeline takes."""
-    import difflux_schedulers
-
+    assert len(_LOOP_SCHEDULERS) >= 17
     pipe = kit.tiny_sd(tmp_path)
     pipe.scheduler = getattr(difflux_schedulers, name).from_config(pipe.scheduler.config)
     mode = _HostReads()
