@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import ClassVar, Literal
 
@@ -23,7 +24,7 @@ def log_midpoint(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.log().lerp(b.log(), 0.5).exp()
 
 
-class _KDPM2Base(SigmaScheduler):
+class _KDPM2Base(SigmaScheduler, abc.ABC):
     """Shared schedule: each step evaluates the model at sigma and at the log-midpoint sigma_interpol."""
 
     _compatibles: ClassVar[tuple[str, ...]] = KARRAS_COMPATIBLES
@@ -64,9 +65,9 @@ class _KDPM2Base(SigmaScheduler):
             raise RuntimeError(f"{type(self).__name__}: the second call of a step came before its first call")
         return self.sample
 
+    @abc.abstractmethod
     def _interpolated(self, sigmas: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The midpoint sigmas for this variant (index-aligned with ``sigmas``) and extra per-step tables."""
-        raise NotImplementedError  # pragma: no cover - each variant defines it
 
     #: which slice of the midpoint timesteps sits between the full steps
     _interp_slice: ClassVar[slice] = slice(1, -1)
