@@ -4,11 +4,12 @@ SIGGRAPH 2023, arXiv:2302.03027, sec. 3.1)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from difflux.protocols import Scheduler
 from difflux_schedulers.sampling import predict_x0_eps_vp
 from difflux_stable_diffusion._base import Denoise, Sampling
 from difflux_stable_diffusion.prompts import PromptEmbeds
@@ -47,6 +48,74 @@ class InvertingStableDiffusion(GuidedStableDiffusion):
     """SD components plus an ``inverse_scheduler`` (a ``DDIMInverseScheduler``) and the inversion steps."""
 
     inverse_scheduler: Any
+
+    def __init__(
+        self,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        unet: Any,
+        scheduler: Scheduler,
+        safety_checker: Any = None,
+        feature_extractor: Any = None,
+        inverse_scheduler: Any = None,
+        requires_safety_checker: bool = True,
+    ) -> None:
+        super().__init__(
+            vae,
+            text_encoder,
+            tokenizer,
+            unet,
+            scheduler,
+            safety_checker,
+            feature_extractor,
+            None,
+            requires_safety_checker,
+        )
+        self.register_modules(inverse_scheduler=inverse_scheduler)
+
+    def check_inversion(self, num_reg_steps: Any, generator: Generator) -> None:
+        """Check what ``invert`` needs besides its inputs before any model runs: an ``inverse_scheduler``, and the
+        regulariser options (:meth:`regularise`).
+
+        :raises ValueError: without ``inverse_scheduler``, for ``num_reg_steps`` other than an int >= 0, or for
+            regularising with a list of generators.
+        """
+        name = type(self).__name__
+        if self.inverse_scheduler is None:
+            raise ValueError(f"{name}.invert needs an inverse_scheduler (DDIMInverseScheduler.from_config(...))")
+        if isinstance(num_reg_steps, bool) or not isinstance(num_reg_steps, int) or num_reg_steps < 0:
+            raise ValueError(f"{name}: num_reg_steps must be an int >= 0, got {num_reg_steps!r}")
+        if num_reg_steps and isinstance(generator, Sequence):
+            raise ValueError(f"{name}: the regularisers draw their shifts from one generator; pass one, not a list")
+
+    def inversion_start(self, call: Mapping[str, Any], batch: int) -> tuple[torch.Tensor, PromptEmbeds, Sampling]:
+        """Check (:meth:`check_inversion`) and set up an ``invert`` call from its arguments (``locals()``).
+
+        Returns ``(VAE latents of image (batch, C, h, w), prompt embeddings, run options)``; the prompt (and the
+        negative prompt, where the call has one) is encoded guided when ``guidance_scale > 1``; ``callback`` is
+        the deprecated per-step callback.
+        """
+        self.check_inversion(call["num_reg_steps"], call["generator"])
+        callback = call["callback"]
+        opts = self.sampling(
+            call["guidance_scale"],
+            0.0,
+            0.0,
+            None,
+            call["cross_attention_kwargs"],
+            legacy=callback,
+            legacy_steps=call["callback_steps"] if callback else None,
+        )
+        latents = self.image_latents_of(self.image_input(call["image"]), batch, call["generator"])
+        embeds = self.encode_prompt(
+            call["prompt"],
+            guidance=opts.guidance,
+            negative_prompt=call.get("negative_prompt"),
+            prompt_embeds=call["prompt_embeds"],
+            negative_prompt_embeds=call.get("negative_prompt_embeds"),
+        )
+        return latents, embeds, opts
 
     def image_latents_of(self, pixels: torch.Tensor, total: int, generator: Generator) -> torch.Tensor:
         """Scaled VAE latents of ``pixels`` (``[-1, 1]``; 4-channel input is taken as latents), repeated to ``total``.

@@ -22,7 +22,6 @@ import PIL.Image
 import torch
 from difflux.outputs import BaseOutput
 from difflux.pipeline_utils import LegacyCallback, StepCallback
-from difflux.protocols import Scheduler
 from difflux.torch_utils import randn_tensor
 from difflux_stable_diffusion.checks import Inputs
 from difflux_stable_diffusion.prompts import Prompt
@@ -81,31 +80,6 @@ class StableDiffusionDiffEditPipeline(InvertingStableDiffusion):
 
     _optional_components = ("safety_checker", "feature_extractor", "inverse_scheduler")
     _scheduler_fixes = ("skip_prk_steps",)
-
-    def __init__(
-        self,
-        vae: Any,
-        text_encoder: Any,
-        tokenizer: Any,
-        unet: Any,
-        scheduler: Scheduler,
-        safety_checker: Any = None,
-        feature_extractor: Any = None,
-        inverse_scheduler: Any = None,
-        requires_safety_checker: bool = True,
-    ) -> None:
-        super().__init__(
-            vae,
-            text_encoder,
-            tokenizer,
-            unet,
-            scheduler,
-            safety_checker,
-            feature_extractor,
-            None,
-            requires_safety_checker,
-        )
-        self.register_modules(inverse_scheduler=inverse_scheduler)
 
     # -- 1. the mask ------------------------------------------------------------------------------
 
@@ -252,7 +226,6 @@ class StableDiffusionDiffEditPipeline(InvertingStableDiffusion):
         :raises TypeError | ValueError: for bad input (no ``image``, no ``inverse_scheduler`` ...), before any
             model runs.
         """
-        name = type(self).__name__
         batch = self.check_inputs(
             Inputs(
                 prompt=prompt,
@@ -268,29 +241,7 @@ class StableDiffusionDiffEditPipeline(InvertingStableDiffusion):
                 output_type="np" if output_type == "latent" else output_type,
             )
         )
-        if self.inverse_scheduler is None:
-            raise ValueError(f"{name}.invert needs an inverse_scheduler (DDIMInverseScheduler.from_config(...))")
-        if isinstance(num_reg_steps, bool) or not isinstance(num_reg_steps, int) or num_reg_steps < 0:
-            raise ValueError(f"{name}: num_reg_steps must be an int >= 0, got {num_reg_steps!r}")
-        if num_reg_steps and isinstance(generator, Sequence):
-            raise ValueError(f"{name}: the regularisers draw their shifts from one generator; pass one, not a list")
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            0.0,
-            None,
-            cross_attention_kwargs,
-            legacy=callback,
-            legacy_steps=callback_steps if callback else None,
-        )
-        latents = self.image_latents_of(self.image_input(image), batch, generator)
-        embeds = self.encode_prompt(
-            prompt,
-            guidance=opts.guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-        )
+        latents, embeds, opts = self.inversion_start(locals(), batch)
         inverse = self.inverse_scheduler
         inverse.set_timesteps(num_inference_steps, device=self.device)
         keep = min(int(num_inference_steps * inpaint_strength), num_inference_steps)

@@ -101,14 +101,10 @@ class StableDiffusionPix2PixZeroPipeline(InvertingStableDiffusion):
             scheduler,
             safety_checker,
             feature_extractor,
-            None,
+            inverse_scheduler,
             requires_safety_checker,
         )
-        self.register_modules(
-            inverse_scheduler=inverse_scheduler,
-            caption_generator=caption_generator,
-            caption_processor=caption_processor,
-        )
+        self.register_modules(caption_generator=caption_generator, caption_processor=caption_processor)
 
     # -- helpers users call ------------------------------------------------------------------------
 
@@ -175,7 +171,6 @@ class StableDiffusionPix2PixZeroPipeline(InvertingStableDiffusion):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        name = type(self).__name__
         batch = self.check_inputs(
             Inputs(
                 prompt=prompt,
@@ -188,23 +183,7 @@ class StableDiffusionPix2PixZeroPipeline(InvertingStableDiffusion):
                 output_type=output_type,
             )
         )
-        if isinstance(num_reg_steps, bool) or not isinstance(num_reg_steps, int) or num_reg_steps < 0:
-            raise ValueError(f"{name}: num_reg_steps must be an int >= 0, got {num_reg_steps!r}")
-        if num_reg_steps and isinstance(generator, Sequence):
-            raise ValueError(f"{name}: the regularisers draw their shifts from one generator; pass one, not a list")
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            0.0,
-            None,
-            cross_attention_kwargs,
-            legacy=callback,
-            legacy_steps=callback_steps if callback else None,
-        )
-        start = self.image_latents_of(self.image_input(image), batch, generator)
-        embeds = self.encode_prompt(prompt, guidance=opts.guidance, prompt_embeds=prompt_embeds)
-        if self.inverse_scheduler is None:
-            raise ValueError(f"{name}.invert needs an inverse_scheduler (DDIMInverseScheduler)")
+        start, embeds, opts = self.inversion_start(locals(), batch)
         self.inverse_scheduler.set_timesteps(num_inference_steps, device=self.device)
         kept = self.run_inversion(
             start,
