@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -83,8 +84,24 @@ class FlaxSchedulerOutput:
     state: FlaxSchedulerState
 
 
+#: ``draw()``: the step's noise, from ``noise=`` or drawn with ``key=`` (a ValueError when neither is given)
+_Draw = Callable[[], jax.Array]
+#: what a sampler's ``_update`` returns: ``prev_sample`` and the buffers it replaces
+_Update = tuple[jax.Array, dict[str, jax.Array]]
+
+
 def _f32(values: Any) -> jax.Array:
     return jnp.asarray(np.asarray(values, dtype=np.float32))
+
+
+def _per_sample(values: jax.Array, like: jax.Array) -> jax.Array:
+    """``(batch,)`` per-sample coefficients as ``(batch, 1, ..., 1)`` in ``like``'s dtype (to scale ``like``)."""
+    return values.astype(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _push(history: jax.Array, new: jax.Array) -> jax.Array:
+    """``history`` (``(k, *shape)``, oldest first) without its oldest entry, ``new`` appended."""
+    return jnp.concatenate([history[1:], new[None]], axis=0)
 
 
 def _at(state: FlaxSchedulerState, name: str, like: jax.Array, offset: int = 0) -> jax.Array:
@@ -108,6 +125,8 @@ class FlaxScheduler(abc.ABC):
     order: ClassVar[int] = 1
     config_name: ClassVar[str] = "scheduler_config.json"
     dtype: Any = jnp.float32
+    #: ``prev_sample`` takes ``model_output``'s dtype instead of ``sample``'s (as the PyTorch twin does)
+    _model_output_dtype: ClassVar[bool] = False
 
     def __init__(self, **config: Any) -> None:
         cls = import_ref(self.torch_scheduler)
@@ -217,11 +236,9 @@ class FlaxScheduler(abc.ABC):
         self, state: FlaxSchedulerState, original_samples: jax.Array, noise: jax.Array, timesteps: jax.Array
     ) -> jax.Array:
         """Forward diffusion q(x_t | x_0) at integer training ``timesteps`` (one per sample; DDPM eq. 4)."""
-        a = state.alphas_cumprod[jnp.asarray(timesteps).astype(jnp.int32).reshape(-1)].astype(original_samples.dtype)
-        a = a.reshape(-1, *([1] * (original_samples.ndim - 1)))
+        a = _per_sample(state.alphas_cumprod[jnp.asarray(timesteps).astype(jnp.int32).reshape(-1)], original_samples)
         return jnp.sqrt(a) * original_samples + jnp.sqrt(1 - a) * noise
 
-    @abc.abstractmethod
     def step(
         self,
         state: FlaxSchedulerState,
@@ -233,7 +250,25 @@ class FlaxScheduler(abc.ABC):
     ) -> FlaxSchedulerOutput:
         """One step from the current schedule position; ``key`` or ``noise`` for the stochastic samplers.
 
-        ``timestep`` is accepted for the Diffusers signature; the position is ``state.step_index``.
+        ``timestep`` is accepted for the Diffusers signature; the position is ``state.step_index``. The
+        update itself is the sampler's ``_update`` (its docstring names the algorithm).
+
+        :param model_output: the model's prediction for ``sample``, same shape.
+        :param sample: x at the current step, ``(batch, ...)`` float.
+        :param key: a ``jax.random`` key for the stochastic samplers (DDPM), or ``noise``: the draw itself,
+            ``sample``'s shape.
+        :returns: ``prev_sample`` (``sample``'s shape; ``sample``'s dtype, ``model_output``'s for the samplers
+            whose PyTorch twin returns that) and the state one position further, with the updated buffers.
+        :raises ValueError: a stochastic step with neither ``key`` nor ``noise``; an unknown ``prediction_type``.
+        """
+        prev, buffers = self._update(state, model_output, sample, functools.partial(self._noise, key, noise, sample))
+        return self._done(state, prev, model_output if self._model_output_dtype else sample, **buffers)
+
+    @abc.abstractmethod
+    def _update(self, state: FlaxSchedulerState, model_output: jax.Array, sample: jax.Array, draw: _Draw) -> _Update:
+        """``(prev_sample, buffers to replace)`` for one step at ``state.step_index`` (traced: pure JAX).
+
+        ``draw()`` gives the step's noise (``sample``'s shape and dtype) to the stochastic samplers.
         """
 
     def _done(
@@ -242,12 +277,11 @@ class FlaxScheduler(abc.ABC):
         new = dataclasses.replace(state, step_index=state.step_index + 1, buffers={**state.buffers, **buffers})
         return FlaxSchedulerOutput(prev_sample=prev.astype(like.dtype), state=new)
 
-    @staticmethod
-    def _noise(key: jax.Array | None, noise: jax.Array | None, like: jax.Array, who: str) -> jax.Array:
+    def _noise(self, key: jax.Array | None, noise: jax.Array | None, like: jax.Array) -> jax.Array:
         if noise is not None:
             return noise.astype(like.dtype)
         if key is None:
-            raise ValueError(f"{who}.step is stochastic here: pass key= (a jax.random key) or noise=")
+            raise ValueError(f"{type(self).__name__}.step is stochastic here: pass key= (a jax.random key) or noise=")
         return jax.random.normal(key, like.shape, like.dtype)
 
     def __len__(self) -> int:
@@ -321,19 +355,27 @@ class FlaxDDIMScheduler(FlaxScheduler):
         noise: jax.Array | None = None,
         eta: float = 0.0,
     ) -> FlaxSchedulerOutput:
-        """One DDIM step from ``timestep`` to ``timestep - T // n`` (eq. 12; eq. 16 for ``eta``)."""
+        """One DDIM step from ``timestep`` to ``timestep - T // n`` (eq. 12; eq. 16 for ``eta``).
+
+        ``eta`` > 0 adds noise, drawn with ``key`` or taken from ``noise``; the rest as :meth:`FlaxScheduler.step`.
+        """
+        draw = functools.partial(self._noise, key, noise, sample)
+        return self._done(state, self._update(state, model_output, sample, draw, eta)[0], sample)
+
+    def _update(
+        self, state: FlaxSchedulerState, model_output: jax.Array, sample: jax.Array, draw: _Draw, eta: float = 0.0
+    ) -> _Update:
+        """DDIM, eq. 12 (eq. 16 for ``eta``)."""
         cfg = self.config
         sqrt_a, sqrt_1ma = _at(state, "sqrt_a", sample), _at(state, "sqrt_1ma", sample)
         x0, eps = _x0_eps(model_output, sample, sqrt_a, sqrt_1ma, cfg.prediction_type)
         x0 = _clip_or_threshold(x0, cfg)
         if eta == 0:
-            prev = _at(state, "prev_sqrt_a", sample) * x0 + _at(state, "prev_sqrt_1ma", sample) * eps
-            return self._done(state, prev, sample)
+            return _at(state, "prev_sqrt_a", sample) * x0 + _at(state, "prev_sqrt_1ma", sample) * eps, {}
         a, a_prev = _at(state, "a", sample), _at(state, "prev_a", sample)
         std = eta * jnp.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
         prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(1 - a_prev - std**2) * eps
-        prev = prev + std * self._noise(key, noise, sample, type(self).__name__)
-        return self._done(state, prev, sample)
+        return prev + std * draw(), {}
 
 
 class FlaxDDPMScheduler(FlaxScheduler):
@@ -370,15 +412,7 @@ class FlaxDDPMScheduler(FlaxScheduler):
         tables = {**_roots_table(host, ts), **{k: np.asarray(v, np.float32) for k, v in cols.items()}}
         return np.asarray(ts, np.int32), tables, 1.0
 
-    def step(
-        self,
-        state: FlaxSchedulerState,
-        model_output: jax.Array,
-        timestep: jax.Array | int,
-        sample: jax.Array,
-        key: jax.Array | None = None,
-        noise: jax.Array | None = None,
-    ) -> FlaxSchedulerOutput:
+    def _update(self, state: FlaxSchedulerState, model_output: jax.Array, sample: jax.Array, draw: _Draw) -> _Update:
         """x_{t-1} = posterior mean + std * noise (no noise at t = 0); needs ``key`` or ``noise``."""
         cfg = self.config
         x0, _ = _x0_eps(
@@ -386,8 +420,7 @@ class FlaxDDPMScheduler(FlaxScheduler):
         )
         x0 = _clip_or_threshold(x0, cfg)
         prev = _at(state, "x0_coeff", sample) * x0 + _at(state, "sample_coeff", sample) * sample
-        prev = prev + _at(state, "std", sample) * self._noise(key, noise, sample, type(self).__name__)
-        return self._done(state, prev, sample)
+        return prev + _at(state, "std", sample) * draw(), {}
 
 
 def _adams_bashforth(ets: jax.Array, count: jax.Array) -> jax.Array:
@@ -422,23 +455,14 @@ class FlaxPNDMScheduler(FlaxScheduler):
     def _buffers(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         return {"ets": (4, *shape), "cur_sample": shape}
 
-    def step(
-        self,
-        state: FlaxSchedulerState,
-        model_output: jax.Array,
-        timestep: jax.Array | int,
-        sample: jax.Array,
-        key: jax.Array | None = None,
-        noise: jax.Array | None = None,
-    ) -> FlaxSchedulerOutput:
+    def _update(self, state: FlaxSchedulerState, model_output: jax.Array, sample: jax.Array, draw: _Draw) -> _Update:
         """One PLMS step (deterministic); the first two calls are the Heun-like warm-up."""
         cfg = self.config
         i = state.step_index
         if cfg.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"PNDM supports prediction_type 'epsilon' or 'v_prediction', not {cfg.prediction_type!r}")
         ets = state.buffers["ets"].astype(sample.dtype)
-        pushed = jnp.concatenate([ets[1:], model_output[None]], axis=0)
-        ets = jnp.where(i == 1, ets, pushed)  # the warm-up's second call keeps the history
+        ets = jnp.where(i == 1, ets, _push(ets, model_output))  # the warm-up's second call keeps the history
         count = jnp.where(i == 1, 1, jnp.minimum(i + jnp.where(i == 0, 1, 0), 4))
         out = jnp.where(
             i == 0, model_output, jnp.where(i == 1, (model_output + ets[3]) / 2, _adams_bashforth(ets, count))
@@ -449,8 +473,7 @@ class FlaxPNDMScheduler(FlaxScheduler):
         if cfg.prediction_type == "v_prediction":  # the combined output, converted at the step's start
             eps = _x0_eps(out, x, _at(state, "sqrt_a", x), _at(state, "sqrt_1ma", x), "v_prediction")[1]
         coeff, gap, denom = (_at(state, k, sample) for k in ("sample_coeff", "alpha_gap", "denom"))
-        prev = coeff * x - (gap * eps) / denom
-        return self._done(state, prev, sample, ets=ets, cur_sample=jnp.where(i == 0, sample, cur))
+        return coeff * x - (gap * eps) / denom, {"ets": ets, "cur_sample": jnp.where(i == 0, sample, cur)}
 
 
 class _SigmaScheduler(FlaxScheduler):
@@ -474,8 +497,7 @@ class _SigmaScheduler(FlaxScheduler):
         """x = x_0 + sigma eps at the schedule position of each of ``timesteps`` (values of ``state.timesteps``)."""
         t = jnp.asarray(timesteps, jnp.float32).reshape(-1)
         index = jnp.argmin(jnp.abs(state.timesteps[None, :] - t[:, None]), axis=1)
-        sigma = state.tables["sigma"][index].astype(original_samples.dtype)
-        return original_samples + noise * sigma.reshape(-1, *([1] * (original_samples.ndim - 1)))
+        return original_samples + noise * _per_sample(state.tables["sigma"][index], original_samples)
 
     def _denoised(self, model_output: jax.Array, sample: jax.Array, sigma: jax.Array) -> jax.Array:
         kind = self.config.prediction_type
@@ -493,6 +515,7 @@ class FlaxEulerDiscreteScheduler(_SigmaScheduler):
 
     torch_scheduler = "difflux_schedulers.euler:EulerDiscreteScheduler"
     unsupported: ClassVar[Mapping[str, Any]] = {"timestep_type": "discrete"}
+    _model_output_dtype: ClassVar[bool] = True
 
     def _tables(self, n: int) -> tuple[np.ndarray, dict[str, np.ndarray], float]:
         ts, tables, init = self._sigma_tables()
@@ -500,21 +523,12 @@ class FlaxEulerDiscreteScheduler(_SigmaScheduler):
         tables["dt"] = np.concatenate([s[1:] - s[:-1], [0.0]]).astype(np.float32)
         return ts, tables, init
 
-    def step(
-        self,
-        state: FlaxSchedulerState,
-        model_output: jax.Array,
-        timestep: jax.Array | int,
-        sample: jax.Array,
-        key: jax.Array | None = None,
-        noise: jax.Array | None = None,
-    ) -> FlaxSchedulerOutput:
+    def _update(self, state: FlaxSchedulerState, model_output: jax.Array, sample: jax.Array, draw: _Draw) -> _Update:
         """x_next = x + (x - denoised) / sigma * (sigma_next - sigma); deterministic."""
         x = sample.astype(jnp.float32)
         sigma = _at(state, "sigma", x)
         denoised = self._denoised(model_output.astype(jnp.float32), x, sigma)
-        prev = (x - denoised) / sigma * _at(state, "dt", x) + x
-        return self._done(state, prev, model_output)
+        return (x - denoised) / sigma * _at(state, "dt", x) + x, {}
 
 
 class FlaxLMSDiscreteScheduler(_SigmaScheduler):
@@ -536,23 +550,14 @@ class FlaxLMSDiscreteScheduler(_SigmaScheduler):
     def _buffers(self, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         return {"derivatives": (self.max_order, *shape)}
 
-    def step(
-        self,
-        state: FlaxSchedulerState,
-        model_output: jax.Array,
-        timestep: jax.Array | int,
-        sample: jax.Array,
-        key: jax.Array | None = None,
-        noise: jax.Array | None = None,
-    ) -> FlaxSchedulerOutput:
+    def _update(self, state: FlaxSchedulerState, model_output: jax.Array, sample: jax.Array, draw: _Draw) -> _Update:
         """x_next = x + sum_k c_k d_{i-k}, with the Lagrange-integral weights of the schedule; deterministic."""
         sigma = _at(state, "sigma", sample)
         denoised = self._denoised(model_output, sample, sigma)
         d = (sample - denoised) / sigma
-        history = jnp.concatenate([state.buffers["derivatives"][1:].astype(sample.dtype), d[None]], axis=0)
+        history = _push(state.buffers["derivatives"].astype(sample.dtype), d)
         c = state.tables["coeffs"][state.step_index].astype(sample.dtype)  # newest first
-        prev = sample + jnp.tensordot(c, history[::-1], axes=1)
-        return self._done(state, prev, sample, derivatives=history)
+        return sample + jnp.tensordot(c, history[::-1], axes=1), {"derivatives": history}
 
 
 class FlaxDPMSolverMultistepScheduler(FlaxScheduler):
@@ -565,6 +570,7 @@ class FlaxDPMSolverMultistepScheduler(FlaxScheduler):
         "thresholding": False,
         "variance_type": None,
     }
+    _model_output_dtype: ClassVar[bool] = True
 
     def _check_supported(self) -> None:
         if self.config.get("variance_type") is not None:
@@ -606,26 +612,17 @@ class FlaxDPMSolverMultistepScheduler(FlaxScheduler):
         """alpha x0 + sigma eps at the schedule level of each of ``timesteps`` (values of ``state.timesteps``)."""
         t = jnp.asarray(timesteps).reshape(-1)
         index = jnp.argmax(state.timesteps[None, :] == t[:, None], axis=1)
-        shape = (-1, *([1] * (original_samples.ndim - 1)))
-        alpha = state.tables["alpha"][index].astype(original_samples.dtype).reshape(shape)
-        sigma = state.tables["sigma"][index].astype(original_samples.dtype).reshape(shape)
+        alpha = _per_sample(state.tables["alpha"][index], original_samples)
+        sigma = _per_sample(state.tables["sigma"][index], original_samples)
         return alpha * original_samples + sigma * noise
 
-    def step(
-        self,
-        state: FlaxSchedulerState,
-        model_output: jax.Array,
-        timestep: jax.Array | int,
-        sample: jax.Array,
-        key: jax.Array | None = None,
-        noise: jax.Array | None = None,
-    ) -> FlaxSchedulerOutput:
+    def _update(self, state: FlaxSchedulerState, model_output: jax.Array, sample: jax.Array, draw: _Draw) -> _Update:
         """One multistep update; the order per step follows the PyTorch scheduler (warm-up, lower-order final)."""
         cfg = self.config
         x = sample.astype(jnp.float32)
         a0, s0 = _at(state, "alpha", x), _at(state, "sigma", x)
         x0 = _x0_eps(model_output.astype(jnp.float32), x, a0, s0, str(cfg.prediction_type))[0]
-        history = jnp.concatenate([state.buffers["model_outputs"][1:], x0[None]], axis=0)
+        history = _push(state.buffers["model_outputs"], x0)
         lam = [_at(state, "lam", x, -k) for k in (2, 1, 0)]  # oldest first: i-2, i-1, i
         lam_t, a_t, s_t = _at(state, "lam", x, 1), _at(state, "alpha", x, 1), _at(state, "sigma", x, 1)
         h = lam_t - lam[2]
@@ -651,8 +648,7 @@ class FlaxDPMSolverMultistepScheduler(FlaxScheduler):
 
         order = state.tables["order"][state.step_index].astype(jnp.int32)
         branches: list[Callable[[None], jax.Array]] = [first, second, third]
-        prev = jax.lax.switch(order - 1, branches, None)
-        return self._done(state, prev, model_output, model_outputs=history)
+        return jax.lax.switch(order - 1, branches, None), {"model_outputs": history}
 
 
 #: Flax scheduler class name -> lazy reference (the plugin registers these)
