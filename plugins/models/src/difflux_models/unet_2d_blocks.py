@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -92,34 +92,23 @@ class BlockOptions:
     def resnet(self, in_channels: int, out_channels: int, **extra: Any) -> nn.Module:
         """A residual block; with ``resnet_time_scale_shift="spatial"`` (MoVQ decoders) one whose
         norms are :class:`~difflux_models.layers.normalization.SpatialNorm` of ``temb`` (the quantized latent)."""
+        common: dict[str, Any] = {
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "temb_channels": self.temb_channels,
+            "eps": self.resnet_eps,
+            "groups": self.resnet_groups,
+            "dropout": self.dropout,
+            "time_embedding_norm": self.resnet_time_scale_shift,
+            "non_linearity": self.resnet_act_fn,
+            "output_scale_factor": self.output_scale_factor,
+            **extra,
+        }
         if self.resnet_time_scale_shift == "spatial":
             if self.temb_channels is None:
                 raise ValueError("spatial-norm residual blocks need temb_channels (the latent channels)")
-            return ResnetBlockCondNorm2D(
-                in_channels=in_channels,
-                out_channels=out_channels,
-                temb_channels=self.temb_channels,
-                eps=self.resnet_eps,
-                groups=self.resnet_groups,
-                dropout=self.dropout,
-                time_embedding_norm="spatial",
-                non_linearity=self.resnet_act_fn,
-                output_scale_factor=self.output_scale_factor,
-                **extra,
-            )
-        return ResnetBlock2D(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            temb_channels=self.temb_channels,
-            eps=self.resnet_eps,
-            groups=self.resnet_groups,
-            dropout=self.dropout,
-            time_embedding_norm=self.resnet_time_scale_shift,
-            non_linearity=self.resnet_act_fn,
-            output_scale_factor=self.output_scale_factor,
-            skip_time_act=self.skip_time_act,
-            **extra,
-        )
+            return ResnetBlockCondNorm2D(**common)
+        return ResnetBlock2D(skip_time_act=self.skip_time_act, **common)
 
     def layers_per_attention(self, i: int) -> int:
         t = self.transformer_layers_per_block
@@ -627,10 +616,11 @@ class UpBlock2D(nn.Module):
         return hidden_states
 
 
-class CrossAttnUpBlock2D(UpBlock2D):
-    """Up block with a spatial transformer (cross-attention) after each residual block."""
+class _PresetUpBlock2D(UpBlock2D):
+    """An up block whose class fixes the upsampler, the attention and the residual options: the
+    constructor takes only the arguments all UNet up blocks take (the Diffusers names below)."""
 
-    has_cross_attention = True
+    preset_upsample_type: ClassVar[str] = "conv"
 
     def __init__(
         self,
@@ -640,9 +630,26 @@ class CrossAttnUpBlock2D(UpBlock2D):
         options: BlockOptions,
         add_upsample: bool = True,
     ) -> None:
+        o = self._preset_options(options)
+        attention = self._preset_attention(o)
         super().__init__(
-            in_channels, prev_output_channel, out_channels, options, add_upsample, attention=options.cross_attention()
+            in_channels, prev_output_channel, out_channels, o, add_upsample, self.preset_upsample_type, attention
         )
+
+    def _preset_options(self, options: BlockOptions) -> BlockOptions:
+        return options
+
+    def _preset_attention(self, options: BlockOptions) -> AttentionFactory | None:
+        return None
+
+
+class CrossAttnUpBlock2D(_PresetUpBlock2D):
+    """Up block with a spatial transformer (cross-attention) after each residual block."""
+
+    has_cross_attention = True
+
+    def _preset_attention(self, options: BlockOptions) -> AttentionFactory | None:
+        return options.cross_attention()
 
 
 class AttnUpBlock2D(UpBlock2D):
@@ -670,38 +677,24 @@ class AttnUpBlock2D(UpBlock2D):
         )
 
 
-class ResnetUpsampleBlock2D(UpBlock2D):
+class ResnetUpsampleBlock2D(_PresetUpBlock2D):
     """Up block whose upsampler is a residual block with ``up=True`` (consistency models, unCLIP / IF UNets)."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        prev_output_channel: int,
-        out_channels: int,
-        options: BlockOptions,
-        add_upsample: bool = True,
-    ) -> None:
-        super().__init__(in_channels, prev_output_channel, out_channels, options, add_upsample, upsample_type="resnet")
+    preset_upsample_type = "resnet"
 
 
-class SimpleCrossAttnUpBlock2D(UpBlock2D):
+class SimpleCrossAttnUpBlock2D(_PresetUpBlock2D):
     """Up block with added-key/value attention after each residual block and a residual-block
     upsampler (unCLIP, DeepFloyd IF, Kandinsky 2.x)."""
 
     has_cross_attention = True
+    preset_upsample_type = "resnet"
 
-    def __init__(
-        self,
-        in_channels: int,
-        prev_output_channel: int,
-        out_channels: int,
-        options: BlockOptions,
-        add_upsample: bool = True,
-    ) -> None:
-        o = options.with_resnet_options()
-        super().__init__(
-            in_channels, prev_output_channel, out_channels, o, add_upsample, "resnet", attention=o.added_kv_attention()
-        )
+    def _preset_options(self, options: BlockOptions) -> BlockOptions:
+        return options.with_resnet_options()
+
+    def _preset_attention(self, options: BlockOptions) -> AttentionFactory | None:
+        return options.added_kv_attention()
 
 
 class UpDecoderBlock2D(UpBlock2D):
@@ -748,11 +741,10 @@ def get_down_block(
 ) -> nn.Module:
     """Build a down block by its Diffusers type name (``"CrossAttnDownBlock2D"`` …)."""
     block_type = block_type.removeprefix("UNetRes")
+    _check_cross_attention(block_type, options)
     if block_type == "DownBlock2D":
         return DownBlock2D(in_channels, out_channels, options, add_downsample)
     if block_type == "CrossAttnDownBlock2D":
-        if options.cross_attention_dim is None:
-            raise ValueError("CrossAttnDownBlock2D needs cross_attention_dim")
         return CrossAttnDownBlock2D(in_channels, out_channels, options, add_downsample)
     if block_type == "AttnDownBlock2D":
         return AttnDownBlock2D(in_channels, out_channels, options, add_downsample, downsample_type or "conv")
@@ -761,8 +753,6 @@ def get_down_block(
     if block_type == "AttnDownEncoderBlock2D":
         return AttnDownEncoderBlock2D(in_channels, out_channels, options, add_downsample)
     if block_type == "SimpleCrossAttnDownBlock2D":
-        if options.cross_attention_dim is None:
-            raise ValueError("SimpleCrossAttnDownBlock2D needs cross_attention_dim")
         return SimpleCrossAttnDownBlock2D(in_channels, out_channels, options, add_downsample)
     if block_type == "ResnetDownsampleBlock2D":
         return ResnetDownsampleBlock2D(in_channels, out_channels, options.with_resnet_options(), add_downsample)
@@ -784,11 +774,10 @@ def get_up_block(
 ) -> nn.Module:
     """Build an up block by its Diffusers type name (``"CrossAttnUpBlock2D"`` …)."""
     block_type = block_type.removeprefix("UNetRes")
+    _check_cross_attention(block_type, options)
     if block_type == "UpBlock2D":
         return UpBlock2D(in_channels, prev_output_channel, out_channels, options, add_upsample)
     if block_type == "CrossAttnUpBlock2D":
-        if options.cross_attention_dim is None:
-            raise ValueError("CrossAttnUpBlock2D needs cross_attention_dim")
         return CrossAttnUpBlock2D(in_channels, prev_output_channel, out_channels, options, add_upsample)
     if block_type == "AttnUpBlock2D":
         return AttnUpBlock2D(
@@ -799,8 +788,6 @@ def get_up_block(
     if block_type == "AttnUpDecoderBlock2D":
         return AttnUpDecoderBlock2D(in_channels, out_channels, options, add_upsample)
     if block_type == "SimpleCrossAttnUpBlock2D":
-        if options.cross_attention_dim is None:
-            raise ValueError("SimpleCrossAttnUpBlock2D needs cross_attention_dim")
         return SimpleCrossAttnUpBlock2D(in_channels, prev_output_channel, out_channels, options, add_upsample)
     if block_type == "ResnetUpsampleBlock2D":
         return ResnetUpsampleBlock2D(
@@ -822,18 +809,29 @@ def get_mid_block(block_type: str | None, *, in_channels: int, options: BlockOpt
     """Build a mid block by its Diffusers type name; ``None`` gives no mid block."""
     if block_type is None:
         return None
+    _check_cross_attention(block_type, options)
     if block_type == "UNetMidBlock2DCrossAttn":
         return UNetMidBlock2DCrossAttn(in_channels, options)
     if block_type == "UNetMidBlock2D":
         return UNetMidBlock2D(in_channels, dataclasses.replace(options, num_layers=0), add_attention=False)
     if block_type == "UNetMidBlock2DSimpleCrossAttn":
-        if options.cross_attention_dim is None:
-            raise ValueError("UNetMidBlock2DSimpleCrossAttn needs cross_attention_dim")
         return UNetMidBlock2DSimpleCrossAttn(in_channels, options)
     raise ValueError(
         f"unknown mid block type {block_type!r}; expected 'UNetMidBlock2DCrossAttn', 'UNetMidBlock2D', "
         "'UNetMidBlock2DSimpleCrossAttn' or None"
     )
+
+
+#: block types that need ``options.cross_attention_dim``
+_NEEDS_CROSS_ATTENTION_DIM = frozenset(
+    f"{prefix}{kind}Block2D" for prefix in ("CrossAttn", "SimpleCrossAttn") for kind in ("Down", "Up")
+) | {"UNetMidBlock2DSimpleCrossAttn"}
+
+
+def _check_cross_attention(block_type: str, options: BlockOptions) -> None:
+    """:raises ValueError: when ``block_type`` needs a cross-attention width and ``options`` has none."""
+    if block_type in _NEEDS_CROSS_ATTENTION_DIM and options.cross_attention_dim is None:
+        raise ValueError(f"{block_type} needs cross_attention_dim")
 
 
 #: Block types built in other modules: ``type name -> (module, builder)``; each builder takes the
