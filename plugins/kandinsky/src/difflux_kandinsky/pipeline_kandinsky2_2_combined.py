@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,81 +93,53 @@ class _Combined(ConnectedPriorMixin, DiffusionPipeline):
         prior_image_processor: Any,
     ) -> None:
         super().__init__()
-        self.register_modules(
-            unet=unet,
-            scheduler=scheduler,
-            movq=movq,
-            prior_prior=prior_prior,
-            prior_image_encoder=prior_image_encoder,
-            prior_text_encoder=prior_text_encoder,
-            prior_tokenizer=prior_tokenizer,
-            prior_scheduler=prior_scheduler,
-            prior_image_processor=prior_image_processor,
-        )
-        self._wire(
-            prior_prior,
-            prior_image_encoder,
-            prior_text_encoder,
-            prior_tokenizer,
-            prior_scheduler,
-            prior_image_processor,
-            unet=unet,
-            scheduler=scheduler,
-            movq=movq,
-        )
+        self._setup(locals())
 
-    def _wire(
-        self,
-        prior_prior: Any,
-        prior_image_encoder: Any,
-        prior_text_encoder: Any,
-        prior_tokenizer: Any,
-        prior_scheduler: Scheduler,
-        prior_image_processor: Any,
-        **decoder: Any,
-    ) -> None:
-        """Build ``prior_pipe`` and ``decoder_pipe`` on the registered component objects."""
-        self.prior_pipe = self._prior_class(
-            prior=prior_prior,
-            image_encoder=prior_image_encoder,
-            text_encoder=prior_text_encoder,
-            tokenizer=prior_tokenizer,
-            scheduler=prior_scheduler,
-            image_processor=prior_image_processor,
-        )
-        self.decoder_pipe = self._decoder_class(**decoder)
+    def _setup(self, components: Mapping[str, Any]) -> None:
+        """Register the components (the constructor's ``locals()``) and build ``prior_pipe`` (on the ``prior_*``
+        ones, without the prefix) and ``decoder_pipe`` (on the others) on the same objects."""
+        named = {key: value for key, value in components.items() if key not in ("self", "__class__")}
+        self.register_modules(**named)
+        prior = {key.removeprefix("prior_"): value for key, value in named.items() if key.startswith("prior_")}
+        self.prior_pipe = self._prior_class(**prior)
+        self.decoder_pipe = self._decoder_class(**{key: v for key, v in named.items() if not key.startswith("prior_")})
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         super().set_progress_bar_config(**kwargs)
         self.prior_pipe.set_progress_bar_config(**kwargs)
         self.decoder_pipe.set_progress_bar_config(**kwargs)
 
-    def _prior(
-        self,
-        prompt: Prompt,
-        negative_prompt: Prompt | None,
-        num_images_per_prompt: int,
-        steps: int,
-        guidance_scale: float,
-        generator: Generator,
-        latents: torch.Tensor | None,
-        callback: StepCallback | None,
-        callback_names: Sequence[str],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds, negative = self.prior_pipe(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            num_inference_steps=steps,
-            generator=generator,
-            latents=latents,
-            guidance_scale=guidance_scale,
-            output_type="pt",
-            return_dict=False,
-            callback_on_step_end=callback,
-            callback_on_step_end_tensor_inputs=callback_names,
+    def _decoder_prompt(self, prompt: Prompt, num_images_per_prompt: int) -> dict[str, Any]:
+        """What the decoder takes of the prompt (2.2's decoders take none: the image embeddings carry it)."""
+        return {}
+
+    def _call(self, call: Mapping[str, Any]) -> Any:
+        """A combined call from its arguments (``locals()``): every input checked before the first model runs,
+        then the prior on its share of the arguments (:func:`split_call`), then the decoder on the rest with the
+        prior's ``image_embeds`` / ``negative_image_embeds`` and ``image`` / ``mask_image`` repeated to one per
+        embedding."""
+        prior, args = split_call(call)
+        decoder = self.decoder_pipe
+        images = [name for name in ("image", "mask_image") if name in args]
+        for name in images:
+            decoder.check_image(args[name], name)
+        decoder.check_run(
+            1,
+            args["height"],
+            args["width"],
+            args["num_inference_steps"],
+            1,
+            None,
+            None,
+            args["output_type"],
+            args.get("callback_on_step_end_tensor_inputs", ("latents",)),
+            strength=args.get("strength"),
         )
-        return embeds, negative
+        args |= self._decoder_prompt(prior["prompt"], prior["num_images_per_prompt"])
+        embeds, negative = self.prior_pipe(**prior, output_type="pt", return_dict=False)
+        for name in images:
+            args[name] = _per_embedding(args[name], embeds.shape[0])
+        return decoder(image_embeds=embeds, negative_image_embeds=negative, **args)
 
 
 class KandinskyV22CombinedPipeline(_Combined):
@@ -203,33 +175,7 @@ class KandinskyV22CombinedPipeline(_Combined):
 
         :raises TypeError | ValueError: for bad input, before the first model runs.
         """
-        self.decoder_pipe.check_run(
-            1, height, width, num_inference_steps, 1, None, None, output_type, callback_on_step_end_tensor_inputs
-        )
-        embeds, negative = self._prior(
-            prompt,
-            negative_prompt,
-            num_images_per_prompt,
-            prior_num_inference_steps,
-            prior_guidance_scale,
-            generator,
-            latents,
-            prior_callback_on_step_end,
-            prior_callback_on_step_end_tensor_inputs,
-        )
-        return self.decoder_pipe(
-            image_embeds=embeds,
-            negative_image_embeds=negative,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            generator=generator,
-            guidance_scale=guidance_scale,
-            output_type=output_type,
-            return_dict=return_dict,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )
+        return self._call(locals())
 
 
 class KandinskyV22Img2ImgCombinedPipeline(_Combined):
@@ -264,46 +210,7 @@ class KandinskyV22Img2ImgCombinedPipeline(_Combined):
 
         :raises TypeError | ValueError: for bad input, before the first model runs.
         """
-        decoder = self.decoder_pipe
-        decoder.check_image(image)
-        decoder.check_run(
-            1,
-            height,
-            width,
-            num_inference_steps,
-            1,
-            None,
-            None,
-            output_type,
-            callback_on_step_end_tensor_inputs,
-            strength=strength,
-        )
-        embeds, negative = self._prior(
-            prompt,
-            negative_prompt,
-            num_images_per_prompt,
-            prior_num_inference_steps,
-            prior_guidance_scale,
-            generator,
-            latents,
-            prior_callback_on_step_end,
-            prior_callback_on_step_end_tensor_inputs,
-        )
-        return decoder(
-            image_embeds=embeds,
-            image=_per_embedding(image, embeds.shape[0]),
-            negative_image_embeds=negative,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            strength=strength,
-            generator=generator,
-            guidance_scale=guidance_scale,
-            output_type=output_type,
-            return_dict=return_dict,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )
+        return self._call(locals())
 
 
 class KandinskyV22InpaintCombinedPipeline(_Combined):
@@ -340,38 +247,28 @@ class KandinskyV22InpaintCombinedPipeline(_Combined):
 
         :raises TypeError | ValueError: for bad input, before the first model runs.
         """
-        decoder = self.decoder_pipe
-        decoder.check_image(image)
-        decoder.check_image(mask_image, "mask_image")
-        decoder.check_run(
-            1, height, width, num_inference_steps, 1, None, None, output_type, callback_on_step_end_tensor_inputs
-        )
-        embeds, negative = self._prior(
-            prompt,
-            negative_prompt,
-            num_images_per_prompt,
-            prior_num_inference_steps,
-            prior_guidance_scale,
-            generator,
-            latents,
-            prior_callback_on_step_end,
-            prior_callback_on_step_end_tensor_inputs,
-        )
-        return decoder(
-            image_embeds=embeds,
-            image=_per_embedding(image, embeds.shape[0]),
-            mask_image=_per_embedding(mask_image, embeds.shape[0]),
-            negative_image_embeds=negative,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            generator=generator,
-            guidance_scale=guidance_scale,
-            output_type=output_type,
-            return_dict=return_dict,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )
+        return self._call(locals())
+
+
+#: what a combined call gives the prior besides its ``prior_*`` arguments and ``generator`` (which both stages take)
+PRIOR_ARGUMENTS = ("prompt", "negative_prompt", "num_images_per_prompt", "latents")
+
+
+def split_call(call: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A combined pipeline's call arguments (its ``locals()``) as ``(the prior's, the decoder's)`` keyword arguments.
+
+    The prior takes :data:`PRIOR_ARGUMENTS`, ``generator`` and the ``prior_*`` arguments without their prefix
+    (``prior_guidance_scale`` is its ``guidance_scale``); the decoder takes the rest, ``generator`` included.
+    ``latents`` is the prior's starting noise, as Diffusers passes it.
+    """
+    prior: dict[str, Any] = {"generator": call["generator"]}
+    decoder: dict[str, Any] = {}
+    for key, value in call.items():
+        if key in PRIOR_ARGUMENTS or key.startswith("prior_"):
+            prior[key.removeprefix("prior_")] = value
+        elif key not in ("self", "__class__"):
+            decoder[key] = value
+    return prior, decoder
 
 
 def _per_embedding(images: Any, count: int) -> Any:

@@ -16,7 +16,7 @@ from .pipeline_kandinsky import (
     KandinskyPipeline,
     KandinskyPriorPipeline,
 )
-from .pipeline_kandinsky2_2_combined import _Combined, _per_embedding
+from .pipeline_kandinsky2_2_combined import _Combined
 from .pipeline_kandinsky2_2_prior import Generator, Prompt
 
 __all__ = ["KandinskyCombinedPipeline", "KandinskyImg2ImgCombinedPipeline", "KandinskyInpaintCombinedPipeline"]
@@ -44,62 +44,16 @@ class _Combined21(_Combined):
         prior_image_processor: Any,
     ):
         super(_Combined, self).__init__()
-        self.register_modules(
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            movq=movq,
-            prior_prior=prior_prior,
-            prior_image_encoder=prior_image_encoder,
-            prior_text_encoder=prior_text_encoder,
-            prior_tokenizer=prior_tokenizer,
-            prior_scheduler=prior_scheduler,
-            prior_image_processor=prior_image_processor,
-        )
-        self._wire(
-            prior_prior,
-            prior_image_encoder,
-            prior_text_encoder,
-            prior_tokenizer,
-            prior_scheduler,
-            prior_image_processor,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            movq=movq,
-        )
+        self._setup(locals())
 
-    def _run(
-        self,
-        prompt: Prompt,
-        negative_prompt: Prompt | None,
-        num_images_per_prompt: int,
-        prior_num_inference_steps: int,
-        prior_guidance_scale: float,
-        generator: Generator,
-        latents: torch.Tensor | None,
-        **decoder_args: Any,
-    ) -> Any:
-        """The prior, then the decoder with each prompt repeated for its images."""
+    def _decoder_prompt(self, prompt: Prompt, num_images_per_prompt: int) -> dict[str, Any]:
+        """The 2.1 decoder reads the text too: each prompt repeated for its images.
+
+        :raises TypeError: for a prompt that is not a string or a list of strings.
+        """
         if not isinstance(prompt, (str, list, tuple)):
             raise TypeError(f"{type(self).__name__}: prompt must be a string or a list of strings, got {prompt!r}")
-        embeds, negative = self._prior(
-            prompt,
-            negative_prompt,
-            num_images_per_prompt,
-            prior_num_inference_steps,
-            prior_guidance_scale,
-            generator,
-            latents,
-            None,
-            ("latents",),
-        )
-        prompts = [p for p in (prompt_list(prompt) or []) for _ in range(num_images_per_prompt)]
-        return self.decoder_pipe(
-            prompt=prompts, image_embeds=embeds, negative_image_embeds=negative, generator=generator, **decoder_args
-        )
+        return {"prompt": [p for p in (prompt_list(prompt) or []) for _ in range(num_images_per_prompt)]}
 
 
 class KandinskyCombinedPipeline(_Combined21):
@@ -131,24 +85,7 @@ class KandinskyCombinedPipeline(_Combined21):
 
         :raises TypeError | ValueError: for bad input, before the first model runs.
         """
-        self.decoder_pipe.check_run(1, height, width, num_inference_steps, 1, None, None, output_type, ("latents",))
-        return self._run(
-            prompt,
-            negative_prompt,
-            num_images_per_prompt,
-            prior_num_inference_steps,
-            prior_guidance_scale,
-            generator,
-            latents,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            output_type=output_type,
-            callback=callback,
-            callback_steps=callback_steps,
-            return_dict=return_dict,
-        )
+        return self._call(locals())
 
 
 class KandinskyImg2ImgCombinedPipeline(_Combined21):
@@ -181,31 +118,7 @@ class KandinskyImg2ImgCombinedPipeline(_Combined21):
 
         :raises TypeError | ValueError: for bad input, before the first model runs.
         """
-        decoder = self.decoder_pipe
-        decoder.check_image(image)
-        decoder.check_run(
-            1, height, width, num_inference_steps, 1, None, None, output_type, ("latents",), strength=strength
-        )
-        count = len(prompt_list(prompt) or []) * num_images_per_prompt
-        return self._run(
-            prompt,
-            negative_prompt,
-            num_images_per_prompt,
-            prior_num_inference_steps,
-            prior_guidance_scale,
-            generator,
-            latents,
-            image=_per_embedding(image, count),
-            strength=strength,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            output_type=output_type,
-            callback=callback,
-            callback_steps=callback_steps,
-            return_dict=return_dict,
-        )
+        return self._call(locals())
 
 
 class KandinskyInpaintCombinedPipeline(_Combined21):
@@ -238,27 +151,4 @@ class KandinskyInpaintCombinedPipeline(_Combined21):
 
         :raises TypeError | ValueError: for bad input, before the first model runs.
         """
-        decoder = self.decoder_pipe
-        decoder.check_image(image)
-        decoder.check_image(mask_image, "mask_image")
-        decoder.check_run(1, height, width, num_inference_steps, 1, None, None, output_type, ("latents",))
-        count = len(prompt_list(prompt) or []) * num_images_per_prompt
-        return self._run(
-            prompt,
-            negative_prompt,
-            num_images_per_prompt,
-            prior_num_inference_steps,
-            prior_guidance_scale,
-            generator,
-            latents,
-            image=_per_embedding(image, count),
-            mask_image=_per_embedding(mask_image, count),
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            output_type=output_type,
-            callback=callback,
-            callback_steps=callback_steps,
-            return_dict=return_dict,
-        )
+        return self._call(locals())
