@@ -15,7 +15,8 @@ and friends build a block from its type string.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -518,64 +519,68 @@ UpBlock = UpResnetBlock1D | UpBlock1D | AttnUpBlock1D | UpBlock1DNoSkip
 MidBlock = MidResTemporalBlock1D | ValueFunctionMidBlock1D | UNetMidBlock1D
 OutBlock = OutConv1DBlock | OutValueFunctionBlock
 
-_DANCE_DOWN: dict[str, Callable[..., DownBlock]] = {
-    "DownBlock1D": DownBlock1D,
-    "AttnDownBlock1D": AttnDownBlock1D,
-    "DownBlock1DNoSkip": DownBlock1DNoSkip,
-}
-_DANCE_UP: dict[str, Callable[..., UpBlock]] = {
-    "UpBlock1D": UpBlock1D,
-    "AttnUpBlock1D": AttnUpBlock1D,
-    "UpBlock1DNoSkip": UpBlock1DNoSkip,
-}
+_B = TypeVar("_B", bound=nn.Module)
+#: a down / up block from ``(in_channels, out_channels, num_layers, temb_channels, add_down/upsample)``
+_Builder = Callable[[int, int, int, int, bool], _B]
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> ValueError:
     return ValueError(f"unknown 1D {kind} block type {name!r}; expected one of {sorted(known)}")
 
 
-def get_down_block(
-    down_block_type: str,
-    num_layers: int,
+def _build(
+    kind: str,
+    builders: Mapping[str, _Builder[_B]],
+    block_type: str,
     in_channels: int,
     out_channels: int,
+    num_layers: int,
     temb_channels: int,
-    add_downsample: bool,
+    add_resample: bool,
+) -> _B:
+    """The block of type ``block_type`` from ``builders``.
+
+    :raises ValueError: for a type ``builders`` lacks, naming the ones it has.
+    """
+    if block_type not in builders:
+        raise _unknown(kind, block_type, list(builders))
+    return builders[block_type](in_channels, out_channels, num_layers, temb_channels, add_resample)
+
+
+def _dance(block: Callable[..., _B]) -> _Builder[_B]:
+    """A Dance Diffusion block: built from the channels alone (its depth and resampling are fixed)."""
+    return lambda in_channels, out_channels, *_: block(in_channels=in_channels, out_channels=out_channels)
+
+
+def _temporal(block: Callable[..., _B], add_resample: str) -> _Builder[_B]:
+    """A temporal (RL) block: all of the builder's arguments, the last as ``add_resample``."""
+    return lambda i, o, n, t, add: block(
+        in_channels=i, num_layers=n, out_channels=o, temb_channels=t, **{add_resample: add}
+    )
+
+
+def get_down_block(
+    down_block_type: str, num_layers: int, in_channels: int, out_channels: int, temb_channels: int, add_downsample: bool
 ) -> DownBlock:
     """Build a down block from its Diffusers type string."""
-    if down_block_type == "DownResnetBlock1D":
-        return DownResnetBlock1D(
-            in_channels=in_channels,
-            num_layers=num_layers,
-            out_channels=out_channels,
-            temb_channels=temb_channels,
-            add_downsample=add_downsample,
-        )
-    if down_block_type in _DANCE_DOWN:
-        return _DANCE_DOWN[down_block_type](out_channels=out_channels, in_channels=in_channels)
-    raise _unknown("down", down_block_type, [*_DANCE_DOWN, "DownResnetBlock1D"])
+    return _build("down", _DOWN, down_block_type, in_channels, out_channels, num_layers, temb_channels, add_downsample)
 
 
 def get_up_block(
-    up_block_type: str,
-    num_layers: int,
-    in_channels: int,
-    out_channels: int,
-    temb_channels: int,
-    add_upsample: bool,
+    up_block_type: str, num_layers: int, in_channels: int, out_channels: int, temb_channels: int, add_upsample: bool
 ) -> UpBlock:
     """Build an up block from its Diffusers type string."""
-    if up_block_type == "UpResnetBlock1D":
-        return UpResnetBlock1D(
-            in_channels=in_channels,
-            num_layers=num_layers,
-            out_channels=out_channels,
-            temb_channels=temb_channels,
-            add_upsample=add_upsample,
-        )
-    if up_block_type in _DANCE_UP:
-        return _DANCE_UP[up_block_type](in_channels=in_channels, out_channels=out_channels)
-    raise _unknown("up", up_block_type, [*_DANCE_UP, "UpResnetBlock1D"])
+    return _build("up", _UP, up_block_type, in_channels, out_channels, num_layers, temb_channels, add_upsample)
+
+
+_DOWN: dict[str, _Builder[DownBlock]] = {
+    "DownResnetBlock1D": _temporal(DownResnetBlock1D, "add_downsample"),
+    **{block.__name__: _dance(block) for block in (DownBlock1D, AttnDownBlock1D, DownBlock1DNoSkip)},
+}
+_UP: dict[str, _Builder[UpBlock]] = {
+    "UpResnetBlock1D": _temporal(UpResnetBlock1D, "add_upsample"),
+    **{block.__name__: _dance(block) for block in (UpBlock1D, AttnUpBlock1D, UpBlock1DNoSkip)},
+}
 
 
 def get_mid_block(
