@@ -25,10 +25,10 @@ from difflux.pipeline_utils import (
     check_steps,
 )
 from difflux.protocols import Scheduler
-from difflux_stable_diffusion._base import ImagesOnly, Sampling, StableDiffusionBase, spread
-from difflux_stable_diffusion.images import ImageInput, is_image_input, preprocess_image
+from difflux_stable_diffusion._base import Denoise, ImagesOnly, Sampling, StableDiffusionBase, spread
+from difflux_stable_diffusion.images import ImageInput, is_image_input, preprocess_image, preprocess_mask
 
-__all__ = ["Begun", "Embeds", "KandinskyV22DecoderBase", "latent_size"]
+__all__ = ["Begun", "Embeds", "KandinskyV22DecoderBase", "grow_repaint_region", "latent_size"]
 
 Embeds = torch.Tensor | Sequence[torch.Tensor]
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -199,6 +199,16 @@ class KandinskyV22DecoderBase(ImagesOnly, StableDiffusionBase):
                 f"got {type(image).__name__}"
             )
 
+    def check_images(self, **images: Any) -> None:
+        """Each keyword an image input (:meth:`check_image`, all of them first), then free of NaN and infinity.
+
+        :raises TypeError | ValueError: naming the argument.
+        """
+        for label, image in images.items():
+            self.check_image(image, label)
+        for label, image in images.items():
+            check_finite(image, label, type(self).__name__)
+
     def begin(self, args: Mapping[str, Any]) -> Begun:
         """Check a decoder call's common arguments (its ``locals()``) and set up the run, before any model runs.
 
@@ -295,6 +305,38 @@ class KandinskyV22DecoderBase(ImagesOnly, StableDiffusionBase):
             raise ValueError(f"{type(self).__name__}: pass image (the image to start from)")
         return self.latents_of(self.pixels(image, height, width), total, per_image, dtype, generator)
 
+    def inpaint_inputs(
+        self,
+        image: ImageInput | None,
+        mask_image: ImageInput | None,
+        height: int,
+        width: int,
+        total: int,
+        per_image: int,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(MoVQ latents of image, keep-mask)`` for inpainting, ``(total, C, h, w)`` and ``(total, 1, h, w)``.
+
+        The keep-mask is 1 where ``mask_image`` is black (< 0.5) and 0 where it is repainted, resized to the
+        latents (nearest) with the repainted region grown by one latent pixel (:func:`grow_repaint_region`).
+        MoVQ encoding draws no noise, so no generator is taken.
+
+        :raises ValueError: without ``image`` or ``mask_image``.
+        """
+        if mask_image is None:
+            raise ValueError(f"{type(self).__name__}: pass mask_image (white where to repaint)")
+        known = self.movq_latents(image, height, width, total, per_image, dtype, None)
+        repaint = preprocess_mask(mask_image, height, width, multiple=1).to(self.device, dtype)
+        keep = torch.nn.functional.interpolate(1 - repaint, size=tuple(known.shape[-2:]), mode="nearest")
+        return known, spread(grow_repaint_region(keep).repeat_interleave(per_image, dim=0), total, "masks")
+
+    def inpaint_channels(self, run: Denoise, known: torch.Tensor, keep: torch.Tensor) -> None:
+        """Give the 9-channel inpainting UNet the masked image's latents ``known * keep`` and the keep-mask as
+        extra input channels (``masked_image``, ``mask_image``; doubled when guiding)."""
+        doubled = 2 if run.sampling.guidance else 1
+        run.extra.update(masked_image=(known * keep).repeat(doubled, 1, 1, 1), mask_image=keep.repeat(doubled, 1, 1, 1))
+        run.channels = ("masked_image", "mask_image")
+
     def latents_of(
         self, pixels: torch.Tensor, total: int, per_image: int, dtype: torch.dtype, generator: Generator
     ) -> torch.Tensor:
@@ -303,3 +345,21 @@ class KandinskyV22DecoderBase(ImagesOnly, StableDiffusionBase):
         pixels = pixels.to(self.device, dtype)
         latents = pixels if pixels.shape[1] == self.movq.config.latent_channels else self.encode_vae(pixels, generator)
         return spread(latents.repeat_interleave(per_image, dim=0), total)
+
+
+def grow_repaint_region(keep: torch.Tensor) -> torch.Tensor:
+    """Kandinsky's mask erosion at latent size: every latent pixel next to one being repainted is repainted too.
+
+    ``keep``: ``(B, 1, h, w)`` with 1 where the image is kept and 0 where it is repainted. A kept pixel
+    turns 0 when a repainted pixel lies below, right, below-right, above, left or above-left of it
+    (the neighbourhood of the published pipeline, which leaves out the two anti-diagonals).
+    """
+    repaint = keep != 1
+    grown = repaint.clone()
+    h, w = keep.shape[-2:]
+    # a repainted pixel at (i + di, j + dj) zeroes the kept pixel at (i, j)
+    for di, dj in ((1, 0), (0, 1), (1, 1), (-1, 0), (0, -1), (-1, -1)):
+        src_i, dst_i = (slice(di, h), slice(0, h - di)) if di >= 0 else (slice(0, h + di), slice(-di, h))
+        src_j, dst_j = (slice(dj, w), slice(0, w - dj)) if dj >= 0 else (slice(0, w + dj), slice(-dj, w))
+        grown[..., dst_i, dst_j] |= repaint[..., src_i, src_j]
+    return torch.where(grown, torch.zeros_like(keep), keep)

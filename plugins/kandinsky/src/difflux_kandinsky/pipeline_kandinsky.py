@@ -7,18 +7,18 @@ rest (MoVQ, learned variance, guidance) is Kandinsky 2.2's decoder, on the same 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
 
 import torch
-from difflux.pipeline_utils import LegacyCallback, check_finite
+from difflux.pipeline_utils import LegacyCallback
 from difflux.protocols import Scheduler
 from difflux.torch_utils import randn_tensor
-from difflux_stable_diffusion._base import Denoise, spread
-from difflux_stable_diffusion.images import ImageInput, preprocess_mask
+from difflux_stable_diffusion._base import Denoise, Sampling
+from difflux_stable_diffusion.images import ImageInput
 from difflux_stable_diffusion.prompts import prompt_list
 
 from ._decoder import Embeds, Generator, KandinskyV22DecoderBase
-from .pipeline_kandinsky2_2 import grow_repaint_region
 from .pipeline_kandinsky2_2_prior import KandinskyV22PriorPipeline, Prompt
 
 __all__ = ["KandinskyImg2ImgPipeline", "KandinskyInpaintPipeline", "KandinskyPipeline", "KandinskyPriorPipeline"]
@@ -26,6 +26,17 @@ __all__ = ["KandinskyImg2ImgPipeline", "KandinskyInpaintPipeline", "KandinskyPip
 
 class KandinskyPriorPipeline(KandinskyV22PriorPipeline):
     """Kandinsky 2.1 prior: prompts to CLIP image embeddings (the same prior as 2.2's, under 2.1's name)."""
+
+
+class TextBegun(NamedTuple):
+    """A checked 2.1 run: the image count, the loop options, the token states ``(B', T, W)`` the UNet sees, their
+    negative half, and the UNet's ``added_cond_kwargs`` (pooled text and image embeddings)."""
+
+    total: int
+    opts: Sampling
+    states: torch.Tensor
+    negative: torch.Tensor | None
+    added: dict[str, torch.Tensor]
 
 
 class _KandinskyTextDecoder(KandinskyV22DecoderBase):
@@ -104,57 +115,39 @@ class _KandinskyTextDecoder(KandinskyV22DecoderBase):
         )
         return torch.cat([neg_pooled, pooled]), torch.cat([neg_states, states]), neg_states
 
-    def prepare(
-        self,
-        prompt: Prompt,
-        negative_prompt: Prompt | None,
-        image_embeds: Embeds,
-        negative_image_embeds: Embeds | None,
-        guidance_scale: float,
-        num_images_per_prompt: int,
-        callback: LegacyCallback | None,
-        callback_steps: int | None,
-        generator: Generator,
-    ) -> tuple[Any, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
-        """``(loop options, token states, negative token states, added_cond_kwargs)`` for the UNet."""
-        positive, negative = self.check_embeds(image_embeds, negative_image_embeds, guidance_scale)
-        opts = self.sampling(guidance_scale, generator=generator, legacy=callback, legacy_steps=callback_steps)
-        pooled, states, neg_states = self.encode_prompt(prompt, negative_prompt, num_images_per_prompt, opts.guidance)
-        embeds, _ = self.image_embeds(positive, negative, num_images_per_prompt, opts.guidance)
-        return opts, states, neg_states, {"text_embeds": pooled.to(embeds.dtype), "image_embeds": embeds}
+    def begin_text(self, call: Mapping[str, Any]) -> TextBegun:
+        """Check a 2.1 decoder call's arguments (its ``locals()``) before any model runs, set the run state
+        (:meth:`sampling`), encode the prompts and batch the image embeddings.
 
-    def check_all(
-        self,
-        prompt: Prompt,
-        negative_prompt: Prompt | None,
-        image_embeds: Embeds,
-        negative_image_embeds: Embeds | None,
-        guidance_scale: float,
-        height: Any,
-        width: Any,
-        num_inference_steps: Any,
-        num_images_per_prompt: Any,
-        generator: Generator,
-        latents: torch.Tensor | None,
-        output_type: str,
-        *,
-        strength: Any = None,
-    ) -> int:
-        """Every input checked before any model runs; returns the number of images."""
-        positive, _ = self.check_embeds(image_embeds, negative_image_embeds, guidance_scale)
-        batch = self.check_prompts(prompt, negative_prompt, positive.shape[0])
-        return self.check_run(
-            batch,
-            height,
-            width,
-            num_inference_steps,
-            num_images_per_prompt,
-            generator,
-            latents,
-            output_type,
-            ("latents",),
-            strength=strength,
+        :raises TypeError | ValueError: naming the argument.
+        """
+        prompt, negative_prompt, per_prompt = call["prompt"], call["negative_prompt"], call["num_images_per_prompt"]
+        positive, negative = self.check_embeds(
+            call["image_embeds"], call["negative_image_embeds"], call["guidance_scale"]
         )
+        batch = self.check_prompts(prompt, negative_prompt, positive.shape[0])
+        total = self.check_run(
+            batch,
+            call["height"],
+            call["width"],
+            call["num_inference_steps"],
+            per_prompt,
+            call["generator"],
+            call.get("latents"),
+            call["output_type"],
+            ("latents",),
+            strength=call.get("strength"),
+        )
+        opts = self.sampling(
+            call["guidance_scale"],
+            generator=call["generator"],
+            legacy=call["callback"],
+            legacy_steps=call["callback_steps"],
+        )
+        pooled, states, neg_states = self.encode_prompt(prompt, negative_prompt, per_prompt, opts.guidance)
+        embeds, _ = self.image_embeds(positive, negative, per_prompt, opts.guidance)
+        added = {"text_embeds": pooled.to(embeds.dtype), "image_embeds": embeds}
+        return TextBegun(total, opts, states, neg_states, added)
 
 
 class KandinskyPipeline(_KandinskyTextDecoder):
@@ -189,31 +182,7 @@ class KandinskyPipeline(_KandinskyTextDecoder):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        total = self.check_all(
-            prompt,
-            negative_prompt,
-            image_embeds,
-            negative_image_embeds,
-            guidance_scale,
-            height,
-            width,
-            num_inference_steps,
-            num_images_per_prompt,
-            generator,
-            latents,
-            output_type,
-        )
-        opts, states, negative, added = self.prepare(
-            prompt,
-            negative_prompt,
-            image_embeds,
-            negative_image_embeds,
-            guidance_scale,
-            num_images_per_prompt,
-            callback,
-            callback_steps,
-            generator,
-        )
+        total, opts, states, negative, added = self.begin_text(locals())
         steps = self.schedule(num_inference_steps)
         start = self.prepare_latents(self.latent_shape(total, height, width), states.dtype, generator, latents)
         run = Denoise(steps, states, opts, added_cond_kwargs=added)
@@ -260,34 +229,8 @@ class KandinskyImg2ImgPipeline(_KandinskyTextDecoder):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        self.check_image(image)
-        check_finite(image, "image", type(self).__name__)
-        total = self.check_all(
-            prompt,
-            negative_prompt,
-            image_embeds,
-            negative_image_embeds,
-            guidance_scale,
-            height,
-            width,
-            num_inference_steps,
-            num_images_per_prompt,
-            generator,
-            None,
-            output_type,
-            strength=strength,
-        )
-        opts, states, negative, added = self.prepare(
-            prompt,
-            negative_prompt,
-            image_embeds,
-            negative_image_embeds,
-            guidance_scale,
-            num_images_per_prompt,
-            callback,
-            callback_steps,
-            generator,
-        )
+        self.check_images(image=image)
+        total, opts, states, negative, added = self.begin_text(locals())
         known = self.movq_latents(image, height, width, total, num_images_per_prompt, states.dtype, generator)
         steps = self.schedule(num_inference_steps, strength=strength)
         start = known * self.scheduler.init_noise_sigma
@@ -332,44 +275,11 @@ class KandinskyInpaintPipeline(_KandinskyTextDecoder):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        name = type(self).__name__
-        self.check_image(image)
-        self.check_image(mask_image, "mask_image")
-        check_finite(image, "image", name)
-        check_finite(mask_image, "mask_image", name)
-        total = self.check_all(
-            prompt,
-            negative_prompt,
-            image_embeds,
-            negative_image_embeds,
-            guidance_scale,
-            height,
-            width,
-            num_inference_steps,
-            num_images_per_prompt,
-            generator,
-            latents,
-            output_type,
-        )
-        opts, states, negative, added = self.prepare(
-            prompt,
-            negative_prompt,
-            image_embeds,
-            negative_image_embeds,
-            guidance_scale,
-            num_images_per_prompt,
-            callback,
-            callback_steps,
-            generator,
-        )
-        known = self.movq_latents(image, height, width, total, num_images_per_prompt, states.dtype, generator)
-        repaint = preprocess_mask(mask_image, height, width, multiple=1).to(self.device, states.dtype)
-        keep = torch.nn.functional.interpolate(1 - repaint, size=tuple(known.shape[-2:]), mode="nearest")
-        keep = spread(grow_repaint_region(keep).repeat_interleave(num_images_per_prompt, dim=0), total, "masks")
-        doubled = 2 if opts.guidance else 1
+        self.check_images(image=image, mask_image=mask_image)
+        total, opts, states, negative, added = self.begin_text(locals())
+        known, keep = self.inpaint_inputs(image, mask_image, height, width, total, num_images_per_prompt, states.dtype)
         steps = self.schedule(num_inference_steps)
         start = self.prepare_latents(self.latent_shape(total, height, width), states.dtype, generator, latents)
         run = Denoise(steps, states, opts, added_cond_kwargs=added)
-        run.extra.update(masked_image=(known * keep).repeat(doubled, 1, 1, 1), mask_image=keep.repeat(doubled, 1, 1, 1))
-        run.channels = ("masked_image", "mask_image")
+        self.inpaint_channels(run, known, keep)
         return self.output(self.denoise(start, run, negative), output_type, return_dict, generator)

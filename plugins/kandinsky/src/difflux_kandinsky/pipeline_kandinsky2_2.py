@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from difflux.pipeline_utils import LegacyCallback, StepCallback, check_finite
 from difflux_stable_diffusion._base import Denoise, spread
-from difflux_stable_diffusion.images import ImageInput, preprocess_mask
+from difflux_stable_diffusion.images import ImageInput
 
-from ._decoder import Embeds, Generator, KandinskyV22DecoderBase
+from ._decoder import Embeds, Generator, KandinskyV22DecoderBase, grow_repaint_region
 
 __all__ = [
     "KandinskyV22ControlnetImg2ImgPipeline",
@@ -110,8 +110,7 @@ class KandinskyV22Img2ImgPipeline(KandinskyV22DecoderBase):
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
         begun = self.begin(locals())
-        self.check_image(image)
-        check_finite(image, "image", type(self).__name__)
+        self.check_images(image=image)
         total, opts, embeds, negative, _ = begun
         start = self.movq_latents(image, height, width, total, num_images_per_prompt, embeds.dtype, generator)
         steps = self.schedule(num_inference_steps, strength=strength)
@@ -235,8 +234,7 @@ class KandinskyV22ControlnetImg2ImgPipeline(KandinskyV22ControlnetPipeline):
         """
         begun = self.begin(locals())
         hints = self.check_hint(hint, begun.batch, height, width)
-        self.check_image(image)
-        check_finite(image, "image", type(self).__name__)
+        self.check_images(image=image)
         total, opts, embeds, negative, _ = begun
         start = self.movq_latents(image, height, width, total, num_images_per_prompt, embeds.dtype, generator)
         steps = self.schedule(num_inference_steps, strength=strength)
@@ -245,24 +243,6 @@ class KandinskyV22ControlnetImg2ImgPipeline(KandinskyV22ControlnetPipeline):
         )
         latents = self.add_noise(start, steps, generator)
         return self.output(self.denoise(latents, run, negative), output_type, return_dict, generator)
-
-
-def grow_repaint_region(keep: torch.Tensor) -> torch.Tensor:
-    """Kandinsky's mask erosion at latent size: every latent pixel next to one being repainted is repainted too.
-
-    ``keep``: ``(B, 1, h, w)`` with 1 where the image is kept and 0 where it is repainted. A kept pixel
-    turns 0 when a repainted pixel lies below, right, below-right, above, left or above-left of it
-    (the neighbourhood of the published pipeline, which leaves out the two anti-diagonals).
-    """
-    repaint = keep != 1
-    grown = repaint.clone()
-    h, w = keep.shape[-2:]
-    # a repainted pixel at (i + di, j + dj) zeroes the kept pixel at (i, j)
-    for di, dj in ((1, 0), (0, 1), (1, 1), (-1, 0), (0, -1), (-1, -1)):
-        src_i, dst_i = (slice(di, h), slice(0, h - di)) if di >= 0 else (slice(0, h + di), slice(-di, h))
-        src_j, dst_j = (slice(dj, w), slice(0, w - dj)) if dj >= 0 else (slice(0, w + dj), slice(-dj, w))
-        grown[..., dst_i, dst_j] |= repaint[..., src_i, src_j]
-    return torch.where(grown, torch.zeros_like(keep), keep)
 
 
 class KandinskyV22InpaintPipeline(KandinskyV22DecoderBase):
@@ -311,28 +291,16 @@ class KandinskyV22InpaintPipeline(KandinskyV22DecoderBase):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        name = type(self).__name__
         begun = self.begin(locals())
-        self.check_image(image)
-        self.check_image(mask_image, "mask_image")
-        check_finite(image, "image", name)
-        check_finite(mask_image, "mask_image", name)
-        if image is None or mask_image is None:
-            raise ValueError(f"{name}: pass image and mask_image")
+        self.check_images(image=image, mask_image=mask_image)
         total, opts, embeds, negative, _ = begun
         steps = self.schedule(num_inference_steps)
-        known = self.movq_latents(image, height, width, total, num_images_per_prompt, embeds.dtype, generator)
-        repaint = preprocess_mask(mask_image, height, width, multiple=1).to(self.device, embeds.dtype)
-        keep = torch.nn.functional.interpolate(1 - repaint, size=tuple(known.shape[-2:]), mode="nearest")
-        keep = spread(grow_repaint_region(keep).repeat_interleave(num_images_per_prompt, dim=0), total, "masks")
-        masked = known * keep
+        known, keep = self.inpaint_inputs(image, mask_image, height, width, total, num_images_per_prompt, embeds.dtype)
         start = self.prepare_latents(self.latent_shape(total, height, width), embeds.dtype, generator, latents)
         noise = start.clone()
-        doubled = 2 if opts.guidance else 1
         run = Denoise(steps, embeds, opts, added_cond_kwargs={"image_embeds": embeds})
-        run.extra.update(masked_image=masked.repeat(doubled, 1, 1, 1), mask_image=keep.repeat(doubled, 1, 1, 1))
+        self.inpaint_channels(run, known, keep)
         run.extra["mask"] = keep
-        run.channels = ("masked_image", "mask_image")
 
         def blend(i: int, current: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
             proper = known if i == len(steps) - 1 else self.scheduler.add_noise(known, noise, steps[i + 1 : i + 2])
