@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from difflux.modeling import ModelMixin
@@ -210,7 +210,11 @@ class Kandinsky3AttentionBlock(nn.Module):
 
 class _Kandinsky3Level(nn.Module):
     """One level: a self-attention (``attentions.0``), then per layer ``resnets_in``, a cross-attention
-    (``attentions.i+1``, when the level has text) and ``resnets_out``."""
+    (``attentions.i+1``, when the level has text) and ``resnets_out``; the self-attention runs first
+    (down levels) or last (up levels)."""
+
+    #: whether the self-attention runs before the layers (down) or after them (up)
+    self_attention_first: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -247,14 +251,24 @@ class _Kandinsky3Level(nn.Module):
         self.resnets_in = nn.ModuleList(resnets_in)
         self.resnets_out = nn.ModuleList(resnets_out)
 
-    def _layers(
-        self, x: torch.Tensor, time_embed: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None
+    def forward(
+        self,
+        x: torch.Tensor,
+        time_embed: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``x`` ``(B, C, H, W)`` through the level; ``time_embed`` ``(B, time_embed_dim)``, ``context``
+        ``(B, S, context_dim)`` for the cross-attentions, ``context_mask`` an additive bias ``(B, 1, S)``."""
+        if self.self_attention and self.self_attention_first:
+            x = self.attentions[0](x, time_embed)
         for attention, resnet_in, resnet_out in zip(self.attentions[1:], self.resnets_in, self.resnets_out):
             x = resnet_in(x, time_embed)
             if self.context_dim is not None:
                 x = attention(x, time_embed, context, context_mask)
             x = resnet_out(x, time_embed)
+        if self.self_attention and not self.self_attention_first:
+            x = self.attentions[0](x, time_embed)
         return x
 
 
@@ -299,20 +313,11 @@ class Kandinsky3DownSampleBlock(_Kandinsky3Level):
             self_attention,
         )
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        time_embed: torch.Tensor,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if self.self_attention:
-            x = self.attentions[0](x, time_embed)
-        return self._layers(x, time_embed, context, context_mask)
-
 
 class Kandinsky3UpSampleBlock(_Kandinsky3Level):
     """The layers (the first ``resnets_in`` upsamples and takes the concatenated skip), then self-attention."""
+
+    self_attention_first = False
 
     def __init__(
         self,
@@ -347,18 +352,6 @@ class Kandinsky3UpSampleBlock(_Kandinsky3Level):
             compression_ratio,
             self_attention,
         )
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        time_embed: torch.Tensor,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        x = self._layers(x, time_embed, context, context_mask)
-        if self.self_attention:
-            x = self.attentions[0](x, time_embed)
-        return x
 
 
 class Kandinsky3UNet(ModelMixin, AttentionProcessorMixin):
