@@ -307,29 +307,10 @@ class StableDiffusionDiffEditPipeline(InvertingStableDiffusion):
         if image_latents is None:
             raise ValueError(f"{name}: pass image_latents (invert() computes them from the input image)")
         mask = preprocess_mask(mask_image, batch)
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            eta,
-            generator,
-            cross_attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps if callback else None,
-            clip_skip=clip_skip,
-        )
+        opts = self.call_sampling(locals())
         steps = self.schedule(num_inference_steps, strength=inpaint_strength)
         known = self.inverted_latents(image_latents, batch, len(steps), mask.shape[-2:], num_images_per_prompt)
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=opts.guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
+        embeds = self.call_prompt(locals(), opts)
         mask = torch.cat([mask] * num_images_per_prompt).to(device=self.device, dtype=embeds.embeds.dtype)
         known = known.to(device=self.device, dtype=embeds.embeds.dtype)
         run = self.run(steps, embeds, opts, batch * num_images_per_prompt)

@@ -189,27 +189,8 @@ class StableDiffusionGLIGENPipeline(_GLIGEN):
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
         kwargs = dict(cross_attention_kwargs or {})
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            eta,
-            generator,
-            kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps if callback else None,
-            clip_skip=clip_skip,
-        )
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=opts.guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
+        opts = self.call_sampling(locals(), cross_attention_kwargs=kwargs)
+        embeds = self.call_prompt(locals(), opts)
         steps = self.schedule(num_inference_steps)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         kwargs["gligen"] = self.grounding(phrases, boxes, total, opts.guidance)
@@ -350,27 +331,8 @@ class StableDiffusionGLIGENTextImagePipeline(_GLIGEN):
             boxes, phrases, images = boxes[:MAX_OBJS], phrases[:MAX_OBJS], images[:MAX_OBJS]
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            eta,
-            generator,
-            cross_attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps if callback else None,
-            clip_skip=clip_skip,
-        )
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=opts.guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
+        opts = self.call_sampling(locals())
+        embeds = self.call_prompt(locals(), opts)
         steps = self.schedule(num_inference_steps)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         repeat = total * (2 if opts.guidance else 1)

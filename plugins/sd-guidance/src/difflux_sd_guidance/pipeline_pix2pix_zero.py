@@ -248,25 +248,8 @@ class StableDiffusionPix2PixZeroPipeline(InvertingStableDiffusion):
             raise ValueError(f"{name}: pass source_embeds and target_embeds (get_embeds of sentences about each)")
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            eta,
-            generator,
-            cross_attention_kwargs,
-            legacy=callback,
-            legacy_steps=callback_steps if callback else None,
-            clip_skip=clip_skip,
-        )
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=opts.guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
+        opts = self.call_sampling(locals())
+        embeds = self.call_prompt(locals(), opts)
         unet_embeds = embeds.for_unet()
         direction = self.construct_direction(source_embeds, target_embeds).to(unet_embeds)
         if direction.shape[1:] != unet_embeds.shape[1:]:

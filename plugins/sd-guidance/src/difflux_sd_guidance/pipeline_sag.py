@@ -84,29 +84,10 @@ class StableDiffusionSAGPipeline(GuidedStableDiffusion):
             )
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            eta,
-            generator,
-            cross_attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps if callback else None,
-            clip_skip=clip_skip,
-        )
+        opts = self.call_sampling(locals())
         steps = self.schedule(num_inference_steps)
         self.integer_timesteps(steps)
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=opts.guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
+        embeds = self.call_prompt(locals(), opts)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         run = self.run(steps, embeds, opts, total)
         if sag_scale == 0:
