@@ -138,16 +138,11 @@ class BlockOptions:
         ``add_v_proj``) to the feature map's: the simple-cross-attention blocks of unCLIP / IF / Kandinsky."""
 
         def make(i: int, channels: int) -> nn.Module:
-            head_dim = self.attention_head_dim if self.attention_head_dim is not None else channels
-            return Attention(
+            return self._attention(
                 channels,
+                self.resnet_groups,
                 cross_attention_dim=channels,
-                heads=channels // head_dim,
-                dim_head=head_dim,
                 added_kv_proj_dim=self.cross_attention_dim,
-                norm_num_groups=self.resnet_groups,
-                bias=True,
-                upcast_softmax=True,
                 only_cross_attention=self.only_cross_attention,
                 cross_attention_norm=self.cross_attention_norm,
             )
@@ -168,21 +163,30 @@ class BlockOptions:
             norm_groups = None
 
         def make(i: int, channels: int) -> nn.Module:
-            head_dim = self.attention_head_dim if self.attention_head_dim is not None else channels
-            return Attention(
+            return self._attention(
                 channels,
-                heads=channels // head_dim,
-                dim_head=head_dim,
+                norm_groups,
                 rescale_output_factor=self.output_scale_factor,
                 eps=self.resnet_eps,
-                norm_num_groups=norm_groups,
                 residual_connection=True,
-                bias=True,
-                upcast_softmax=True,
                 spatial_norm_dim=self.temb_channels if spatial else None,
             )
 
         return make
+
+    def _attention(self, channels: int, norm_groups: int | None, **extra: Any) -> Attention:
+        """An :class:`Attention` over ``channels`` in heads of ``attention_head_dim`` (one head when unset),
+        with biases and an fp32 softmax: the settings of the UNet blocks' non-transformer attentions."""
+        head_dim = self.attention_head_dim if self.attention_head_dim is not None else channels
+        return Attention(
+            channels,
+            heads=channels // head_dim,
+            dim_head=head_dim,
+            norm_num_groups=norm_groups,
+            bias=True,
+            upcast_softmax=True,
+            **extra,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
