@@ -11,7 +11,7 @@ the SD base guides the noise half and keeps the conditional variance. No VAE: th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -198,6 +198,32 @@ class IFBase(StableDiffusionBase):
         )
         return encoded.embeds, encoded.negative
 
+    def call_run(self, call: Mapping[str, Any]) -> tuple[Denoise, torch.Tensor | None]:
+        """The loop of a pipeline call from its arguments (``locals()``): the run options (:meth:`sampling`), the
+        schedule (cut to ``strength`` where the call has one) and the prompt conditioning (:meth:`prompt_run`)."""
+        legacy = call["callback"]
+        opts = self.sampling(
+            call["guidance_scale"],
+            eta=call["eta"],
+            generator=call["generator"],
+            cross_attention_kwargs=call["cross_attention_kwargs"],
+            callback=call["callback_on_step_end"],
+            callback_names=call["callback_on_step_end_tensor_inputs"],
+            legacy=legacy,
+            legacy_steps=call["callback_steps"] if legacy is not None else None,
+        )
+        steps = self.schedule(call["num_inference_steps"], call["timesteps"], strength=call.get("strength"))
+        return self.prompt_run(
+            opts,
+            steps,
+            call["prompt"],
+            call["negative_prompt"],
+            call["num_images_per_prompt"],
+            call["prompt_embeds"],
+            call["negative_prompt_embeds"],
+            call["clean_caption"],
+        )
+
     def prompt_run(
         self,
         opts: Any,
@@ -360,27 +386,8 @@ class ImageStart(IFBase):
         if mask is not None and mask.shape[0] not in (1, batch):
             raise ValueError(f"{name}: {mask.shape[0]} masks for {batch} prompts; pass one, or one per prompt")
         generator = call["generator"]
-        opts = self.sampling(
-            call["guidance_scale"],
-            eta=call["eta"],
-            generator=generator,
-            cross_attention_kwargs=call["cross_attention_kwargs"],
-            callback=call["callback_on_step_end"],
-            callback_names=call["callback_on_step_end_tensor_inputs"],
-            legacy=call["callback"],
-            legacy_steps=call["callback_steps"] if call["callback"] is not None else None,
-        )
-        steps = self.schedule(call["num_inference_steps"], call["timesteps"], strength=call["strength"])
-        run, negative = self.prompt_run(
-            opts,
-            steps,
-            call["prompt"],
-            call["negative_prompt"],
-            per_prompt,
-            call["prompt_embeds"],
-            call["negative_prompt_embeds"],
-            call["clean_caption"],
-        )
+        run, negative = self.call_run(call)
+        steps = run.timesteps
         dtype = run.embeds.dtype
         if mask is not None:
             mask = self.masks_for(mask, total, per_prompt, dtype)

@@ -69,27 +69,7 @@ class IFPipeline(IFBase):
         self.check_clean_caption(clean_caption)
         batch = self.check_inputs(Inputs.of(locals()))
         total = batch * num_images_per_prompt
-        opts = self.sampling(
-            guidance_scale,
-            eta=eta,
-            generator=generator,
-            cross_attention_kwargs=cross_attention_kwargs,
-            callback=callback_on_step_end,
-            callback_names=callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps if callback is not None else None,
-        )
-        steps = self.schedule(num_inference_steps, timesteps)
-        run, negative = self.prompt_run(
-            opts,
-            steps,
-            prompt,
-            negative_prompt,
-            num_images_per_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            clean_caption,
-        )
+        run, negative = self.call_run(locals())
         shape = (total, self.unet.config.in_channels, height, width)
         start = self.prepare_latents(shape, run.embeds.dtype, generator, latents)
         return self.output(self.denoise(start, run, negative), output_type, return_dict, generator)
@@ -216,27 +196,7 @@ class IFSuperResolutionPipeline(SuperResolution):
         low_res = pixels_as_given(image)
         if low_res.shape[0] != batch:
             raise ValueError(f"{type(self).__name__}: {low_res.shape[0]} images for {batch} prompts; pass one each")
-        opts = self.sampling(
-            guidance_scale,
-            eta=eta,
-            generator=generator,
-            cross_attention_kwargs=cross_attention_kwargs,
-            callback=callback_on_step_end,
-            callback_names=callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps if callback is not None else None,
-        )
-        steps = self.schedule(num_inference_steps, timesteps)
-        run, negative = self.prompt_run(
-            opts,
-            steps,
-            prompt,
-            negative_prompt,
-            num_images_per_prompt,
-            prompt_embeds,
-            negative_prompt_embeds,
-            clean_caption,
-        )
+        run, negative = self.call_run(locals())
         shape = (total, self.unet.config.in_channels // 2, height, width)
         start = self.prepare_latents(shape, run.embeds.dtype, generator, latents)
         low_res = low_res.to(self.device, self.unet.dtype).repeat_interleave(num_images_per_prompt, 0)
