@@ -39,6 +39,16 @@ REFERENCE_CASES: dict[str, tuple[str, dict[str, Any]]] = {
         "audioldm2-gpt2model",
         {"prompt": "rain", "num_waveforms_per_prompt": 2, "num_inference_steps": 2, "audio_length_in_s": SECONDS},
     ),
+    "audioldm2-tts-gpt2model": (
+        "audioldm2-tts-gpt2model",
+        {
+            "prompt": ["a man speaking", "a woman whispering"],
+            "transcription": ["hello world", "good day to you"],
+            "max_new_tokens": 4,
+            "num_inference_steps": 2,
+            "audio_length_in_s": SECONDS,
+        },
+    ),
 }
 
 
@@ -148,4 +158,83 @@ def audioldm2_gpt2model(tmp: Path, seed: int = 0) -> Any:
     return audioldm2(tmp, seed, language_model="GPT2Model")
 
 
-BUILDERS = {"musicldm": musicldm, "audioldm2-gpt2model": audioldm2_gpt2model}
+#: the tiny VITS phoneme vocabulary: ``_`` pads (id 0, which the speech checkpoints' end phoneme replaces)
+VITS_SYMBOLS = ("_", " ", *"abcdefghijklmnopqrstuvwxyz'")
+#: phonemes a transcription is padded to (the projection model's learned position embedding has as many)
+VITS_MAX_LENGTH = 24
+#: the tiny VITS text encoder's width (the UNet's third attention and the projection read it)
+VITS_HIDDEN = 8
+#: weight scale of the text-to-speech pipeline's VITS, projection, language model and UNet: at the
+#: default 0.1 the UNet barely hears its conditioning (another transcription moves the latents by
+#: 1e-4, the parity tolerance); at 0.5 it moves them by ~7e-2 while difflux stays within ~3e-6
+TTS_WEIGHT_SCALE = 0.5
+
+
+def tiny_vits_tokenizer(folder: Path, model_max_length: int = VITS_MAX_LENGTH) -> Any:
+    """A ``VitsTokenizer`` over letters, space and apostrophe (no phonemizer, no blanks), its
+    ``vocab.json`` written into ``folder``."""
+    import json
+
+    from transformers import VitsTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.json"
+    vocab.write_text(json.dumps({s: i for i, s in enumerate(VITS_SYMBOLS)}), encoding="utf-8")
+    return VitsTokenizer(
+        str(vocab), pad_token="_", unk_token="_", add_blank=False, phonemize=False, model_max_length=model_max_length
+    )
+
+
+def tiny_vits_model(seed: int = 0, scale: float = 0.1) -> Any:
+    """A tiny transformers ``VitsModel`` (one 8-wide text-encoder layer; every other part at its
+    smallest); 184 phoneme embeddings, so the end phoneme 182 of the speech checkpoints fits. Its
+    weights are ``scale * N(0, 1)`` drawn by :func:`difflux_audio.testing.seeded_`."""
+    from difflux_audio.testing import seeded_
+    from transformers import VitsConfig, VitsModel
+
+    config = VitsConfig(
+        vocab_size=184, hidden_size=VITS_HIDDEN, num_hidden_layers=1, num_attention_heads=2, ffn_dim=16,
+        flow_size=4, spectrogram_bins=8, upsample_initial_channel=8, upsample_rates=[2], upsample_kernel_sizes=[4],
+        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]], duration_predictor_filter_channels=8,
+        duration_predictor_num_flows=1, depth_separable_num_layers=1, prior_encoder_num_flows=1,
+        prior_encoder_num_wavenet_layers=1, posterior_encoder_num_wavenet_layers=1, layerdrop=0.0, pad_token_id=0,
+    )
+    return seeded_(VitsModel(config).eval(), seed, scale)
+
+
+def audioldm2_tts(tmp: Path, seed: int = 0, *, language_model: str = "GPT2LMHeadModel") -> Any:
+    """A tiny Diffusers text-to-speech ``AudioLDM2Pipeline``: :func:`audioldm2` with a ``VitsModel`` /
+    ``VitsTokenizer`` in T5's place and a projection model with the VITS position embedding."""
+    from difflux_audio.testing import seeded_
+    from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel
+
+    base = audioldm2(tmp, seed, language_model=language_model)
+    unet = {**AUDIOLDM2_UNET, "cross_attention_dim": [[None, 16, VITS_HIDDEN], [None, 16, VITS_HIDDEN]]}
+    projection = AudioLDM2ProjectionModel(
+        8, VITS_HIDDEN, 16, use_learned_position_embedding=True, max_seq_length=VITS_MAX_LENGTH
+    )
+    scale = TTS_WEIGHT_SCALE
+    pipe = AudioLDM2Pipeline(
+        **{
+            **base.components,
+            "text_encoder_2": tiny_vits_model(seed + 5, scale),
+            "tokenizer_2": tiny_vits_tokenizer(tmp / "tokenizer_2"),
+            "projection_model": seeded_(projection, seed + 6, scale),
+            "language_model": seeded_(base.language_model, seed + 4, scale),
+            "unet": seeded_(AudioLDM2UNet2DConditionModel(**unet), seed, scale),
+        }
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def audioldm2_tts_gpt2model(tmp: Path, seed: int = 0) -> Any:
+    """:func:`audioldm2_tts` with a ``GPT2Model`` language model (Diffusers runs it only under transformers 4)."""
+    return audioldm2_tts(tmp, seed, language_model="GPT2Model")
+
+
+BUILDERS = {
+    "musicldm": musicldm,
+    "audioldm2-gpt2model": audioldm2_gpt2model,
+    "audioldm2-tts-gpt2model": audioldm2_tts_gpt2model,
+}

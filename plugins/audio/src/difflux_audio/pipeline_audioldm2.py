@@ -5,6 +5,10 @@ Text → CLAP (one normalised vector) and T5 (a sequence) → :class:`AudioLDM2P
 GPT-2 generates ``max_new_tokens`` hidden states (``GPT2Model`` or ``GPT2LMHeadModel``, written on
 the plain forward with a key/value cache, so it needs no ``generate`` internals and runs on
 transformers 4 and 5) → the UNet attends to them and to the T5 states → VAE → mel → HiFi-GAN.
+
+Text-to-speech checkpoints put a VITS text encoder (transformers' ``VitsModel``, Kim et al. 2021,
+arXiv:2106.06103; only its phoneme encoder runs) in T5's place: ``prompt`` describes the voice
+(CLAP), ``transcription`` is what it says (``VitsTokenizer`` → phoneme states).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+from difflux.offload import runs_forward_hooks
 from difflux.pipeline_utils import LegacyCallback, StepCallback
 from difflux_stable_diffusion._base import Denoise, fit
 from difflux_stable_diffusion.prompts import Prompt, negative_prompts, prompt_list, repeat_per_image, tokenize
@@ -22,12 +27,40 @@ from difflux_stable_diffusion.prompts import Prompt, negative_prompts, prompt_li
 from ._common import AudioInputs, check_audio_inputs, clap_text_embeds, rank_waveforms
 from .pipeline_audioldm import LatentAudioBase
 
-__all__ = ["AudioLDM2Embeds", "AudioLDM2Pipeline", "generate_language_model"]
+__all__ = ["AudioLDM2Embeds", "AudioLDM2Pipeline", "generate_language_model", "mark_phoneme_end", "vits_text_states"]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 #: how many hidden states the language model generates when neither the call nor its config says
 DEFAULT_NEW_TOKENS = 8
+
+#: the phoneme id AudioLDM 2's speech checkpoints close each transcription with: it is written over
+#: the first padding id (:data:`PHONEME_PAD_ID`) and attended to (the VITS embedding must hold it)
+PHONEME_END_ID = 182
+#: the padding phoneme id of the speech checkpoints' ``VitsTokenizer``
+PHONEME_PAD_ID = 0
+
+
+def mark_phoneme_end(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Close each phoneme sequence as AudioLDM 2's speech checkpoints were trained: in each row of
+    ``input_ids`` ``(batch, seq)`` int64 the first :data:`PHONEME_PAD_ID` becomes
+    :data:`PHONEME_END_ID` and ``attention_mask`` ``(batch, seq)`` keeps that position. Rows with no
+    padding are left as they are. Returns new tensors (the inputs are not changed).
+    """
+    pad = input_ids == PHONEME_PAD_ID
+    first = pad.to(torch.int8).argmax(dim=1, keepdim=True)
+    at = torch.zeros_like(pad).scatter_(1, first, True) & pad.any(dim=1, keepdim=True)
+    return input_ids.masked_fill(at, PHONEME_END_ID), attention_mask.masked_fill(at, 1)
+
+
+@runs_forward_hooks  # the phoneme encoder is a part of the component: its offload hooks run around it
+def vits_text_states(vits: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The last hidden states ``(batch, seq, hidden_size)`` of ``vits.text_encoder``, the phoneme encoder
+    of a transformers ``VitsModel`` (its duration predictor, flow and decoder do not run), for
+    ``input_ids`` / ``attention_mask`` ``(batch, seq)`` int64; padding is masked in every layer."""
+    out = vits.text_encoder(input_ids, attention_mask=attention_mask, padding_mask=attention_mask.unsqueeze(-1))
+    states: torch.Tensor = out[0]
+    return states
 
 
 def generate_language_model(
@@ -111,8 +144,8 @@ class AudioLDM2Pipeline(LatentAudioBase):
     (``language_model``), ``RobertaTokenizer`` / ``T5Tokenizer``, ``ClapFeatureExtractor``,
     :class:`~.modeling_audioldm2.AudioLDM2UNet2DConditionModel`, ``AutoencoderKL``, ``SpeechT5HifiGan``.
 
-    Not supported: the text-to-speech checkpoints whose ``text_encoder_2`` is a ``VitsModel`` (a
-    clear error when loaded).
+    Text-to-speech checkpoints have a ``VitsModel`` as ``text_encoder_2`` and a ``VitsTokenizer`` as
+    ``tokenizer_2``: call them with ``prompt`` (the voice, for CLAP) and ``transcription`` (the words).
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->projection_model->language_model->unet->vae->vocoder"
@@ -142,11 +175,6 @@ class AudioLDM2Pipeline(LatentAudioBase):
         vocoder: Any,
     ) -> None:
         super().__init__()
-        if type(text_encoder_2).__name__ == "VitsModel":
-            raise NotImplementedError(
-                "AudioLDM2Pipeline: text-to-speech checkpoints (text_encoder_2 is a VitsModel, with transcription=) "
-                "are not supported by difflux-audio yet; use a text-to-audio/music AudioLDM 2 checkpoint"
-            )
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -163,14 +191,22 @@ class AudioLDM2Pipeline(LatentAudioBase):
 
     # -- text --------------------------------------------------------------------------------------
 
+    @property
+    def is_text_to_speech(self) -> bool:
+        """Whether ``text_encoder_2`` is a VITS model (a text-to-speech checkpoint that needs ``transcription``)."""
+        return getattr(getattr(self.text_encoder_2, "config", None), "model_type", None) == "vits"
+
     def _new_tokens(self, max_new_tokens: int | None) -> int:
         if max_new_tokens is not None:
             return int(max_new_tokens)
         configured = getattr(self.language_model.config, "max_new_tokens", None)
         return int(configured) if configured else DEFAULT_NEW_TOKENS
 
-    def _encode_texts(self, texts: list[str], *, negative_length: int | None = None) -> tuple[torch.Tensor, ...]:
-        """``(CLAP (B, 1, d), CLAP mask, second encoder states (B, S2, d2), its mask)`` of ``texts``.
+    def _encode_texts(
+        self, texts: list[str], transcriptions: list[str] | None = None, *, negative_length: int | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """``(CLAP (B, 1, d), CLAP mask, second encoder states (B, S2, d2), its mask)`` of ``texts``
+        (and, for a VITS second encoder, of ``transcriptions``).
 
         ``negative_length``: negative prompts pad the second encoder's tokens to this length.
         """
@@ -180,6 +216,9 @@ class AudioLDM2Pipeline(LatentAudioBase):
         clap_embeds = clap_text_embeds(self.text_encoder, clap.input_ids.to(device), clap.attention_mask.to(device))
         clap_embeds = clap_embeds[:, None, :]
         clap_mask = torch.ones((len(texts), 1), dtype=torch.long, device=device)
+        if self.is_text_to_speech:
+            states, mask = self._speech_states(len(texts), transcriptions, negative=negative_length is not None)
+            return clap_embeds, clap_mask, states, mask
         tok = self.tokenizer_2
         if negative_length is not None and not _is_clip_length_tokenizer(tok):
             second = tok(texts, padding="max_length", max_length=negative_length, truncation=True, return_tensors="pt")
@@ -191,8 +230,32 @@ class AudioLDM2Pipeline(LatentAudioBase):
         states = self.text_encoder_2(ids, attention_mask=mask)[0]
         return clap_embeds, clap_mask, states, mask
 
-    def _condition(self, texts: list[str], new_tokens: int, *, negative_length: int | None = None) -> AudioLDM2Embeds:
-        clap, clap_mask, states, mask = self._encode_texts(texts, negative_length=negative_length)
+    def _speech_states(
+        self, batch: int, transcriptions: list[str] | None, *, negative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """VITS phoneme states ``(batch, model_max_length, hidden_size)`` and mask of the transcriptions; the
+        negative side (``negative``) is all zeros with nothing attended, as the speech checkpoints were trained."""
+        device, tok = self.device, self.tokenizer_2
+        if negative:
+            shape = (batch, int(tok.model_max_length))
+            hidden = int(self.text_encoder_2.config.hidden_size)
+            zeros = torch.zeros((*shape, hidden), dtype=self.text_encoder_2.dtype, device=device)
+            return zeros, torch.zeros(shape, dtype=torch.long, device=device)
+        if transcriptions is None:
+            raise ValueError(
+                f"{type(self).__name__}: this is a text-to-speech checkpoint (text_encoder_2 is a VitsModel); "
+                "pass transcription= (the words to speak) with prompt (the voice)"
+            )
+        phonemes = tokenize(tok, transcriptions)
+        ids, mask = mark_phoneme_end(phonemes.input_ids, phonemes.attention_mask)
+        ids, mask = ids.to(device), mask.to(device)
+        return vits_text_states(self.text_encoder_2, ids, mask), mask
+
+    def _condition(
+        self, texts: list[str], new_tokens: int, transcriptions: list[str] | None = None, *,
+        negative_length: int | None = None,
+    ) -> AudioLDM2Embeds:
+        clap, clap_mask, states, mask = self._encode_texts(texts, transcriptions, negative_length=negative_length)
         projected = self.projection_model(
             hidden_states=clap, hidden_states_1=states, attention_mask=clap_mask, attention_mask_1=mask
         )
@@ -205,6 +268,7 @@ class AudioLDM2Pipeline(LatentAudioBase):
         self,
         prompt: Prompt | None,
         *,
+        transcription: Prompt | None = None,
         num_waveforms_per_prompt: int = 1,
         guidance: bool = False,
         negative_prompt: Prompt | None = None,
@@ -221,13 +285,19 @@ class AudioLDM2Pipeline(LatentAudioBase):
         Text is encoded unless ``prompt_embeds`` and ``generated_prompt_embeds`` are given (a missing
         ``attention_mask`` keeps every token). With ``guidance`` the negative side comes from the
         ``negative_*`` embeddings, or from ``negative_prompt`` (empty prompts when ``None``).
+
+        Text-to-speech checkpoints (:attr:`is_text_to_speech`) encode ``transcription`` (one per prompt)
+        with the VITS phoneme encoder in place of T5; their negative side is CLAP's of ``negative_prompt``
+        with all-zero, unattended phoneme states.
+
+        :raises ValueError: a text-to-speech checkpoint encoding text without ``transcription``.
         """
         new_tokens = self._new_tokens(max_new_tokens)
         if prompt_embeds is None or generated_prompt_embeds is None:
             texts = prompt_list(prompt)
             if texts is None:
                 raise ValueError("AudioLDM2Pipeline: pass prompt, or prompt_embeds with generated_prompt_embeds")
-            embeds = self._condition(texts, new_tokens)
+            embeds = self._condition(texts, new_tokens, prompt_list(transcription))
         else:
             mask = attention_mask
             if mask is None:
@@ -276,8 +346,6 @@ class AudioLDM2Pipeline(LatentAudioBase):
 
     def _check(self, args: dict[str, Any]) -> int:
         name = type(self).__name__
-        if args["transcription"] is not None:
-            raise ValueError(f"{name}: transcription= is for text-to-speech checkpoints (VITS), which this is not")
         pairs = (
             ("prompt_embeds", "generated_prompt_embeds"),
             ("negative_prompt_embeds", "negative_generated_prompt_embeds"),
@@ -296,7 +364,57 @@ class AudioLDM2Pipeline(LatentAudioBase):
         tokens = args["max_new_tokens"]
         if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
             raise ValueError(f"{name}: max_new_tokens must be a positive int, got {tokens!r}")
-        return check_audio_inputs(self, AudioInputs.of(args, pooled=False))
+        batch = check_audio_inputs(self, AudioInputs.of(args, pooled=False))
+        self._check_transcription(args, batch)
+        return batch
+
+    def _check_transcription(self, args: dict[str, Any], batch: int) -> None:
+        name = type(self).__name__
+        transcription = args["transcription"]
+        encodes_text = args["prompt_embeds"] is None or args["generated_prompt_embeds"] is None
+        if not self.is_text_to_speech:
+            if transcription is not None:
+                second = type(self.text_encoder_2).__name__
+                raise ValueError(
+                    f"{name}: transcription= is read only by text-to-speech checkpoints (text_encoder_2 a VitsModel); "
+                    f"this one's text_encoder_2 is a {second}: leave transcription out and describe the sound "
+                    "in prompt, or load a speech checkpoint"
+                )
+            return
+        if transcription is None:
+            if encodes_text:
+                raise ValueError(
+                    f"{name}: this is a text-to-speech checkpoint (text_encoder_2 is a VitsModel): pass "
+                    "transcription= (the words to speak: a string, or a list of strings, one per prompt) "
+                    "along with prompt (the voice)"
+                )
+            return
+        if not isinstance(transcription, str) and (
+            not isinstance(transcription, (list, tuple)) or not all(isinstance(t, str) for t in transcription)
+        ):
+            raise TypeError(
+                f"{name}: transcription must be a string or a list of strings, got {type(transcription).__name__}"
+            )
+        count = 1 if isinstance(transcription, str) else len(transcription)
+        if count != batch:
+            raise ValueError(
+                f"{name}: got {count} transcription(s) for {batch} prompt(s); pass one transcription per prompt"
+            )
+        limit = int(self.tokenizer_2.model_max_length)
+        states = getattr(self.projection_model.config, "max_seq_length", None)
+        if getattr(self.projection_model.config, "use_learned_position_embedding", None) is not None and (
+            states is not None and int(states) != limit
+        ):
+            raise ValueError(
+                f"{name}: tokenizer_2 pads transcriptions to {limit} phonemes but the projection model's "
+                f"position embedding has {states}; set tokenizer_2.model_max_length = {states}"
+            )
+        vocab = int(self.text_encoder_2.config.vocab_size)
+        if vocab <= PHONEME_END_ID:
+            raise ValueError(
+                f"{name}: text_encoder_2 embeds {vocab} phonemes, but speech checkpoints end each transcription "
+                f"with phoneme {PHONEME_END_ID}; use a VitsModel with vocab_size > {PHONEME_END_ID}"
+            )
 
     def __call__(
         self,
@@ -326,7 +444,12 @@ class AudioLDM2Pipeline(LatentAudioBase):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> Any:
         """Generate ``audio_length_in_s`` seconds (default: the UNet's ``sample_size``, 10.24 s published)
-        per prompt: check → encode (CLAP, T5, projection, GPT-2) → latents → denoise → decode → rank.
+        per prompt: check → encode (CLAP, T5 or VITS, projection, GPT-2) → latents → denoise → decode → rank.
+
+        :param transcription: text-to-speech checkpoints only (``text_encoder_2`` a ``VitsModel``; then
+            required unless ``prompt_embeds`` and ``generated_prompt_embeds`` are given): the words to
+            speak, a string or one string per prompt; ``prompt`` then describes the voice. Speech
+            checkpoints were trained with ``max_new_tokens=512``.
 
         :param max_new_tokens: states the language model generates (default: its config's, else 8).
         :param num_waveforms_per_prompt: clips per prompt; with a text prompt and more than one they
@@ -342,7 +465,8 @@ class AudioLDM2Pipeline(LatentAudioBase):
             callback_on_step_end_tensor_inputs, legacy=callback, legacy_steps=callback_steps,
         )
         embeds = self.encode_prompt(
-            prompt, num_waveforms_per_prompt=num_waveforms_per_prompt, guidance=opts.guidance,
+            prompt, transcription=transcription, num_waveforms_per_prompt=num_waveforms_per_prompt,
+            guidance=opts.guidance,
             negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds, generated_prompt_embeds=generated_prompt_embeds,
             negative_generated_prompt_embeds=negative_generated_prompt_embeds, attention_mask=attention_mask,
