@@ -141,6 +141,35 @@ def test_embeddings_in_need_no_transcription(tts_difflux: Any) -> None:
     assert rel_diff(by_embeds, by_text) < 1e-6
 
 
+def test_offload_hooks_run_around_the_encoders_parts(tts_difflux: Any) -> None:
+    """The pipeline calls parts of ``text_encoder`` (CLAP's text tower) and ``text_encoder_2`` (the VITS
+    phoneme encoder); the components' offload hooks (accelerate ``ModelHook``) run around those calls."""
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+
+    calls: list[str] = []
+
+    class Spy(ModelHook):  # type: ignore[misc]
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def pre_forward(self, module: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            calls.append(f"{self.name} on")
+            return args, kwargs
+
+        def post_forward(self, module: Any, output: Any) -> Any:
+            calls.append(f"{self.name} off")
+            return output
+
+    for name in ("text_encoder", "text_encoder_2"):
+        add_hook_to_module(getattr(tts_difflux, name), Spy(name))
+    try:
+        tts_difflux.encode_prompt("a man", transcription="hello")
+    finally:
+        for name in ("text_encoder", "text_encoder_2"):
+            remove_hook_from_module(getattr(tts_difflux, name))
+    assert calls == ["text_encoder on", "text_encoder off", "text_encoder_2 on", "text_encoder_2 off"]
+
+
 def test_saved_speech_folder_loads_in_diffusers(tts_difflux: Any, tmp_path: Path) -> None:
     import diffusers
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from difflux.offload import runs_forward_hooks
 from difflux.pipeline_utils import (
     check_batch,
     check_callback_inputs,
@@ -169,12 +170,14 @@ def check_audio_inputs(pipe: Any, args: AudioInputs) -> int:
 # -- text ------------------------------------------------------------------------------------
 
 
+@runs_forward_hooks  # it calls the component's parts: its offload hooks run around them
 def clap_text_embeds(text_encoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """CLAP's projected text embedding, L2-normalised: ``(batch, projection_dim)`` float.
 
     Works for ``ClapTextModelWithProjection`` and ``ClapModel`` alike (both hold ``text_model`` and
     ``text_projection``), on transformers 4 and 5 (it does not rely on ``get_text_features``, whose
-    return type changed in transformers 5). CLAP: Wu et al. 2023, arXiv:2211.06687.
+    return type changed in transformers 5). The offload hooks of ``text_encoder`` run around the call
+    (model offload moves the whole component). CLAP: Wu et al. 2023, arXiv:2211.06687.
     """
     pooled = text_encoder.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
     return F.normalize(text_encoder.text_projection(pooled), dim=-1)
