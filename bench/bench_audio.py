@@ -4,6 +4,9 @@
 pipelines end to end, built and saved by Diffusers, loaded by both libraries from the same folder,
 same seed and prompt; medians of ``--repeat`` calls after a warm-up, calls alternating (goal:
 difflux / diffusers <= 0.9). MusicLDM is left out: Diffusers 0.42.1 cannot run it on transformers 5.
+AudioLDM 2 TTS is the text-to-speech layout (a tiny ``VitsModel`` / ``VitsTokenizer`` as second
+encoder, ``transcription=``, GPT2LMHeadModel, which Diffusers runs on transformers 5); ``--case tts``
+runs that one alone.
 
 ``--case unet``: AudioLDM's UNet at its published size (``cvssp/audioldm-s-full-v2``: 128/256/384/640
 channels, 8 latent channels, CLAP-projection class embedding concatenated), one denoising step on
@@ -95,7 +98,7 @@ def _audio_diffusion(folder: Path) -> None:
     pipe.save_pretrained(folder / "pipe")
 
 
-def bench_tiny(steps: int, repeat: int) -> None:
+def bench_tiny(steps: int, repeat: int, only: str | None = None) -> None:
     import audio_builders
     import difflux
     import diffusers
@@ -106,8 +109,13 @@ def bench_tiny(steps: int, repeat: int) -> None:
          {"prompt": "rain on a tin roof", "num_inference_steps": steps, "audio_length_in_s": seconds}),
         ("AudioLDM 2", lambda f: audio_builders.audioldm2(f).save_pretrained(f / "pipe"), diffusers.AudioLDM2Pipeline,
          {"prompt": "rain on a tin roof", "num_inference_steps": steps, "audio_length_in_s": seconds}),
+        ("AudioLDM 2 TTS", lambda f: audio_builders.audioldm2_tts(f).save_pretrained(f / "pipe"),
+         diffusers.AudioLDM2Pipeline,
+         {"prompt": "a man speaking", "transcription": "hello world", "num_inference_steps": steps,
+          "audio_length_in_s": seconds}),
         ("Audio Diffusion", _audio_diffusion, diffusers.AudioDiffusionPipeline, {"steps": steps}),
     ]
+    cases = [case for case in cases if only is None or case[0] == only]
     print(f"tiny pipelines end to end, {steps} steps, CPU fp32 (median of {repeat}, alternating calls)")
     for name, build, theirs_cls, kwargs in cases:
         with tempfile.TemporaryDirectory() as tmp:
@@ -256,11 +264,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--case", choices=["tiny", "unet", "cli", "midi", "all"], default="all")
+    parser.add_argument("--case", choices=["tiny", "tts", "unet", "cli", "midi", "all"], default="all")
     args = parser.parse_args()
     logging.getLogger("diffusers").setLevel(logging.ERROR)
     if args.case in ("tiny", "all"):
         bench_tiny(args.steps, args.repeat)
+    if args.case == "tts":
+        bench_tiny(args.steps, args.repeat, only="AudioLDM 2 TTS")
     if args.case in ("unet", "all"):
         bench_unet(args.repeat)
     if args.case in ("cli", "all"):
