@@ -285,6 +285,7 @@ _CALL_PARAMETERS: dict[str, tuple[str, ...]] = {
     "num_images": ("batch_size", "num_images_per_prompt", "num_waveforms_per_prompt"),
     "audio_length": ("audio_length_in_s",),
     "midi": ("midi",),
+    "transcription": ("transcription",),
 }
 
 
@@ -640,6 +641,7 @@ def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--audio-length", type=_positive_float, help="clip length in seconds (audio pipelines)", metavar="SECONDS"
     )
     p.add_argument("--midi", metavar="FILE", help="MIDI file to synthesize (Spectrogram Diffusion)")
+    p.add_argument("--transcription", metavar="TEXT", help="the words to speak (AudioLDM 2 text-to-speech)")
     p.add_argument("--height", type=_int_at_least(1), help="image height in pixels")
     p.add_argument("--width", type=_int_at_least(1), help="image width in pixels")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps ... (default: cpu)")

@@ -260,3 +260,23 @@ def test_the_spy_sees_the_phoneme_encoder_run(tts_difflux: Any) -> None:
     with models_ran(tts_difflux) as ran:
         tts_difflux.encode_prompt("a man", transcription="hello")
     assert "text_encoder_2.text_encoder" in ran and "text_encoder_2" not in ran
+
+
+def test_generate_speaks_the_transcription(tts: tuple[Any, Path], tts_difflux: Any, tmp_path: Path) -> None:
+    import io
+    import wave
+
+    import numpy as np
+    from difflux import cli
+
+    target = tmp_path / "speech.wav"
+    argv = ["generate", str(tts[1]), "--prompt", "a man", "--transcription", "hello", "--steps", "2", "--seed", "0",
+            "--audio-length", str(SECONDS), "--output", str(target)]
+    out = io.StringIO()
+    assert cli.main(argv, out=out) == 0, out.getvalue()
+    with wave.open(str(target)) as clip:
+        pcm = np.frombuffer(clip.readframes(clip.getnframes()), dtype="<i2")
+    expected = tts_difflux(
+        "a man", transcription="hello", num_inference_steps=2, generator=gen(0), audio_length_in_s=SECONDS
+    ).audios.reshape(-1)
+    assert np.abs(pcm - np.round(np.clip(expected, -1, 1) * 32767)).max() <= 1
