@@ -32,6 +32,44 @@ def rel_diff(a: Any, b: Any) -> float:
     return float(np.abs(a.astype(np.float64) - b).max() / max(float(np.abs(b).max()), 1e-30))
 
 
+def diffusers_diff(theirs: Any, ours: Any, **kwargs: Any) -> float:
+    """:func:`rel_diff` of difflux's clips (``ours``) to Diffusers' (``theirs``) for the same call
+    (2 steps, :data:`SECONDS`, seed 0 unless ``kwargs`` say otherwise); difflux's must carry 16 kHz."""
+    call = {"num_inference_steps": 2, "audio_length_in_s": SECONDS, **kwargs}
+    expected = theirs(**call, generator=torch.Generator().manual_seed(0)).audios
+    out = ours(**call, generator=torch.Generator().manual_seed(0))
+    if out.sample_rate != 16000:
+        raise AssertionError(f"sample_rate {out.sample_rate}, expected 16000")
+    return rel_diff(out.audios, expected)
+
+
+def reference_diff(folder: Path, case: str, references: dict[str, torch.Tensor]) -> tuple[Any, float]:
+    """``(difflux pipeline loaded from folder, rel_diff of its clips to the stored reference of case)``
+    (every 4th sample, as :mod:`oracle_tf4` stores them)."""
+    from audio_builders import REFERENCE_CASES
+    from difflux_stable_diffusion.testing import load_difflux
+
+    pipe = load_difflux(folder)
+    out = pipe(**REFERENCE_CASES[case][1], generator=torch.Generator().manual_seed(0)).audios[:, ::4]
+    return pipe, rel_diff(out, references[case])
+
+
+def embeds_vs_text(pipe: Any, **text: Any) -> float:
+    """:func:`rel_diff` of an AudioLDM 2 clip made from ``pipe.encode_prompt(**text, guidance=True)``'s
+    embeddings to the clip made from the text itself (2 steps, :data:`SECONDS`, seed 2)."""
+    e = pipe.encode_prompt(**text, guidance=True)
+    kw = {"num_inference_steps": 2, "audio_length_in_s": SECONDS}
+    by_text = pipe(**text, generator=torch.Generator().manual_seed(2), **kw).audios
+    by_embeds = pipe(
+        prompt_embeds=e.prompt_embeds, attention_mask=e.attention_mask,
+        generated_prompt_embeds=e.generated_prompt_embeds,
+        negative_prompt_embeds=e.negative.prompt_embeds, negative_attention_mask=e.negative.attention_mask,
+        negative_generated_prompt_embeds=e.negative.generated_prompt_embeds,
+        generator=torch.Generator().manual_seed(2), **kw,
+    ).audios
+    return rel_diff(by_embeds, by_text)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_diffusers() -> None:
     logging.getLogger("diffusers").setLevel(logging.ERROR)

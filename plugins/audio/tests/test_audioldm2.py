@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import torch
-from difflux_stable_diffusion.testing import gen, load_difflux
+from difflux_stable_diffusion.testing import gen
 
-from conftest import SECONDS, rel_diff
+from conftest import SECONDS, diffusers_diff, embeds_vs_text, reference_diff, rel_diff
 
 CASES = {
     "one-prompt": {"prompt": "a cat"},
@@ -25,11 +25,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_waveforms_match_diffusers(audioldm2: tuple[Any, Path], audioldm2_difflux: Any, case: str) -> None:
-    kwargs = {**CASES[case], "num_inference_steps": 2, "audio_length_in_s": SECONDS}
-    expected = audioldm2[0](**kwargs, generator=gen(0)).audios
-    out = audioldm2_difflux(**kwargs, generator=gen(0))
-    assert out.sample_rate == 16000
-    assert rel_diff(out.audios, expected) < 1e-4
+    assert diffusers_diff(audioldm2[0], audioldm2_difflux, **CASES[case]) < 1e-4
 
 
 @pytest.mark.parametrize("case", ["audioldm2-gpt2model", "audioldm2-gpt2model-ranked"])
@@ -38,11 +34,9 @@ def test_gpt2model_matches_the_transformers4_reference(
 ) -> None:
     from audio_builders import REFERENCE_CASES
 
-    which, kwargs = REFERENCE_CASES[case]
-    pipe = load_difflux(reference_folders[which])
+    pipe, diff = reference_diff(reference_folders[REFERENCE_CASES[case][0]], case, references)
     assert type(pipe.language_model).__name__ == "GPT2Model"
-    out = pipe(**kwargs, generator=gen(0)).audios[:, ::4]
-    assert rel_diff(out, references[case]) < 1e-4
+    assert diff < 1e-4
 
 
 def test_language_model_heads_generate_the_same_states(audioldm2_difflux: Any) -> None:
@@ -66,17 +60,7 @@ def test_language_model_heads_generate_the_same_states(audioldm2_difflux: Any) -
 
 
 def test_embeddings_in_give_the_same_clip(audioldm2_difflux: Any) -> None:
-    pipe = audioldm2_difflux
-    e = pipe.encode_prompt("a cat", guidance=True)
-    kw = {"num_inference_steps": 2, "audio_length_in_s": SECONDS}
-    by_text = pipe("a cat", generator=gen(2), **kw).audios
-    by_embeds = pipe(
-        prompt_embeds=e.prompt_embeds, attention_mask=e.attention_mask,
-        generated_prompt_embeds=e.generated_prompt_embeds,
-        negative_prompt_embeds=e.negative.prompt_embeds, negative_attention_mask=e.negative.attention_mask,
-        negative_generated_prompt_embeds=e.negative.generated_prompt_embeds, generator=gen(2), **kw,
-    ).audios
-    assert rel_diff(by_embeds, by_text) < 1e-6
+    assert embeds_vs_text(audioldm2_difflux, prompt="a cat") < 1e-6
 
 
 def test_saved_folder_loads_in_diffusers(audioldm2_difflux: Any, tmp_path: Path) -> None:

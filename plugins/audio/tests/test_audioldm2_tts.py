@@ -14,7 +14,7 @@ import pytest
 import torch
 from difflux_stable_diffusion.testing import gen, load_difflux
 
-from conftest import SECONDS, rel_diff
+from conftest import SECONDS, diffusers_diff, embeds_vs_text, reference_diff, rel_diff
 
 
 @pytest.fixture(scope="session")
@@ -50,11 +50,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_speech_matches_diffusers(tts: tuple[Any, Path], tts_difflux: Any, case: str) -> None:
-    kwargs = {**CASES[case], "num_inference_steps": 2, "audio_length_in_s": SECONDS}
-    expected = tts[0](**kwargs, generator=gen(0)).audios
-    out = tts_difflux(**kwargs, generator=gen(0))
-    assert out.sample_rate == 16000
-    assert rel_diff(out.audios, expected) < 1e-4
+    assert diffusers_diff(tts[0], tts_difflux, **CASES[case]) < 1e-4
 
 
 def test_conditioning_and_latents_match_diffusers(tts: tuple[Any, Path], tts_difflux: Any) -> None:
@@ -87,13 +83,10 @@ def test_the_tiny_pipeline_hears_the_transcription(tts_difflux: Any) -> None:
 def test_gpt2model_speech_matches_the_transformers4_reference(
     reference_folders: dict[str, Path], references: dict[str, torch.Tensor]
 ) -> None:
-    from audio_builders import REFERENCE_CASES
-
-    which, kwargs = REFERENCE_CASES["audioldm2-tts-gpt2model"]
-    pipe = load_difflux(reference_folders[which])
-    assert type(pipe.language_model).__name__ == "GPT2Model"
-    out = pipe(**kwargs, generator=gen(0)).audios[:, ::4]
-    assert rel_diff(out, references["audioldm2-tts-gpt2model"]) < 1e-4
+    case = "audioldm2-tts-gpt2model"
+    pipe, diff = reference_diff(reference_folders[case], case, references)
+    assert type(pipe.language_model).__name__ == "GPT2Model" and pipe.is_text_to_speech
+    assert diff < 1e-4
 
 
 def test_the_speech_folder_loads_through_from_pretrained(tts: tuple[Any, Path], tts_difflux: Any) -> None:
@@ -130,15 +123,7 @@ def test_embeddings_in_need_no_transcription(tts_difflux: Any) -> None:
     hidden = pipe.text_encoder_2.config.hidden_size
     assert e.prompt_embeds.shape == (1, pipe.tokenizer_2.model_max_length, hidden)
     assert e.negative is not None and not e.negative.prompt_embeds.any() and not e.negative.attention_mask.any()
-    kw = {"num_inference_steps": 2, "audio_length_in_s": SECONDS}
-    by_text = pipe("a man speaking", transcription="hello", generator=gen(2), **kw).audios
-    by_embeds = pipe(
-        prompt_embeds=e.prompt_embeds, attention_mask=e.attention_mask,
-        generated_prompt_embeds=e.generated_prompt_embeds,
-        negative_prompt_embeds=e.negative.prompt_embeds, negative_attention_mask=e.negative.attention_mask,
-        negative_generated_prompt_embeds=e.negative.generated_prompt_embeds, generator=gen(2), **kw,
-    ).audios
-    assert rel_diff(by_embeds, by_text) < 1e-6
+    assert embeds_vs_text(pipe, prompt="a man speaking", transcription="hello") < 1e-6
 
 
 def test_offload_hooks_run_around_the_encoders_parts(tts_difflux: Any) -> None:
