@@ -112,6 +112,7 @@ def test_each_transcription_ends_with_the_end_phoneme() -> None:
     mask = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 1]])
     new_ids, new_mask = mark_phoneme_end(ids, mask)
     end = PHONEME_END_ID
+    assert end == 182  # the speech checkpoints' end phoneme (Diffusers writes the same)
     assert new_ids.tolist() == [[5, 6, end, 0], [7, end, 9, 0], [1, 2, 3, 4]]
     assert new_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
     assert ids[0, 2] == 0 and mask[0, 2] == 0  # the inputs are left alone
