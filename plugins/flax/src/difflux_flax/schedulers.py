@@ -115,6 +115,10 @@ class FlaxScheduler(abc.ABC):
     ``FlaxXScheduler(**config)`` and ``FlaxXScheduler.from_config(config)`` accept exactly the config
     keys of the PyTorch scheduler ``X`` (validated by it, same errors); ``save_pretrained`` writes
     ``scheduler_config.json`` with the PyTorch class name, so the folder stays loadable by both.
+
+    A sampler supplies ``_tables`` (its per-step constants, built on the host), ``_update`` (the
+    traced step: ``(prev_sample, buffers)``) and, when it keeps a history, ``_buffers``; ``step``
+    is shared.
     """
 
     #: the paired PyTorch scheduler, a lazy ``"module:Class"`` reference
