@@ -303,6 +303,52 @@ def test_combined_parity_and_shared_components(combined_folders: dict[str, Path]
     assert ours.decoder_pipe.unet is ours.unet and ours.prior_pipe.prior is ours.prior_prior
 
 
+def test_split_call_gives_the_prior_its_arguments_and_the_decoder_the_rest() -> None:
+    """A combined call's locals: prompt, negative prompt, images per prompt, latents and prior_* (unprefixed) go
+    to the prior, the rest to the decoder, the generator to both; self and __class__ to neither."""
+    from difflux_kandinsky.pipeline_kandinsky2_2_combined import split_call
+
+    g, hook, noise = gen(0), (lambda *a: {}), torch.zeros(2, 8)
+    call = {
+        "self": object(),
+        "__class__": object,
+        "prompt": ["a", "b"],
+        "image": "img",
+        "negative_prompt": "c",
+        "num_inference_steps": 9,
+        "guidance_scale": 7.0,
+        "strength": 0.5,
+        "num_images_per_prompt": 2,
+        "prior_guidance_scale": 3.0,
+        "prior_num_inference_steps": 4,
+        "generator": g,
+        "latents": noise,
+        "prior_callback_on_step_end": hook,
+        "prior_callback_on_step_end_tensor_inputs": ("latents",),
+        "callback_on_step_end_tensor_inputs": ("latents", "image_embeds"),
+    }
+    prior, decoder = split_call(call)
+    assert prior == {
+        "generator": g,
+        "prompt": ["a", "b"],
+        "negative_prompt": "c",
+        "num_images_per_prompt": 2,
+        "guidance_scale": 3.0,
+        "num_inference_steps": 4,
+        "latents": noise,
+        "callback_on_step_end": hook,
+        "callback_on_step_end_tensor_inputs": ("latents",),
+    }
+    assert decoder == {
+        "image": "img",
+        "num_inference_steps": 9,
+        "guidance_scale": 7.0,
+        "strength": 0.5,
+        "generator": g,
+        "callback_on_step_end_tensor_inputs": ("latents", "image_embeds"),
+    }
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_repaint_region_grows_like_kandinsky(seed: int) -> None:
     """The vectorised erosion equals Diffusers' pixel loop on random keep-masks."""

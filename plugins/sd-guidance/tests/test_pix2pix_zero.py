@@ -81,3 +81,19 @@ def test_bad_input(g: Any, p2p_pair: Any, call: str, bad: dict[str, Any], error:
     }
     with pytest.raises(error, match=match):
         getattr(ours, call)(**{**defaults[call], **bad})
+
+
+def test_invert_without_inverse_scheduler_refuses_before_any_model_runs(g: Any, p2p_pair: Any) -> None:
+    _, ours = p2p_pair
+    calls: list[str] = []
+    models = {"vae": ours.vae.encoder, "text_encoder": ours.text_encoder, "unet": ours.unet}
+    handles = [m.register_forward_pre_hook(lambda *a, n=n: calls.append(n)) for n, m in models.items()]
+    inverse, ours.inverse_scheduler = ours.inverse_scheduler, None
+    try:
+        with pytest.raises(ValueError, match="inverse_scheduler"):
+            ours.invert(prompt=PROMPT, image=g.image_input(1))
+    finally:
+        ours.inverse_scheduler = inverse
+        for handle in handles:
+            handle.remove()
+    assert calls == []
