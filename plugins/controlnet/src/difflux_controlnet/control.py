@@ -160,6 +160,18 @@ class ControlNetSteps:
             guess_mode or bool(nets[0].config.global_pool_conditions),
         )
 
+    def control_args(self, a: dict[str, Any], batch: int) -> ControlArgs:
+        """The checked ControlNet arguments of call ``a`` (its arguments by name; :meth:`check_control`)."""
+        return self.check_control(
+            a[self._control_image_name],
+            a["controlnet_conditioning_scale"],
+            a["control_guidance_start"],
+            a["control_guidance_end"],
+            a["guess_mode"],
+            batch,
+            image_name=self._control_image_name,
+        )
+
     # -- condition images --------------------------------------------------------------------
 
     def control_size(self, args: ControlArgs, height: int | None, width: int | None) -> tuple[int, int]:

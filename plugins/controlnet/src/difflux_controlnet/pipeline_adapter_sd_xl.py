@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from difflux.pipeline_utils import LegacyCallback, StepCallback
 from difflux.protocols import Scheduler
-from difflux_stable_diffusion._base import Denoise, Sampling
+from difflux_stable_diffusion._base import Denoise, call_arguments
 from difflux_stable_diffusion.images import ImageInput
-from difflux_stable_diffusion.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
-from difflux_stable_diffusion.prompts import Prompt, PromptEmbeds
+from difflux_stable_diffusion.pipeline_stable_diffusion_xl import Attach, StableDiffusionXLPipeline
+from difflux_stable_diffusion.prompts import Prompt
 
-from .pipeline_adapter import AdapterArgs, AdapterSteps, as_adapter
+from .pipeline_adapter import AdapterSteps, as_adapter
 
 __all__ = ["StableDiffusionXLAdapterPipeline"]
 
@@ -38,8 +38,6 @@ class StableDiffusionXLAdapterPipeline(AdapterSteps, StableDiffusionXLPipeline):
         "feature_extractor",
         "image_encoder",
     )
-    #: what the current call's adapter run needs, set by ``__call__`` for :meth:`run`
-    _adapter_call: tuple[AdapterArgs, int, int, int, int, int | None] | None = None
 
     def __init__(
         self,
@@ -69,22 +67,26 @@ class StableDiffusionXLAdapterPipeline(AdapterSteps, StableDiffusionXLPipeline):
         )
         self.register_modules(adapter=as_adapter(adapter))
 
-    def run(
-        self,
-        timesteps: torch.Tensor,
-        embeds: PromptEmbeds,
-        opts: Sampling,
-        time_ids: tuple[torch.Tensor, torch.Tensor],
-    ) -> Denoise:
-        """The SDXL loop, plus the adapter features for the first ``adapter_conditioning_factor`` of the steps."""
-        run = super().run(timesteps, embeds, opts, time_ids)
-        call = self._adapter_call
-        if call is not None:
-            args, height, width, batch, per_prompt, count = call
-            states = self.adapter_states(args, height, width, batch, per_prompt, opts.guidance)
-            steps = len(timesteps) if count is None else count
-            run.control = self.adapter_step(states, int(steps * args.factor))
-        return run
+    def steering(self, a: dict[str, Any], batch: int) -> tuple[Size, Attach]:
+        """Check the adapter arguments of call ``a``; the run's size (given, else the condition image's
+        rounded down to the adapter's downscale factor) and the adapter features for the first
+        ``adapter_conditioning_factor`` of the steps."""
+        height, width = a["height"], a["width"]
+        adapter = self.check_adapter(
+            a["image"], a["adapter_conditioning_scale"], a["adapter_conditioning_factor"], batch, height, width
+        )
+        height, width = self.default_size(*self.adapter_size(adapter, height, width))
+        per_prompt, count = a["num_images_per_prompt"], a["num_inference_steps"]
+        if a["timesteps"] is not None or a["sigmas"] is not None or a["denoising_end"] is not None:
+            count = None  # the run's own length
+
+        def attach(run: Denoise, length: int) -> Denoise:
+            states = self.adapter_states(adapter, height, width, batch, per_prompt, run.sampling.guidance)
+            steps = len(run.timesteps) if count is None else count
+            run.control = self.adapter_step(states, int(steps * adapter.factor))
+            return run
+
+        return (height, width), attach
 
     def __call__(  # type: ignore[override]
         self,
@@ -141,49 +143,4 @@ class StableDiffusionXLAdapterPipeline(AdapterSteps, StableDiffusionXLPipeline):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        batch = self.check_inputs(self.inputs(locals(), image=None))
-        adapter = self.check_adapter(
-            image, adapter_conditioning_scale, adapter_conditioning_factor, batch, height, width
-        )
-        height, width = self.adapter_size(adapter, height, width)
-        count = num_inference_steps if timesteps is None and sigmas is None and denoising_end is None else None
-        self._adapter_call = (adapter, height, width, batch, num_images_per_prompt, count)
-        try:
-            return super().__call__(
-                prompt=prompt,
-                prompt_2=prompt_2,
-                height=height,
-                width=width,
-                num_inference_steps=num_inference_steps,
-                timesteps=timesteps,
-                sigmas=sigmas,
-                denoising_end=denoising_end,
-                guidance_scale=guidance_scale,
-                negative_prompt=negative_prompt,
-                negative_prompt_2=negative_prompt_2,
-                num_images_per_prompt=num_images_per_prompt,
-                eta=eta,
-                generator=generator,
-                latents=latents,
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_prompt_embeds,
-                pooled_prompt_embeds=pooled_prompt_embeds,
-                negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-                output_type=output_type,
-                return_dict=return_dict,
-                cross_attention_kwargs=cross_attention_kwargs,
-                guidance_rescale=guidance_rescale,
-                original_size=original_size,
-                crops_coords_top_left=crops_coords_top_left,
-                target_size=target_size,
-                negative_original_size=negative_original_size,
-                negative_crops_coords_top_left=negative_crops_coords_top_left,
-                negative_target_size=negative_target_size,
-                clip_skip=clip_skip,
-                callback_on_step_end=callback_on_step_end,
-                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-                callback=callback,
-                callback_steps=callback_steps,
-            )
-        finally:
-            self._adapter_call = None
+        return self.txt2img(call_arguments(locals()))

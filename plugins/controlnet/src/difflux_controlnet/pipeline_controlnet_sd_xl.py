@@ -19,9 +19,10 @@ from difflux_stable_diffusion import (
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
 )
-from difflux_stable_diffusion._base import Sampling
+from difflux_stable_diffusion._base import Denoise, call_arguments
 from difflux_stable_diffusion.images import ImageInput, default_size, preprocess_image
-from difflux_stable_diffusion.prompts import Prompt, PromptEmbeds
+from difflux_stable_diffusion.pipeline_stable_diffusion_xl import Attach
+from difflux_stable_diffusion.prompts import Prompt
 
 from .control import ControlArgs, ControlNetSteps, as_controlnet
 from .pipeline_controlnet_inpaint import InpaintStart
@@ -37,81 +38,64 @@ Size = tuple[int, int]
 _SDXL_TENSORS = StableDiffusionXLPipeline._callback_tensor_inputs
 
 
-def _arguments(frame: dict[str, Any]) -> dict[str, Any]:
-    """A ``__call__``'s ``locals()`` without ``self``."""
-    return {k: v for k, v in frame.items() if k not in ("self", "__class__")}
-
-
 class SDXLControlSteps(ControlNetSteps):
-    """Mixin: the steps every SDXL ControlNet pipeline shares (check, options, prompt, control on a run).
+    """Mixin: the ControlNet part every SDXL ControlNet pipeline shares (check, condition images, residuals).
 
-    A call's arguments travel as ``a``, the ``__call__``'s ``locals()``. Union pipelines override
-    :meth:`control_args` and :meth:`attach_control`.
+    A call's arguments travel as ``a``, the ``__call__``'s ``locals()``; the SDXL pipeline this mixes
+    into runs the call (options, prompt, schedule: ``sampling_of``, ``prompt_of``, ``schedule_of``).
+    Union pipelines override :meth:`control_args` and :meth:`attach_control`.
     """
-
-    # provided by the SDXL pipeline this mixes into
-    sampling: Any
-    encode_prompt: Any
-    schedule: Any
 
     @staticmethod
     def wrap_controlnet(controlnet: Any) -> Any:
         """The ``controlnet`` component as given (a list of nets becomes a :class:`MultiControlNetModel`)."""
         return as_controlnet(controlnet)
 
-    def control_args(self, a: dict[str, Any], batch: int) -> ControlArgs:
-        """The checked ControlNet arguments of call ``a`` (:meth:`ControlNetSteps.check_control`)."""
-        return self.check_control(
-            a[self._control_image_name],
-            a["controlnet_conditioning_scale"],
-            a["control_guidance_start"],
-            a["control_guidance_end"],
-            a["guess_mode"],
-            batch,
-            image_name=self._control_image_name,
-        )
+    def steering(self, a: dict[str, Any], batch: int) -> tuple[Size, Attach]:
+        """Check the ControlNet arguments of text-to-image call ``a``; the run's size (given, else the
+        first condition image's) and the residuals for its loop."""
+        control = self.control_args(a, batch)
+        size = self.control_size(control, a["height"], a["width"])
+        return size, self.control_attach(control, size, batch, a["num_images_per_prompt"])
 
-    def sampling_of(self, a: dict[str, Any]) -> Sampling:
-        return self.sampling(  # type: ignore[no-any-return]
-            a["guidance_scale"],
-            a.get("guidance_rescale", 0.0),
-            a["eta"],
-            a["generator"],
-            a["cross_attention_kwargs"],
-            a["callback_on_step_end"],
-            a["callback_on_step_end_tensor_inputs"],
-            legacy=a.get("callback"),
-            legacy_steps=a.get("callback_steps"),
-            clip_skip=a["clip_skip"],
-        )
+    def control_attach(self, control: ControlArgs, size: Size, batch: int, per_prompt: int) -> Attach:
+        """``attach(run, length)``: the condition images at ``size`` and the residuals on a loop ``run``
+        (:meth:`attach_control`); ``length`` is what the guidance windows are fractions of."""
+        total = batch * per_prompt
 
-    def prompt_of(self, a: dict[str, Any], opts: Sampling) -> PromptEmbeds:
-        return self.encode_prompt(  # type: ignore[no-any-return]
-            a["prompt"],
-            guidance=opts.guidance,
-            num_images_per_prompt=a["num_images_per_prompt"],
-            prompt_2=a["prompt_2"],
-            negative_prompt=a["negative_prompt"],
-            negative_prompt_2=a["negative_prompt_2"],
-            prompt_embeds=a["prompt_embeds"],
-            negative_prompt_embeds=a["negative_prompt_embeds"],
-            pooled_prompt_embeds=a["pooled_prompt_embeds"],
-            negative_pooled_prompt_embeds=a["negative_pooled_prompt_embeds"],
-            clip_skip=a["clip_skip"],
-        )
+        def attach(run: Denoise, length: int) -> Denoise:
+            images = self.control_images(control, *size, total, per_prompt, run.sampling.guidance)
+            return self.attach_control(run, control, images, length, total)
 
-    def schedule_of(self, a: dict[str, Any], **cut: Any) -> tuple[torch.Tensor, int]:
-        """``(timesteps of the run, steps the guidance windows count)``.
+        return attach
 
-        As in Diffusers, the windows are fractions of the schedule before a ``denoising_end`` cut.
-        """
-        end = cut.pop("denoising_end", None)
-        n, times, sigmas = a["num_inference_steps"], a.get("timesteps"), a.get("sigmas")
-        steps: torch.Tensor = self.schedule(n, times, sigmas, **cut)
-        length = len(steps)
-        if end is not None:
-            steps = self.schedule(n, times, sigmas, denoising_end=end, **cut)
-        return steps, length
+
+class SDXLImageControlSteps(SDXLControlSteps):
+    """Mixin: :class:`SDXLControlSteps` with the constructor of the SDXL ControlNet pipelines built on
+    image-to-image (img2img and inpainting: the refiner's ``requires_aesthetics_score``)."""
+
+    register_modules: Any
+
+    def __init__(
+        self,
+        vae: Any,
+        text_encoder: Any,
+        text_encoder_2: Any,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        unet: Any,
+        controlnet: Any,
+        scheduler: Scheduler,
+        requires_aesthetics_score: bool = False,
+        force_zeros_for_empty_prompt: bool = True,
+        feature_extractor: Any = None,
+        image_encoder: Any = None,
+    ) -> None:
+        super().__init__(  # type: ignore[call-arg]
+            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
+            image_encoder, feature_extractor, requires_aesthetics_score, force_zeros_for_empty_prompt,
+        )  # fmt: skip
+        self.register_modules(controlnet=self.wrap_controlnet(controlnet))
 
 
 class StableDiffusionXLControlNetPipeline(SDXLControlSteps, StableDiffusionXLPipeline):
@@ -200,61 +184,15 @@ class StableDiffusionXLControlNetPipeline(SDXLControlSteps, StableDiffusionXLPip
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        return self.txt2img(_arguments(locals()))
-
-    def txt2img(self, a: dict[str, Any]) -> Any:
-        """The body of ``__call__`` (shared with the Union pipeline): ``a`` holds the call's arguments."""
-        batch = self.check_inputs(self.inputs(a, image=None))
-        control = self.control_args(a, batch)
-        height, width = self.control_size(control, a["height"], a["width"])
-        per_prompt = a["num_images_per_prompt"]
-        total = batch * per_prompt
-        steps, windows = self.schedule_of(a, denoising_end=a["denoising_end"])  # a cut that leaves no step fails here
-        opts = self.sampling_of(a)
-        embeds = self.prompt_of(a, opts)
-        images = self.control_images(control, height, width, total, per_prompt, opts.guidance)
-        dtype = embeds.embeds.dtype
-        latents = self.prepare_latents(self.latent_shape(total, height, width), dtype, a["generator"], a["latents"])
-        proj = self._projection_dim(embeds)
-        size = (height, width)
-        ids = self.time_ids([*(a["original_size"] or size), *a["crops_coords_top_left"], *(a["target_size"] or size)],
-                            proj, dtype)  # fmt: skip
-        neg_ids = ids
-        if a["negative_original_size"] is not None and a["negative_target_size"] is not None:
-            neg = [*a["negative_original_size"], *a["negative_crops_coords_top_left"], *a["negative_target_size"]]
-            neg_ids = self.time_ids(neg, proj, dtype)
-        run = self.attach_control(self.run(steps, embeds, opts, (ids, neg_ids)), control, images, windows, total)
-        latents = self.denoise(latents, run, embeds.negative)
-        return self.output(latents, a["output_type"], a["return_dict"])
+        return self.txt2img(call_arguments(locals()))
 
 
-class StableDiffusionXLControlNetImg2ImgPipeline(SDXLControlSteps, StableDiffusionXLImg2ImgPipeline):
+class StableDiffusionXLControlNetImg2ImgPipeline(SDXLImageControlSteps, StableDiffusionXLImg2ImgPipeline):
     """Image-to-image with SDXL steered by ControlNet(s): noise ``image`` to ``strength``, then denoise with
     the residuals of ``control_image``."""
 
     _callback_tensor_inputs = (*_SDXL_TENSORS, "control_image")
     _control_image_name = "control_image"
-
-    def __init__(
-        self,
-        vae: Any,
-        text_encoder: Any,
-        text_encoder_2: Any,
-        tokenizer: Any,
-        tokenizer_2: Any,
-        unet: Any,
-        controlnet: Any,
-        scheduler: Scheduler,
-        requires_aesthetics_score: bool = False,
-        force_zeros_for_empty_prompt: bool = True,
-        feature_extractor: Any = None,
-        image_encoder: Any = None,
-    ) -> None:
-        super().__init__(
-            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
-            image_encoder, feature_extractor, requires_aesthetics_score, force_zeros_for_empty_prompt,
-        )  # fmt: skip
-        self.register_modules(controlnet=self.wrap_controlnet(controlnet))
 
     def __call__(  # type: ignore[override]
         self,
@@ -312,7 +250,7 @@ class StableDiffusionXLControlNetImg2ImgPipeline(SDXLControlSteps, StableDiffusi
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        return self.img2img(_arguments(locals()))
+        return self.img2img(call_arguments(locals()))
 
     def img2img(self, a: dict[str, Any]) -> Any:
         """The body of ``__call__`` (shared with the Union pipeline): ``a`` holds the call's arguments."""
@@ -327,7 +265,6 @@ class StableDiffusionXLControlNetImg2ImgPipeline(SDXLControlSteps, StableDiffusi
         pixels = preprocess_image(a["image"], a["height"], a["width"], multiple=self.vae_scale_factor,
                                   latent_channels=latent_channels)  # fmt: skip
         size = self.control_size(control, a["height"], a["width"])
-        images = self.control_images(control, *size, total, per_prompt, opts.guidance)
         latents = a["latents"]
         if latents is None:
             latents = self.image_latents(pixels, total, embeds.embeds.dtype, a["generator"], per_output=True)
@@ -339,39 +276,20 @@ class StableDiffusionXLControlNetImg2ImgPipeline(SDXLControlSteps, StableDiffusi
             a["negative_aesthetic_score"], a["negative_original_size"], a["negative_crops_coords_top_left"],
             a["negative_target_size"],
         )  # fmt: skip
-        run = self.attach_control(self.run(steps, embeds, opts, ids), control, images, windows, total)
+        run = self.control_attach(control, size, batch, per_prompt)(self.run(steps, embeds, opts, ids), windows)
         latents = self.denoise(latents, run, embeds.negative)
         return self.output(latents, a["output_type"], a["return_dict"])
 
 
-class StableDiffusionXLControlNetInpaintPipeline(InpaintStart, SDXLControlSteps, StableDiffusionXLInpaintPipeline):
+class StableDiffusionXLControlNetInpaintPipeline(
+    InpaintStart, SDXLImageControlSteps, StableDiffusionXLInpaintPipeline
+):
     """Inpainting with SDXL steered by ControlNet(s): repaint where ``mask_image`` is white, following
     ``control_image``; a 9-channel inpainting UNet or a 4-channel UNet with the known region blended back."""
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
     _callback_tensor_inputs = (*_SDXL_TENSORS, "mask", "masked_image_latents", "control_image")
     _control_image_name = "control_image"
-
-    def __init__(
-        self,
-        vae: Any,
-        text_encoder: Any,
-        text_encoder_2: Any,
-        tokenizer: Any,
-        tokenizer_2: Any,
-        unet: Any,
-        controlnet: Any,
-        scheduler: Scheduler,
-        requires_aesthetics_score: bool = False,
-        force_zeros_for_empty_prompt: bool = True,
-        feature_extractor: Any = None,
-        image_encoder: Any = None,
-    ) -> None:
-        super().__init__(
-            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
-            image_encoder, feature_extractor, requires_aesthetics_score, force_zeros_for_empty_prompt,
-        )  # fmt: skip
-        self.register_modules(controlnet=self.wrap_controlnet(controlnet))
 
     def __call__(  # type: ignore[override]
         self,
@@ -430,7 +348,7 @@ class StableDiffusionXLControlNetInpaintPipeline(InpaintStart, SDXLControlSteps,
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        return self.inpaint(_arguments(locals()))
+        return self.inpaint(call_arguments(locals()))
 
     def inpaint(self, a: dict[str, Any]) -> Any:
         """The body of ``__call__`` (shared with the Union pipeline): ``a`` holds the call's arguments."""
@@ -445,7 +363,6 @@ class StableDiffusionXLControlNetInpaintPipeline(InpaintStart, SDXLControlSteps,
                                           denoising_end=a["denoising_end"])  # fmt: skip
         opts = self.sampling_of(a)
         embeds = self.prompt_of(a, opts)
-        images = self.control_images(control, *size, total, per_prompt, opts.guidance)
         latents, attach = self.inpaint_start(
             a["image"], a["mask_image"], size, steps, a["strength"], total, embeds.embeds.dtype, a["generator"],
             a["latents"], opts.guidance, add_noise=start is None,
@@ -453,6 +370,6 @@ class StableDiffusionXLControlNetInpaintPipeline(InpaintStart, SDXLControlSteps,
         crops = a["crops_coords_top_left"]
         ids = self.micro_conditioning(embeds, size, a["original_size"], crops, a["target_size"], a["aesthetic_score"],
                                       a["negative_aesthetic_score"], None, crops, None)  # fmt: skip
-        run = self.attach_control(attach(self.run(steps, embeds, opts, ids)), control, images, windows, total)
+        run = self.control_attach(control, size, batch, per_prompt)(attach(self.run(steps, embeds, opts, ids)), windows)
         latents = self.denoise(latents, run, embeds.negative)
         return self.output(latents, a["output_type"], a["return_dict"])

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from difflux.pipeline_utils import StepCallback
-from difflux_stable_diffusion._base import Control, Denoise
+from difflux_stable_diffusion._base import Control, Denoise, call_arguments
 from difflux_stable_diffusion.images import ImageInput
 from difflux_stable_diffusion.prompts import Prompt
 
@@ -30,7 +30,6 @@ from .pipeline_controlnet_sd_xl import (
     StableDiffusionXLControlNetImg2ImgPipeline,
     StableDiffusionXLControlNetInpaintPipeline,
     StableDiffusionXLControlNetPipeline,
-    _arguments,
 )
 
 __all__ = [
@@ -255,7 +254,7 @@ class StableDiffusionXLControlNetUnionPipeline(UnionControlSteps, StableDiffusio
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        return self.txt2img(_arguments(locals()))
+        return self.txt2img(call_arguments(locals()))
 
 
 class StableDiffusionXLControlNetUnionImg2ImgPipeline(UnionControlSteps, StableDiffusionXLControlNetImg2ImgPipeline):
@@ -312,7 +311,7 @@ class StableDiffusionXLControlNetUnionImg2ImgPipeline(UnionControlSteps, StableD
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        return self.img2img(_arguments(locals()))
+        return self.img2img(call_arguments(locals()))
 
 
 class StableDiffusionXLControlNetUnionInpaintPipeline(UnionControlSteps, StableDiffusionXLControlNetInpaintPipeline):
@@ -371,4 +370,4 @@ class StableDiffusionXLControlNetUnionInpaintPipeline(UnionControlSteps, StableD
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        return self.inpaint(_arguments(locals()))
+        return self.inpaint(call_arguments(locals()))

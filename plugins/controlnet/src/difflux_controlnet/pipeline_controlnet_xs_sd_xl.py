@@ -8,12 +8,13 @@ from typing import Any
 import torch
 from difflux.pipeline_utils import StepCallback
 from difflux.protocols import Scheduler
-from difflux_stable_diffusion._base import Denoise, Sampling
+from difflux_stable_diffusion._base import Denoise, call_arguments
 from difflux_stable_diffusion.images import ImageInput
-from difflux_stable_diffusion.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
-from difflux_stable_diffusion.prompts import Prompt, PromptEmbeds
+from difflux_stable_diffusion.pipeline_stable_diffusion_xl import Attach, StableDiffusionXLPipeline
+from difflux_stable_diffusion.prompts import Prompt
 
-from .pipeline_controlnet_xs import ControlNetXSSteps, XSArgs, fuse_unet
+from .controlnet_xs import UNetControlNetXSModel
+from .pipeline_controlnet_xs import ControlNetXSSteps, fuse_unet
 
 __all__ = ["StableDiffusionXLControlNetXSPipeline"]
 
@@ -31,8 +32,6 @@ class StableDiffusionXLControlNetXSPipeline(ControlNetXSSteps, StableDiffusionXL
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->unet->vae"
     _optional_components = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "feature_extractor")  # type: ignore[assignment]
-    #: what the current call's control needs, set by ``__call__`` for :meth:`run`
-    _xs_call: tuple[XSArgs, torch.Tensor] | None = None
 
     def __init__(
         self,
@@ -63,20 +62,22 @@ class StableDiffusionXLControlNetXSPipeline(ControlNetXSSteps, StableDiffusionXL
         self._component_names.remove("image_encoder")  # Diffusers' ControlNet-XS SDXL pipeline has none
         self.register_modules(controlnet=controlnet)
 
-    def run(
-        self,
-        timesteps: torch.Tensor,
-        embeds: PromptEmbeds,
-        opts: Sampling,
-        time_ids: tuple[torch.Tensor, torch.Tensor],
-    ) -> Denoise:
-        """The SDXL loop with the fused UNet's control inputs at every step (no ``timestep_cond``, as Diffusers)."""
-        run = super().run(timesteps, embeds, opts, time_ids)
-        call = self._xs_call
-        if call is not None:
+    def steering(self, a: dict[str, Any], batch: int) -> tuple[Size, Attach]:
+        """Check the control arguments of call ``a``; the run's size (the condition image's, prepared at the
+        given or its own size) and the fused UNet's control inputs at every step (no ``timestep_cond``,
+        as Diffusers)."""
+        scale, start, end = a["controlnet_conditioning_scale"], a["control_guidance_start"], a["control_guidance_end"]
+        xs = self.check_xs(a["image"], scale, start, end, batch)
+        guidance = self.uses_guidance(a["guidance_scale"])
+        image = self.xs_image(xs, a["height"], a["width"], batch, a["num_images_per_prompt"], guidance)
+        height, width = (int(s) for s in image.shape[-2:])
+
+        def attach(run: Denoise, length: int) -> Denoise:
             run.timestep_cond = None
-            run.control = self.xs_step(call[0], call[1], len(timesteps))
-        return run
+            run.control = self.xs_step(xs, image, len(run.timesteps))
+            return run
+
+        return self.default_size(height, width), attach
 
     def latent_shape(self, total: int, height: int, width: int, channels: int | None = None) -> tuple[int, ...]:
         return super().latent_shape(total, height, width, self.unet.in_channels if channels is None else channels)
@@ -125,43 +126,8 @@ class StableDiffusionXLControlNetXSPipeline(ControlNetXSSteps, StableDiffusionXL
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        batch = self.check_inputs(self.inputs(locals(), image=None))
-        xs = self.check_xs(image, controlnet_conditioning_scale, control_guidance_start, control_guidance_end, batch)
-        guidance = self.uses_guidance(guidance_scale)
-        cond_image = self.xs_image(xs, height, width, batch, num_images_per_prompt, guidance)
-        height, width = (int(s) for s in cond_image.shape[-2:])
-        self._xs_call = (xs, cond_image)
         try:
-            return super().__call__(
-                prompt=prompt,
-                prompt_2=prompt_2,
-                height=height,
-                width=width,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                negative_prompt=negative_prompt,
-                negative_prompt_2=negative_prompt_2,
-                num_images_per_prompt=num_images_per_prompt,
-                eta=eta,
-                generator=generator,
-                latents=latents,
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_prompt_embeds,
-                pooled_prompt_embeds=pooled_prompt_embeds,
-                negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-                output_type=output_type,
-                return_dict=return_dict,
-                cross_attention_kwargs=cross_attention_kwargs,
-                original_size=original_size,
-                crops_coords_top_left=crops_coords_top_left,
-                target_size=target_size,
-                negative_original_size=negative_original_size,
-                negative_crops_coords_top_left=negative_crops_coords_top_left,
-                negative_target_size=negative_target_size,
-                clip_skip=clip_skip,
-                callback_on_step_end=callback_on_step_end,
-                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            )
+            return self.txt2img(call_arguments(locals()))
         finally:
-            self._xs_call = None
-            self.unet.forget_condition()
+            if isinstance(self.unet, UNetControlNetXSModel):
+                self.unet.forget_condition()

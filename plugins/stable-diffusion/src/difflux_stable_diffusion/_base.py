@@ -37,7 +37,7 @@ from ._common import (
 from .checks import Inputs, check_inputs
 from .images import preprocess_image
 
-__all__ = ["Denoise", "Sampling", "StableDiffusionBase", "say_once", "spread"]
+__all__ = ["Denoise", "Sampling", "StableDiffusionBase", "call_arguments", "say_once", "spread"]
 
 logger = logging.getLogger("difflux")
 _told: set[str] = set()
@@ -60,6 +60,11 @@ Control = Callable[
     [int, torch.Tensor, torch.Tensor, torch.Tensor, "dict[str, Any] | None", "dict[str, torch.Tensor | None]"],
     dict[str, Any],
 ]
+
+
+def call_arguments(frame: dict[str, Any]) -> dict[str, Any]:
+    """A ``__call__``'s ``locals()`` without ``self``: the call's arguments by name."""
+    return {k: v for k, v in frame.items() if k not in ("self", "__class__")}
 
 
 def say_once(key: str, level: int, message: str, *args: Any) -> None:
@@ -249,6 +254,22 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
             callback,
             callback_names,
             old,
+        )
+
+    def sampling_of(self, a: dict[str, Any]) -> Sampling:
+        """The loop options of call ``a`` (its arguments by name, :func:`call_arguments`) through
+        :meth:`sampling`; options the call does not take have their defaults."""
+        return self.sampling(
+            a["guidance_scale"],
+            a.get("guidance_rescale", 0.0),
+            a["eta"],
+            a["generator"],
+            a["cross_attention_kwargs"],
+            a["callback_on_step_end"],
+            a["callback_on_step_end_tensor_inputs"],
+            legacy=a.get("callback"),
+            legacy_steps=a.get("callback_steps"),
+            clip_skip=a["clip_skip"],
         )
 
     def guidance_embedding(self, guidance_scale: float, batch: int, dtype: torch.dtype) -> torch.Tensor | None:

@@ -8,14 +8,14 @@ to the refiner (``StableDiffusionXLImg2ImgPipeline(..., denoising_start=...)``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from difflux.pipeline_utils import LegacyCallback, StepCallback
 from difflux.protocols import Scheduler
 
-from ._base import Denoise, Sampling, StableDiffusionBase
+from ._base import Denoise, Sampling, StableDiffusionBase, call_arguments
 from ._common import StableDiffusionXLPipelineOutput
 from .checks import Inputs
 from .images import ImageInput, preprocess_image, preprocess_mask
@@ -30,6 +30,13 @@ __all__ = [
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 Size = tuple[int, int]
+#: ``attach(run, length) -> run``: steers a text-to-image run (control residuals, adapter features);
+#: ``length``: the steps of the schedule before a ``denoising_end`` cut
+Attach = Callable[[Denoise, int], Denoise]
+
+
+def _unsteered(run: Denoise, length: int) -> Denoise:
+    return run
 
 
 class _StableDiffusionXL(StableDiffusionBase):
@@ -142,6 +149,54 @@ class _StableDiffusionXL(StableDiffusionBase):
         """The validator's view of an SDXL call's ``locals()`` (pooled embeddings required with embeddings)."""
         return Inputs.of(arguments, pooled=True, **flags)
 
+    # -- the steps of a call, read from its arguments ``a`` (:func:`~._base.call_arguments`) ----------
+
+    def prompt_of(self, a: dict[str, Any], opts: Sampling) -> PromptEmbeds:
+        """The prompt embeddings of call ``a`` (:meth:`encode_prompt`)."""
+        return self.encode_prompt(
+            a["prompt"],
+            guidance=opts.guidance,
+            num_images_per_prompt=a["num_images_per_prompt"],
+            prompt_2=a["prompt_2"],
+            negative_prompt=a["negative_prompt"],
+            negative_prompt_2=a["negative_prompt_2"],
+            prompt_embeds=a["prompt_embeds"],
+            negative_prompt_embeds=a["negative_prompt_embeds"],
+            pooled_prompt_embeds=a["pooled_prompt_embeds"],
+            negative_pooled_prompt_embeds=a["negative_pooled_prompt_embeds"],
+            clip_skip=a["clip_skip"],
+        )
+
+    def schedule_of(self, a: dict[str, Any], **cut: Any) -> tuple[torch.Tensor, int]:
+        """``(timesteps of the run, length of the schedule before a denoising_end cut)`` of call ``a``.
+
+        ``cut``: :meth:`schedule`'s ``strength`` / ``denoising_start`` / ``denoising_end``. The length is
+        what ControlNet's guidance windows are fractions of (as in Diffusers).
+
+        :raises ValueError: when the cut leaves no denoising step.
+        """
+        end = cut.pop("denoising_end", None)
+        n, times, sigmas = a["num_inference_steps"], a.get("timesteps"), a.get("sigmas")
+        steps = self.schedule(n, times, sigmas, **cut)
+        length = len(steps)
+        if end is not None:
+            steps = self.schedule(n, times, sigmas, denoising_end=end, **cut)
+        return steps, length
+
+    def size_time_ids(self, a: dict[str, Any], embeds: PromptEmbeds, size: Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(time ids, negative time ids)`` of text-to-image call ``a``: original size, crop corner, target size.
+
+        The sizes default to ``size``; the negative ids are the positive ones unless both
+        ``negative_original_size`` and ``negative_target_size`` are given.
+        """
+        proj, dtype = self._projection_dim(embeds), embeds.embeds.dtype
+        ids = self.time_ids([*(a["original_size"] or size), *a["crops_coords_top_left"], *(a["target_size"] or size)],
+                            proj, dtype)  # fmt: skip
+        if a["negative_original_size"] is None or a["negative_target_size"] is None:
+            return ids, ids
+        negative = [*a["negative_original_size"], *a["negative_crops_coords_top_left"], *a["negative_target_size"]]
+        return ids, self.time_ids(negative, proj, dtype)
+
     def run(
         self,
         timesteps: torch.Tensor,
@@ -208,30 +263,37 @@ class StableDiffusionXLPipeline(_StableDiffusionXL):
         callback_steps: int | None = None,
     ) -> Any:
         """Generate images for ``prompt`` (``prompt_2`` for the second text encoder)."""
-        total = self.check_inputs(self.inputs(locals())) * num_images_per_prompt
-        height, width = self.default_size(height, width)
-        opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, guidance=opts.guidance, num_images_per_prompt=num_images_per_prompt,
-                                    prompt_2=prompt_2, negative_prompt=negative_prompt,
-                                    negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds,
-                                    pooled_prompt_embeds=pooled_prompt_embeds,
-                                    negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip)
-        steps = self.schedule(num_inference_steps, timesteps, sigmas, denoising_end=denoising_end)
-        dtype = embeds.embeds.dtype
-        latents = self.prepare_latents(self.latent_shape(total, height, width), dtype, generator, latents)
-        proj = self._projection_dim(embeds)
-        ids = self.time_ids([*(original_size or (height, width)), *crops_coords_top_left,
-                             *(target_size or (height, width))], proj, dtype)
-        neg_ids = ids
-        if negative_original_size is not None and negative_target_size is not None:
-            neg_ids = self.time_ids(
-                [*negative_original_size, *negative_crops_coords_top_left, *negative_target_size], proj, dtype
-            )
-        latents = self.denoise(latents, self.run(steps, embeds, opts, (ids, neg_ids)), embeds.negative)
-        return self.output(latents, output_type, return_dict)
+        return self.txt2img(call_arguments(locals()))
+
+    def txt2img(self, a: dict[str, Any]) -> Any:
+        """The text-to-image run of call ``a`` (a ``__call__``'s arguments by name).
+
+        check → size and steering (:meth:`steering`) → schedule → options → prompt → latents →
+        micro-conditioning → denoise → decode. Pipelines that steer SDXL text-to-image (ControlNet,
+        Union ControlNet, T2I-Adapter, ControlNet-XS) override :meth:`steering` and keep this run.
+        """
+        batch = self.check_inputs(self.inputs(a, image=None))
+        (height, width), attach = self.steering(a, batch)
+        total = batch * a["num_images_per_prompt"]
+        steps, length = self.schedule_of(a, denoising_end=a.get("denoising_end"))  # a cut leaving no step fails here
+        opts = self.sampling_of(a)
+        embeds = self.prompt_of(a, opts)
+        shape = self.latent_shape(total, height, width)
+        latents = self.prepare_latents(shape, embeds.embeds.dtype, a["generator"], a["latents"])
+        run = attach(self.run(steps, embeds, opts, self.size_time_ids(a, embeds, (height, width))), length)
+        latents = self.denoise(latents, run, embeds.negative)
+        return self.output(latents, a["output_type"], a["return_dict"])
+
+    def steering(self, a: dict[str, Any], batch: int) -> tuple[Size, Attach]:
+        """``((height, width), attach)`` of call ``a`` with ``batch`` prompts: the run's size, and what
+        steers its loop (here: the given or default size, no steering).
+
+        Runs after the inputs are checked and before any model: a steered pipeline checks its own
+        arguments here.
+
+        :raises ValueError: when height or width is not a multiple of 8.
+        """
+        return self.default_size(a["height"], a["width"]), _unsteered
 
 
 class StableDiffusionXLImg2ImgPipeline(_StableDiffusionXL):
@@ -325,16 +387,10 @@ class StableDiffusionXLImg2ImgPipeline(_StableDiffusionXL):
         callback_steps: int | None = None,
     ) -> Any:
         """Transform ``image`` (pixels, or a base model's latents when refining) guided by ``prompt``."""
-        total = self.check_inputs(self.inputs(locals(), needs_image=True)) * num_images_per_prompt
-        opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, guidance=opts.guidance, num_images_per_prompt=num_images_per_prompt,
-                                    prompt_2=prompt_2, negative_prompt=negative_prompt,
-                                    negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds,
-                                    pooled_prompt_embeds=pooled_prompt_embeds,
-                                    negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip)
+        a = call_arguments(locals())
+        total = self.check_inputs(self.inputs(a, needs_image=True)) * num_images_per_prompt
+        opts = self.sampling_of(a)
+        embeds = self.prompt_of(a, opts)
         pixels = self.image_input(image)
         steps = self.schedule(num_inference_steps, timesteps, sigmas, strength=strength,
                               denoising_start=denoising_start, denoising_end=denoising_end)
@@ -400,18 +456,12 @@ class StableDiffusionXLInpaintPipeline(StableDiffusionXLImg2ImgPipeline):
         callback_steps: int | None = None,
     ) -> Any:
         """Repaint where ``mask_image`` is white."""
-        total = self.check_inputs(self.inputs(locals(), needs_image=True, needs_mask=True)) * num_images_per_prompt
+        a = call_arguments(locals())
+        total = self.check_inputs(self.inputs(a, needs_image=True, needs_mask=True)) * num_images_per_prompt
         height, width = self.default_size(height, width)
         blending = self.inpaint_blending()
-        opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, guidance=opts.guidance, num_images_per_prompt=num_images_per_prompt,
-                                    prompt_2=prompt_2, negative_prompt=negative_prompt,
-                                    negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds,
-                                    pooled_prompt_embeds=pooled_prompt_embeds,
-                                    negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, clip_skip=clip_skip)
+        opts = self.sampling_of(a)
+        embeds = self.prompt_of(a, opts)
         steps = self.schedule(num_inference_steps, timesteps, sigmas, strength=strength,
                               denoising_start=denoising_start, denoising_end=denoising_end)
         dtype = embeds.embeds.dtype
