@@ -21,12 +21,13 @@ import PIL.Image
 import torch
 from difflux.pipeline_utils import LegacyCallback, StepCallback
 from difflux.protocols import Scheduler
-from difflux_stable_diffusion._base import Control, Denoise, StableDiffusionBase
+from difflux_stable_diffusion._base import Control, StableDiffusionBase, call_arguments
 from difflux_stable_diffusion.checks import Inputs
 from difflux_stable_diffusion.images import RESAMPLE, ImageInput, is_image_input
 from difflux_stable_diffusion.prompts import Prompt, PromptEncoderMixin
 
 from .multiadapter import MultiAdapter
+from .pipeline_controlnet import SDCallSteps
 from .t2i_adapter import T2IAdapter
 
 __all__ = [
@@ -250,7 +251,7 @@ class AdapterSteps:
         return control
 
 
-class StableDiffusionAdapterPipeline(PromptEncoderMixin, AdapterSteps, StableDiffusionBase):
+class StableDiffusionAdapterPipeline(PromptEncoderMixin, SDCallSteps, AdapterSteps, StableDiffusionBase):
     """Text-to-image with Stable Diffusion 1.x / 2.x steered by one or more T2I-Adapters.
 
     T2I-Adapter: Mou et al., *T2I-Adapter: Learning Adapters to Dig out More Controllable Ability
@@ -331,39 +332,20 @@ class StableDiffusionAdapterPipeline(PromptEncoderMixin, AdapterSteps, StableDif
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        batch = self.check_inputs(Inputs.of(locals(), image=None))
+        a = call_arguments(locals())
+        batch = self.check_inputs(Inputs.of(a, image=None))
         adapter = self.check_adapter(
             image, adapter_conditioning_scale, adapter_conditioning_factor, batch, height, width
         )
         height, width = self.adapter_size(adapter, height, width)
         total = batch * num_images_per_prompt
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            eta,
-            generator,
-            cross_attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps,
-            clip_skip=clip_skip,
-        )
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=opts.guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
+        opts = self.sampling_of(a)
+        embeds = self.prompt_of(a, opts)
         steps = self.schedule(num_inference_steps, timesteps, sigmas)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         states = self.adapter_states(adapter, height, width, batch, num_images_per_prompt, opts.guidance)
         count = num_inference_steps if timesteps is None and sigmas is None else len(steps)
-        cond = self.guidance_embedding(opts.guidance_scale, total, embeds.embeds.dtype)
-        run = Denoise(steps, embeds.for_unet(), opts, timestep_cond=cond)
+        run = self.prompt_run(steps, embeds, opts)
         run.control = self.adapter_step(states, int(count * adapter.factor))
         latents = self.denoise(latents, run, embeds.negative)
         return self.output(latents, output_type, return_dict, generator)

@@ -8,19 +8,46 @@ from typing import Any, ClassVar
 import torch
 from difflux.pipeline_utils import LegacyCallback, StepCallback
 from difflux.protocols import Scheduler
-from difflux_stable_diffusion._base import Denoise, StableDiffusionBase
+from difflux_stable_diffusion._base import Denoise, Sampling, StableDiffusionBase, call_arguments
 from difflux_stable_diffusion.checks import Inputs
 from difflux_stable_diffusion.images import ImageInput, preprocess_image
-from difflux_stable_diffusion.prompts import Prompt, PromptEncoderMixin
+from difflux_stable_diffusion.prompts import Prompt, PromptEmbeds, PromptEncoderMixin
 
 from .control import ControlNetSteps, as_controlnet
 
-__all__ = ["StableDiffusionControlNetImg2ImgPipeline", "StableDiffusionControlNetPipeline"]
+__all__ = ["SDCallSteps", "StableDiffusionControlNetImg2ImgPipeline", "StableDiffusionControlNetPipeline"]
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
-class _ControlNetSD(PromptEncoderMixin, ControlNetSteps, StableDiffusionBase):
+class SDCallSteps:
+    """Mixin: steps of an SD 1.x / 2.x call read from its arguments ``a`` (``_base.call_arguments``), for
+    the ControlNet and T2I-Adapter pipelines (prompt encoding of ``PromptEncoderMixin``)."""
+
+    # provided by the SD pipeline this mixes into
+    encode_prompt: Any
+    guidance_embedding: Any
+
+    def prompt_of(self, a: dict[str, Any], opts: Sampling) -> PromptEmbeds:
+        """The prompt embeddings of call ``a``."""
+        return self.encode_prompt(  # type: ignore[no-any-return]
+            a["prompt"],
+            num_images_per_prompt=a["num_images_per_prompt"],
+            guidance=opts.guidance,
+            negative_prompt=a["negative_prompt"],
+            prompt_embeds=a["prompt_embeds"],
+            negative_prompt_embeds=a["negative_prompt_embeds"],
+            clip_skip=a["clip_skip"],
+        )
+
+    def prompt_run(self, steps: torch.Tensor, embeds: PromptEmbeds, opts: Sampling) -> Denoise:
+        """The loop over ``steps`` conditioned on the prompt (and on the guidance scale, for a
+        guidance-distilled UNet)."""
+        cond = self.guidance_embedding(opts.guidance_scale, embeds.embeds.shape[0], embeds.embeds.dtype)
+        return Denoise(steps, embeds.for_unet(), opts, timestep_cond=cond)
+
+
+class _ControlNetSD(PromptEncoderMixin, SDCallSteps, ControlNetSteps, StableDiffusionBase):
     """Components and prompt encoding of the SD 1.x / 2.x ControlNet pipelines."""
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
@@ -111,40 +138,17 @@ class StableDiffusionControlNetPipeline(_ControlNetSD):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        batch = self.check_inputs(Inputs.of(locals(), image=None))
-        control = self.check_control(
-            image, controlnet_conditioning_scale, control_guidance_start, control_guidance_end, guess_mode, batch
-        )
+        a = call_arguments(locals())
+        batch = self.check_inputs(Inputs.of(a, image=None))
+        control = self.control_args(a, batch)
         height, width = self.control_size(control, height, width)
         total = batch * num_images_per_prompt
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            eta,
-            generator,
-            cross_attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps,
-            clip_skip=clip_skip,
-        )
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=opts.guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
+        opts = self.sampling_of(a)
+        embeds = self.prompt_of(a, opts)
         images = self.control_images(control, height, width, total, num_images_per_prompt, opts.guidance)
         steps = self.schedule(num_inference_steps, timesteps, sigmas)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
-        cond = self.guidance_embedding(opts.guidance_scale, total, embeds.embeds.dtype)
-        run = Denoise(steps, embeds.for_unet(), opts, timestep_cond=cond)
-        run.extra[self._control_image_name] = images[0] if len(images) == 1 else None
-        run.control = self.control_step(control, images, len(steps), total)
+        run = self.attach_control(self.prompt_run(steps, embeds, opts), control, images, len(steps), total)
         latents = self.denoise(latents, run, embeds.negative)
         return self.output(latents, output_type, return_dict, generator)
 
@@ -200,38 +204,12 @@ class StableDiffusionControlNetImg2ImgPipeline(_ControlNetSD):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        batch = self.check_inputs(Inputs.of(locals(), needs_image=True))
-        control = self.check_control(
-            control_image,
-            controlnet_conditioning_scale,
-            control_guidance_start,
-            control_guidance_end,
-            guess_mode,
-            batch,
-            image_name="control_image",
-        )
+        a = call_arguments(locals())
+        batch = self.check_inputs(Inputs.of(a, needs_image=True))
+        control = self.control_args(a, batch)
         total = batch * num_images_per_prompt
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            eta,
-            generator,
-            cross_attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps,
-            clip_skip=clip_skip,
-        )
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=opts.guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
+        opts = self.sampling_of(a)
+        embeds = self.prompt_of(a, opts)
         if image is None:
             raise RuntimeError("StableDiffusionControlNetImg2ImgPipeline: internal check failed: image is not None")
         pixels = preprocess_image(
@@ -246,9 +224,6 @@ class StableDiffusionControlNetImg2ImgPipeline(_ControlNetSD):
             latents = self.add_noise(latents, steps, generator)
         else:
             latents = latents.to(device=self.device, dtype=dtype)
-        cond = self.guidance_embedding(opts.guidance_scale, total, dtype)
-        run = Denoise(steps, embeds.for_unet(), opts, timestep_cond=cond)
-        run.extra[self._control_image_name] = images[0] if len(images) == 1 else None
-        run.control = self.control_step(control, images, len(steps), total)
+        run = self.attach_control(self.prompt_run(steps, embeds, opts), control, images, len(steps), total)
         latents = self.denoise(latents, run, embeds.negative)
         return self.output(latents, output_type, return_dict, generator)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from difflux.pipeline_utils import LegacyCallback, StepCallback
-from difflux_stable_diffusion._base import Denoise
+from difflux_stable_diffusion._base import Denoise, call_arguments
 from difflux_stable_diffusion.checks import Inputs
 from difflux_stable_diffusion.images import ImageInput, default_size, preprocess_image, preprocess_mask
 from difflux_stable_diffusion.prompts import Prompt
@@ -142,43 +142,17 @@ class StableDiffusionControlNetInpaintPipeline(InpaintStart, _ControlNetSD):
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        batch = self.check_inputs(Inputs.of(locals(), needs_image=True, needs_mask=True))
-        control = self.check_control(
-            control_image,
-            controlnet_conditioning_scale,
-            control_guidance_start,
-            control_guidance_end,
-            guess_mode,
-            batch,
-            image_name="control_image",
-        )
+        a = call_arguments(locals())
+        batch = self.check_inputs(Inputs.of(a, needs_image=True, needs_mask=True))
+        control = self.control_args(a, batch)
         self.inpaint_blending()  # a UNet that cannot inpaint fails here, before any model runs
         if image is None or mask_image is None:
             raise RuntimeError("StableDiffusionControlNetInpaintPipeline: internal check failed: image and mask")
         height, width = default_size(image, height, width, self.vae_scale_factor)
         total = batch * num_images_per_prompt
         steps = self.schedule(num_inference_steps, strength=strength)  # a strength that leaves no step fails here
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            eta,
-            generator,
-            cross_attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            legacy=callback,
-            legacy_steps=callback_steps,
-            clip_skip=clip_skip,
-        )
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=opts.guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
+        opts = self.sampling_of(a)
+        embeds = self.prompt_of(a, opts)
         images = self.control_images(control, height, width, total, num_images_per_prompt, opts.guidance)
         dtype = embeds.embeds.dtype
         latents, attach = self.inpaint_start(
