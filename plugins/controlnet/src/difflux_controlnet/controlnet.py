@@ -53,6 +53,24 @@ def _per_block(value: Any, n: int, name: str) -> tuple[Any, ...]:
     return (value,) * n
 
 
+def unet_encoder_config(c: Any) -> dict[str, Any]:
+    """The config keys a ControlNet copies from a UNet's config ``c`` to take over its encoder layout
+    (``from_unet`` of :class:`ControlNetModel` and the Union model)."""
+    keys = (
+        "in_channels", "flip_sin_to_cos", "freq_shift", "down_block_types", "only_cross_attention",
+        "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor", "act_fn",
+        "norm_num_groups", "norm_eps", "cross_attention_dim", "attention_head_dim", "num_attention_heads",
+        "use_linear_projection", "class_embed_type", "num_class_embeds", "upcast_attention",
+        "resnet_time_scale_shift", "projection_class_embeddings_input_dim",
+    )  # fmt: skip
+    return {
+        "addition_embed_type": c.get("addition_embed_type"),
+        "addition_time_embed_dim": c.get("addition_time_embed_dim"),
+        "transformer_layers_per_block": c.get("transformer_layers_per_block", 1),
+        **{key: getattr(c, key) for key in keys},
+    }
+
+
 class ControlNetModel(ModelMixin, AttentionProcessorMixin):
     """A ControlNet (Diffusers' ``ControlNetModel`` format); see the module docstring for the method.
 
@@ -256,32 +274,9 @@ class ControlNetModel(ModelMixin, AttentionProcessorMixin):
         """
         c = unet.config
         controlnet = cls(
+            **unet_encoder_config(c),
             encoder_hid_dim=c.get("encoder_hid_dim"),
             encoder_hid_dim_type=c.get("encoder_hid_dim_type"),
-            addition_embed_type=c.get("addition_embed_type"),
-            addition_time_embed_dim=c.get("addition_time_embed_dim"),
-            transformer_layers_per_block=c.get("transformer_layers_per_block", 1),
-            in_channels=c.in_channels,
-            flip_sin_to_cos=c.flip_sin_to_cos,
-            freq_shift=c.freq_shift,
-            down_block_types=c.down_block_types,
-            only_cross_attention=c.only_cross_attention,
-            block_out_channels=c.block_out_channels,
-            layers_per_block=c.layers_per_block,
-            downsample_padding=c.downsample_padding,
-            mid_block_scale_factor=c.mid_block_scale_factor,
-            act_fn=c.act_fn,
-            norm_num_groups=c.norm_num_groups,
-            norm_eps=c.norm_eps,
-            cross_attention_dim=c.cross_attention_dim,
-            attention_head_dim=c.attention_head_dim,
-            num_attention_heads=c.num_attention_heads,
-            use_linear_projection=c.use_linear_projection,
-            class_embed_type=c.class_embed_type,
-            num_class_embeds=c.num_class_embeds,
-            upcast_attention=c.upcast_attention,
-            resnet_time_scale_shift=c.resnet_time_scale_shift,
-            projection_class_embeddings_input_dim=c.projection_class_embeddings_input_dim,
             mid_block_type=c.mid_block_type,
             controlnet_conditioning_channel_order=controlnet_conditioning_channel_order,
             conditioning_embedding_out_channels=conditioning_embedding_out_channels,

@@ -24,7 +24,7 @@ import torch
 from difflux_models.layers.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
-from .controlnet import ControlNetModel, ControlNetOutput
+from .controlnet import ControlNetModel, ControlNetOutput, unet_encoder_config
 from .multicontrolnet import MultiControlNetModel
 
 __all__ = ["ControlNetUnionModel", "MultiControlNetUnionModel"]
@@ -217,30 +217,7 @@ class ControlNetUnionModel(ControlNetModel):
         """
         c = unet.config
         controlnet = cls(
-            addition_embed_type=c.get("addition_embed_type"),
-            addition_time_embed_dim=c.get("addition_time_embed_dim"),
-            transformer_layers_per_block=c.get("transformer_layers_per_block", 1),
-            in_channels=c.in_channels,
-            flip_sin_to_cos=c.flip_sin_to_cos,
-            freq_shift=c.freq_shift,
-            down_block_types=c.down_block_types,
-            only_cross_attention=c.only_cross_attention,
-            block_out_channels=c.block_out_channels,
-            layers_per_block=c.layers_per_block,
-            downsample_padding=c.downsample_padding,
-            mid_block_scale_factor=c.mid_block_scale_factor,
-            act_fn=c.act_fn,
-            norm_num_groups=c.norm_num_groups,
-            norm_eps=c.norm_eps,
-            cross_attention_dim=c.cross_attention_dim,
-            attention_head_dim=c.attention_head_dim,
-            num_attention_heads=c.num_attention_heads,
-            use_linear_projection=c.use_linear_projection,
-            class_embed_type=c.class_embed_type,
-            num_class_embeds=c.num_class_embeds,
-            upcast_attention=c.upcast_attention,
-            resnet_time_scale_shift=c.resnet_time_scale_shift,
-            projection_class_embeddings_input_dim=c.projection_class_embeddings_input_dim,
+            **unet_encoder_config(c),
             controlnet_conditioning_channel_order=controlnet_conditioning_channel_order,
             conditioning_embedding_out_channels=conditioning_embedding_out_channels,
             num_proj_channel=c.block_out_channels[0],
