@@ -19,13 +19,14 @@ import torch
 from difflux.pipeline_utils import StepCallback
 from difflux.protocols import Scheduler
 from difflux_models.unet_2d_condition import UNet2DConditionModel
-from difflux_stable_diffusion._base import Control, Denoise, StableDiffusionBase
+from difflux_stable_diffusion._base import Control, Denoise, StableDiffusionBase, call_arguments
 from difflux_stable_diffusion.checks import Inputs
 from difflux_stable_diffusion.images import ImageInput, default_size, is_image_input, preprocess_control_image
 from difflux_stable_diffusion.prompts import Prompt, PromptEncoderMixin
 
 from .controlnet_xs import ControlNetXSAdapter, UNetControlNetXSModel
 from .pipeline_adapter import image_count
+from .pipeline_controlnet import SDCallSteps
 
 __all__ = ["ControlNetXSSteps", "StableDiffusionControlNetXSPipeline", "XSArgs", "fuse_unet"]
 
@@ -139,7 +140,7 @@ class ControlNetXSSteps:
         return control
 
 
-class StableDiffusionControlNetXSPipeline(PromptEncoderMixin, ControlNetXSSteps, StableDiffusionBase):
+class StableDiffusionControlNetXSPipeline(PromptEncoderMixin, SDCallSteps, ControlNetXSSteps, StableDiffusionBase):
     """Text-to-image with Stable Diffusion 1.x / 2.x steered by ControlNet-XS (Zavadski et al., arXiv:2312.06573).
 
     ``unet`` is a :class:`UNetControlNetXSModel`; a plain ``UNet2DConditionModel`` is fused with
@@ -212,28 +213,12 @@ class StableDiffusionControlNetXSPipeline(PromptEncoderMixin, ControlNetXSSteps,
 
         :raises TypeError | ValueError: for bad input, before any model runs.
         """
-        batch = self.check_inputs(Inputs.of(locals(), image=None))
+        a = call_arguments(locals())
+        batch = self.check_inputs(Inputs.of(a, image=None))
         xs = self.check_xs(image, controlnet_conditioning_scale, control_guidance_start, control_guidance_end, batch)
         total = batch * num_images_per_prompt
-        opts = self.sampling(
-            guidance_scale,
-            0.0,
-            eta,
-            generator,
-            cross_attention_kwargs,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            clip_skip=clip_skip,
-        )
-        embeds = self.encode_prompt(
-            prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            guidance=opts.guidance,
-            negative_prompt=negative_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            clip_skip=clip_skip,
-        )
+        opts = self.sampling_of(a)
+        embeds = self.prompt_of(a, opts)
         cond_image = self.xs_image(xs, height, width, batch, num_images_per_prompt, opts.guidance)
         height, width = cond_image.shape[-2:]
         steps = self.schedule(num_inference_steps)
