@@ -460,10 +460,7 @@ class AudioLDM2Pipeline(LatentAudioBase):
         args = locals()
         batch = self._check(args)
         frames = self.frames(audio_length_in_s)
-        opts = self.sampling(
-            guidance_scale, 0.0, eta, generator, cross_attention_kwargs, callback_on_step_end,
-            callback_on_step_end_tensor_inputs, legacy=callback, legacy_steps=callback_steps,
-        )
+        opts = self.sampling_of(locals())
         embeds = self.encode_prompt(
             prompt, transcription=transcription, num_waveforms_per_prompt=num_waveforms_per_prompt,
             guidance=opts.guidance,

@@ -21,24 +21,12 @@ Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
 class SDCallSteps:
-    """Mixin: steps of an SD 1.x / 2.x call read from its arguments ``a`` (``_base.call_arguments``), for
-    the ControlNet and T2I-Adapter pipelines (prompt encoding of ``PromptEncoderMixin``)."""
+    """Mixin: the loop of an SD 1.x / 2.x call (its prompt from ``PromptEncoderMixin.prompt_of``), for the
+    ControlNet and T2I-Adapter pipelines."""
 
     # provided by the SD pipeline this mixes into
     encode_prompt: Any
     guidance_embedding: Any
-
-    def prompt_of(self, a: dict[str, Any], opts: Sampling) -> PromptEmbeds:
-        """The prompt embeddings of call ``a``."""
-        return self.encode_prompt(  # type: ignore[no-any-return]
-            a["prompt"],
-            num_images_per_prompt=a["num_images_per_prompt"],
-            guidance=opts.guidance,
-            negative_prompt=a["negative_prompt"],
-            prompt_embeds=a["prompt_embeds"],
-            negative_prompt_embeds=a["negative_prompt_embeds"],
-            clip_skip=a["clip_skip"],
-        )
 
     def prompt_run(self, steps: torch.Tensor, embeds: PromptEmbeds, opts: Sampling) -> Denoise:
         """The loop over ``steps`` conditioned on the prompt (and on the guidance scale, for a

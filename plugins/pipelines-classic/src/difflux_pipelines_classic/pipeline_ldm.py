@@ -110,9 +110,7 @@ class LDMTextToImagePipeline(ImagesOnly, StableDiffusionBase):
         shape = (batch, int(self.unet.config.in_channels), height // 8, width // 8)
         if latents is not None and tuple(latents.shape) != shape:
             raise ValueError(f"{name}: latents have shape {tuple(latents.shape)}, expected {shape}")
-        opts = self.sampling(guidance_scale, 0.0, eta, generator, None, callback_on_step_end,
-                             callback_on_step_end_tensor_inputs, legacy=callback,
-                             legacy_steps=callback_steps)  # fmt: skip
+        opts = self.sampling_of(locals())
         texts = prompt_list(prompt) or []
         embeds, negative = self.encode(texts, opts.guidance)
         steps = self.schedule(num_inference_steps)

@@ -148,8 +148,8 @@ class StableDiffusionAttendAndExcitePipeline(GuidedStableDiffusion):
             attn_res = (math.ceil(width / 32), math.ceil(height / 32))
         self.check_attn_res(attn_res, height, width)
         total = batch * num_images_per_prompt
-        opts = self.call_sampling(locals())
-        embeds = self.call_prompt(locals(), opts)
+        opts = self.sampling_of(locals())
+        embeds = self.prompt_of(locals(), opts)
         steps = self.schedule(num_inference_steps)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         run = self.run(steps, embeds, opts, total)

@@ -307,10 +307,10 @@ class StableDiffusionDiffEditPipeline(InvertingStableDiffusion):
         if image_latents is None:
             raise ValueError(f"{name}: pass image_latents (invert() computes them from the input image)")
         mask = preprocess_mask(mask_image, batch)
-        opts = self.call_sampling(locals())
+        opts = self.sampling_of(locals())
         steps = self.schedule(num_inference_steps, strength=inpaint_strength)
         known = self.inverted_latents(image_latents, batch, len(steps), mask.shape[-2:], num_images_per_prompt)
-        embeds = self.call_prompt(locals(), opts)
+        embeds = self.prompt_of(locals(), opts)
         mask = torch.cat([mask] * num_images_per_prompt).to(device=self.device, dtype=embeds.embeds.dtype)
         known = known.to(device=self.device, dtype=embeds.embeds.dtype)
         run = self.run(steps, embeds, opts, batch * num_images_per_prompt)

@@ -189,8 +189,8 @@ class StableDiffusionGLIGENPipeline(_GLIGEN):
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
         kwargs = dict(cross_attention_kwargs or {})
-        opts = self.call_sampling(locals(), cross_attention_kwargs=kwargs)
-        embeds = self.call_prompt(locals(), opts)
+        opts = self.sampling_of(locals(), cross_attention_kwargs=kwargs)
+        embeds = self.prompt_of(locals(), opts)
         steps = self.schedule(num_inference_steps)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         kwargs["gligen"] = self.grounding(phrases, boxes, total, opts.guidance)
@@ -331,8 +331,8 @@ class StableDiffusionGLIGENTextImagePipeline(_GLIGEN):
             boxes, phrases, images = boxes[:MAX_OBJS], phrases[:MAX_OBJS], images[:MAX_OBJS]
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
-        opts = self.call_sampling(locals())
-        embeds = self.call_prompt(locals(), opts)
+        opts = self.sampling_of(locals())
+        embeds = self.prompt_of(locals(), opts)
         steps = self.schedule(num_inference_steps)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         repeat = total * (2 if opts.guidance else 1)

@@ -248,8 +248,8 @@ class StableDiffusionPix2PixZeroPipeline(InvertingStableDiffusion):
             raise ValueError(f"{name}: pass source_embeds and target_embeds (get_embeds of sentences about each)")
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
-        opts = self.call_sampling(locals())
-        embeds = self.call_prompt(locals(), opts)
+        opts = self.sampling_of(locals())
+        embeds = self.prompt_of(locals(), opts)
         unet_embeds = embeds.for_unet()
         direction = self.construct_direction(source_embeds, target_embeds).to(unet_embeds)
         if direction.shape[1:] != unet_embeds.shape[1:]:

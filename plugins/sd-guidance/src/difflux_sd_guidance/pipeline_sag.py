@@ -84,10 +84,10 @@ class StableDiffusionSAGPipeline(GuidedStableDiffusion):
             )
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
-        opts = self.call_sampling(locals())
+        opts = self.sampling_of(locals())
         steps = self.schedule(num_inference_steps)
         self.integer_timesteps(steps)
-        embeds = self.call_prompt(locals(), opts)
+        embeds = self.prompt_of(locals(), opts)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         run = self.run(steps, embeds, opts, total)
         if sag_scale == 0:

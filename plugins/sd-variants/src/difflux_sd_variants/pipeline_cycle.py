@@ -157,8 +157,7 @@ class CycleDiffusionPipeline(SDComponentsNoImageEncoder):
         opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs, callback_on_step_end,
                              callback_on_step_end_tensor_inputs, legacy=callback,
                              legacy_steps=callback_steps if callback is not None else None, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    prompt_embeds=prompt_embeds, clip_skip=clip_skip)
+        embeds = self.prompt_of(locals(), opts)
         source: PromptEmbeds = self.encode_prompt(list(sources), num_images_per_prompt=num_images_per_prompt,
                                                   guidance=opts.guidance, clip_skip=clip_skip)
         pixels = self.image_input(image)

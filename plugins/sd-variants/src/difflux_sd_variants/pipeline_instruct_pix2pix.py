@@ -146,11 +146,8 @@ class StableDiffusionInstructPix2PixPipeline(InstructPix2PixSteps, SDComponents)
         total = self.check_inputs(Inputs.of(locals(), needs_image=True)) * num_images_per_prompt
         self.check_image_guidance(image_guidance_scale)
         self._image_guidance_scale = image_guidance_scale
-        opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs, callback_on_step_end,
-                             callback_on_step_end_tensor_inputs, legacy=callback, legacy_steps=callback_steps)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds)
+        opts = self.sampling_of(locals())
+        embeds = self.prompt_of(locals(), opts)
         pixels = self.image_input(image)
         steps = self.schedule(num_inference_steps)
         dtype = embeds.embeds.dtype
@@ -238,9 +235,7 @@ class StableDiffusionXLInstructPix2PixPipeline(InstructPix2PixSteps, StableDiffu
         self.check_image_guidance(image_guidance_scale)
         self._image_guidance_scale = image_guidance_scale
         height, width = self.default_size(height, width)
-        opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps)
+        opts = self.sampling_of(locals())
         embeds = self.encode_prompt(prompt, guidance=opts.guidance, num_images_per_prompt=num_images_per_prompt,
                                     prompt_2=prompt_2, negative_prompt=negative_prompt,
                                     negative_prompt_2=negative_prompt_2, prompt_embeds=prompt_embeds,

@@ -125,9 +125,7 @@ class LatentConsistencyModelPipeline(_LatentConsistency):
         self.check_lcm(original_inference_steps)
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
-        opts = self.sampling(guidance_scale, 0.0, 0.0, generator, cross_attention_kwargs, callback_on_step_end,
-                             callback_on_step_end_tensor_inputs, legacy=callback, legacy_steps=callback_steps,
-                             clip_skip=clip_skip)
+        opts = self.sampling_of(locals())
         embeds = self.encode(prompt, prompt_embeds, num_images_per_prompt, clip_skip)
         steps = self.lcm_schedule(num_inference_steps, timesteps, original_inference_steps)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
@@ -170,9 +168,7 @@ class LatentConsistencyModelImg2ImgPipeline(_LatentConsistency):
         """
         total = self.check_inputs(Inputs.of(locals(), needs_image=True)) * num_images_per_prompt
         self.check_lcm(original_inference_steps)
-        opts = self.sampling(guidance_scale, 0.0, 0.0, generator, cross_attention_kwargs, callback_on_step_end,
-                             callback_on_step_end_tensor_inputs, legacy=callback, legacy_steps=callback_steps,
-                             clip_skip=clip_skip)
+        opts = self.sampling_of(locals())
         embeds = self.encode(prompt, prompt_embeds, num_images_per_prompt, clip_skip)
         pixels = self.image_input(image)
         steps = self.lcm_schedule(num_inference_steps, timesteps, original_inference_steps, strength)

@@ -182,9 +182,7 @@ class StableDiffusionModelEditingPipeline(SDComponentsNoImageEncoder):
         opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs, callback_on_step_end,
                              callback_on_step_end_tensor_inputs, legacy=callback,
                              legacy_steps=callback_steps if callback is not None else None, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        embeds = self.prompt_of(locals(), opts)
         steps = self.schedule(num_inference_steps)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         latents = self.denoise(latents, self.run(steps, embeds, opts, total), embeds.negative)

@@ -152,12 +152,8 @@ class StableDiffusionPanoramaPipeline(SDComponents):
             raise TypeError(f"{name}: circular_padding must be True or False, got {circular_padding!r}")
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
-        opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        opts = self.sampling_of(locals())
+        embeds = self.prompt_of(locals(), opts)
         steps = self.schedule(num_inference_steps, timesteps)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         views = panorama_views(latents.shape[-2], latents.shape[-1], circular=circular_padding)

@@ -177,9 +177,7 @@ class StableDiffusionParadigmsPipeline(SDComponentsNoImageEncoder):
         total = batch * num_images_per_prompt
         opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs, callback_on_step_end,
                              callback_on_step_end_tensor_inputs, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        embeds = self.prompt_of(locals(), opts)
         steps = self.schedule(num_inference_steps)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         run = Denoise(steps, embeds.for_unet(), opts)

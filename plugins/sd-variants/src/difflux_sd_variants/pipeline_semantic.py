@@ -225,8 +225,7 @@ class SemanticStableDiffusionPipeline(SDComponentsNoImageEncoder):
         opts = self.sampling(guidance_scale, 0.0, eta, generator, None, callback_on_step_end,
                              callback_on_step_end_tensor_inputs, legacy=callback,
                              legacy_steps=callback_steps if callback is not None else None)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    negative_prompt=negative_prompt)
+        embeds = self.prompt_of(locals(), opts)
         unet_embeds = embeds.for_unet()
         if concepts and opts.guidance:
             if editing_prompt_embeddings is not None:

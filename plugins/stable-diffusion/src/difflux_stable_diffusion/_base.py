@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -256,20 +256,24 @@ class StableDiffusionBase(DenoisingState, DiffusionPipeline):
             old,
         )
 
-    def sampling_of(self, a: dict[str, Any]) -> Sampling:
-        """The loop options of call ``a`` (its arguments by name, :func:`call_arguments`) through
-        :meth:`sampling`; options the call does not take have their defaults."""
+    def sampling_of(self, a: Mapping[str, Any], **changes: Any) -> Sampling:
+        """The loop options (:meth:`sampling`) of a call from its arguments by name (its ``locals()`` or
+        :func:`call_arguments`): ``guidance_scale``, and ``guidance_rescale``, ``eta``, ``generator``,
+        ``cross_attention_kwargs``, ``callback_on_step_end`` / ``callback_on_step_end_tensor_inputs``, the deprecated
+        ``callback`` / ``callback_steps`` and ``clip_skip`` where the call takes them (defaults otherwise);
+        ``changes`` replace arguments (a computed ``cross_attention_kwargs``)."""
+        a = {**a, **changes}
         return self.sampling(
             a["guidance_scale"],
             a.get("guidance_rescale", 0.0),
-            a["eta"],
-            a["generator"],
-            a["cross_attention_kwargs"],
-            a["callback_on_step_end"],
-            a["callback_on_step_end_tensor_inputs"],
+            a.get("eta", 0.0),
+            a.get("generator"),
+            a.get("cross_attention_kwargs"),
+            a.get("callback_on_step_end"),
+            a.get("callback_on_step_end_tensor_inputs", ("latents",)),
             legacy=a.get("callback"),
             legacy_steps=a.get("callback_steps"),
-            clip_skip=a["clip_skip"],
+            clip_skip=a.get("clip_skip"),
         )
 
     def guidance_embedding(self, guidance_scale: float, batch: int, dtype: torch.dtype) -> torch.Tensor | None:

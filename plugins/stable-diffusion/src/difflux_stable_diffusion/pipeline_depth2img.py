@@ -113,12 +113,8 @@ class StableDiffusionDepth2ImgPipeline(ImagesOnly, _StableDiffusion):
         total = self.check_inputs(Inputs.of(locals(), needs_image=True)) * num_images_per_prompt
         if depth_map is not None:
             check_finite(depth_map, "depth_map", type(self).__name__)
-        opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        opts = self.sampling_of(locals())
+        embeds = self.prompt_of(locals(), opts)
         dtype = embeds.embeds.dtype
         depth = self.depth_conditioning(image, depth_map, total, dtype, opts.guidance)
         steps = self.schedule(num_inference_steps, strength=strength)

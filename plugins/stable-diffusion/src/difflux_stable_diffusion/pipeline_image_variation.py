@@ -93,9 +93,7 @@ class StableDiffusionImageVariationPipeline(StableDiffusionBase):
         check_batch(batch * num_images_per_prompt, generator)
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
-        opts = self.sampling(guidance_scale, 0.0, eta, generator, None,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps)
+        opts = self.sampling_of(locals())
         embeds = self.encode_image(image, num_images_per_prompt, opts.guidance)
         steps = self.schedule(num_inference_steps)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)

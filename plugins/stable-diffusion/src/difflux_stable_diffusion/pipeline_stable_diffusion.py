@@ -130,12 +130,8 @@ class StableDiffusionPipeline(_StableDiffusion):
         batch = self.check_inputs(Inputs.of(locals()))
         height, width = self.default_size(height, width)
         total = batch * num_images_per_prompt
-        opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        opts = self.sampling_of(locals())
+        embeds = self.prompt_of(locals(), opts)
         steps = self.schedule(num_inference_steps, timesteps, sigmas)
         latents = self.prepare_latents(self.latent_shape(total, height, width), embeds.embeds.dtype, generator, latents)
         latents = self.denoise(latents, self.run(steps, embeds, opts, total), embeds.negative)
@@ -172,12 +168,8 @@ class StableDiffusionImg2ImgPipeline(_StableDiffusion):
     ) -> Any:
         """Transform ``image`` guided by ``prompt``."""
         total = self.check_inputs(Inputs.of(locals(), needs_image=True)) * num_images_per_prompt
-        opts = self.sampling(guidance_scale, guidance_rescale, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        opts = self.sampling_of(locals())
+        embeds = self.prompt_of(locals(), opts)
         pixels = self.image_input(image)
         steps = self.schedule(num_inference_steps, timesteps, sigmas, strength=strength)
         latents = self.image_latents(pixels, total, embeds.embeds.dtype, generator, per_output=True)
@@ -229,12 +221,8 @@ class StableDiffusionInpaintPipeline(_StableDiffusion):
         total = self.check_inputs(Inputs.of(locals(), needs_image=True, needs_mask=True)) * num_images_per_prompt
         height, width = self.default_size(height, width)
         blending = self.inpaint_blending()
-        opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        opts = self.sampling_of(locals())
+        embeds = self.prompt_of(locals(), opts)
         steps = self.schedule(num_inference_steps, timesteps, sigmas, strength=strength)
         dtype = embeds.embeds.dtype
         if not (image is not None and mask_image is not None):

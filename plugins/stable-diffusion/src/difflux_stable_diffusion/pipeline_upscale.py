@@ -137,12 +137,8 @@ class StableDiffusionUpscalePipeline(_StableDiffusion):
     ) -> Any:
         """Upscale ``image`` four times, guided by ``prompt``."""
         total = self.check_inputs(Inputs.of(locals(), needs_image=True), image_minimum=1) * num_images_per_prompt
-        opts = self.sampling(guidance_scale, 0.0, eta, generator, cross_attention_kwargs,
-                             callback_on_step_end, callback_on_step_end_tensor_inputs,
-                             legacy=callback, legacy_steps=callback_steps, clip_skip=clip_skip)
-        embeds = self.encode_prompt(prompt, num_images_per_prompt=num_images_per_prompt, guidance=opts.guidance,
-                                    negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-                                    negative_prompt_embeds=negative_prompt_embeds, clip_skip=clip_skip)
+        opts = self.sampling_of(locals())
+        embeds = self.prompt_of(locals(), opts)
         dtype = embeds.embeds.dtype
         steps = self.schedule(num_inference_steps)
         noised, levels = self.noised_image(image, noise_level, total, opts.guidance, dtype, generator)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -389,4 +389,18 @@ class PromptEncoderMixin:
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
             clip_skip=clip_skip,
+        )
+
+    def prompt_of(self: Any, a: Mapping[str, Any], opts: Any) -> PromptEmbeds:
+        """The prompt embeddings (:meth:`encode_prompt`) of a call from its arguments by name (its ``locals()``):
+        ``prompt``, ``num_images_per_prompt``, ``negative_prompt``, ``prompt_embeds``, ``negative_prompt_embeds`` and
+        ``clip_skip`` (each ``None`` / 1 where the call does not take it), guided as the loop options ``opts`` say."""
+        return self.encode_prompt(  # type: ignore[no-any-return]
+            a.get("prompt"),
+            num_images_per_prompt=a.get("num_images_per_prompt", 1),
+            guidance=opts.guidance,
+            negative_prompt=a.get("negative_prompt"),
+            prompt_embeds=a.get("prompt_embeds"),
+            negative_prompt_embeds=a.get("negative_prompt_embeds"),
+            clip_skip=a.get("clip_skip"),
         )
