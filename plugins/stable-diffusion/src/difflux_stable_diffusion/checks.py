@@ -107,7 +107,9 @@ def _check_prompts(name: str, args: Inputs) -> int:
     if args.negative_prompt is not None and args.negative_prompt_embeds is not None:
         raise ValueError(f"{name}: pass negative_prompt or negative_prompt_embeds, not both")
     for key in ("prompt_embeds", "negative_prompt_embeds"):  # type and rank before the batch is read from them
-        check_embeds_width(getattr(args, key), None, key, name, "")
+        value = getattr(args, key)
+        if value is not None and (not isinstance(value, torch.Tensor) or value.ndim != 3):
+            check_embeds_width(value, None, key, name, "")  # raises its message (the full check runs in _check_embeds)
     prompts = prompt_list(args.prompt)
     batch = len(prompts) if prompts is not None else int(args.prompt_embeds.shape[0])  # type: ignore[union-attr]
     if batch < 1:
